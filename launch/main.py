@@ -1,0 +1,31 @@
+"""ldct-jax command line: `python launch/main.py --config=configs/<job>.py[:preset] [--workdir=DIR]`.
+
+Every config field can be overridden as `--config.a.b=value`. The config's `job` field picks the
+job; all logic lives in `ldct_jax.jobs` and the modules it names.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from ldct_jax import jobs  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Job config: configs/<job>.py[:preset].")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Where the job writes (and resumes from). Default: runs/<config>[_<preset>].")
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    workdir = _WORKDIR.value or jobs.default_workdir(flags.FLAGS["config"].config_filename)
+    jobs.run(_CONFIG.value, workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)
