@@ -1,0 +1,90 @@
+"""Device mesh, shardings and multi-host start for data parallelism.
+
+One mesh axis, `batch`: batches are sharded along it, params and optimiser state replicated, and
+the compiler inserts the gradient reduction. The same code runs on 1 CPU, N GPUs and a TPU slice.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import jax
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+BATCH_AXIS = "batch"
+
+# Environment variables by which a cluster launcher asks for a multi-host start.
+_DISTRIBUTED_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "SLURM_JOB_ID",
+                    "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
+
+
+def maybe_initialize_distributed(mode: str = "auto") -> bool:
+    """Calls `jax.distributed.initialize()` when asked to.
+
+    Args:
+      mode: 'on' (always), 'off' (never) or 'auto' (when the environment names a coordinator,
+        a SLURM job or a multi-worker TPU). Must run before anything touches a device.
+
+    Returns:
+      Whether it initialised.
+    """
+    if mode not in ("on", "off", "auto"):
+        raise ValueError(f"distributed mode must be 'on', 'off' or 'auto', got {mode!r}")
+    wanted = mode == "on" or (mode == "auto" and any(v in os.environ for v in _DISTRIBUTED_ENV))
+    if wanted and not jax.distributed.is_initialized():
+        jax.distributed.initialize()
+        logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
+    return wanted
+
+
+def make_mesh(num_devices: Optional[int] = None) -> Mesh:
+    """A 1-D mesh over the first `num_devices` devices (all by default) with axis `batch`."""
+    devices = jax.devices()
+    n = len(devices) if num_devices is None else num_devices
+    if not 1 <= n <= len(devices):
+        raise ValueError(f"num_devices={n}, but {len(devices)} devices are available")
+    return jax.make_mesh((n,), (BATCH_AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
+                         devices=devices[:n])
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading axis split over the mesh, the rest replicated."""
+    return NamedSharding(mesh, P(BATCH_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def check_batch_divisible(batch_size: int, mesh: Mesh, key: str = "batch_size") -> None:
+    """Raises a ValueError naming `key` unless `batch_size` splits evenly over the mesh and hosts."""
+    n = mesh.size
+    if batch_size % n:
+        raise ValueError(f"config.{key}={batch_size} is not divisible by the number of devices "
+                         f"({n}); use a multiple of {n}")
+    if batch_size % jax.process_count():
+        raise ValueError(f"config.{key}={batch_size} is not divisible by the number of processes "
+                         f"({jax.process_count()})")
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Places every leaf of `tree` on all devices of `mesh`."""
+    return jax.device_put(tree, replicated(mesh))
+
+
+def global_batch(local: Any, mesh: Mesh) -> Any:
+    """Assembles each process's share of a batch into global arrays sharded along `batch`.
+
+    Args:
+      local: pytree of numpy arrays, this process's rows of the global batch.
+      mesh: the mesh from `make_mesh`.
+
+    Returns:
+      The same pytree of global `jax.Array`s with leading size `local * process_count`.
+    """
+    sharding = batch_sharding(mesh)
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local)
