@@ -1,0 +1,167 @@
+"""Patient-balanced patch sampling, deterministic from (seed, step) and split across hosts.
+
+Every row of a global batch draws a patient with equal probability, then a slice uniformly
+within that patient, then a patch location uniformly within the image; the low- and
+routine-dose patches are cut at the same place. All indices of the global batch come from one
+numpy Generator keyed by (seed, step), so every host computes the same global batch plan and
+reads only the pixels of its own contiguous share of rows. A resumed run sees the same batches.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from typing import Iterator, NamedTuple, Optional, Sequence
+
+import numpy as np
+
+from ldct_jax.data.scan import Scan
+
+
+class BatchPlan(NamedTuple):
+    """Where each row of a global batch comes from; all `[global_batch]` int64."""
+    patient: np.ndarray
+    slice: np.ndarray
+    y: np.ndarray
+    x: np.ndarray
+
+
+def _check(scans: Sequence[Scan], global_batch: int, patch_size: int,
+           process_index: int, process_count: int) -> None:
+    if not scans:
+        raise ValueError("no scans to sample from")
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} must be in [0, process_count="
+                         f"{process_count})")
+    if global_batch < 1 or global_batch % process_count:
+        raise ValueError(f"global_batch={global_batch} is not divisible by "
+                         f"process_count={process_count}")
+    smallest = min(scans, key=lambda s: min(s.full.shape[1:]))
+    if patch_size < 1 or patch_size > min(smallest.full.shape[1:]):
+        raise ValueError(f"patch_size={patch_size} does not fit the {smallest.full.shape[1]}x"
+                         f"{smallest.full.shape[2]} images of patient {smallest.patient}")
+
+
+def batch_plan(scans: Sequence[Scan], step: int, *, global_batch: int, patch_size: int,
+               seed: int) -> BatchPlan:
+    """The (patient, slice, y, x) of every row of the global batch at `step`."""
+    _check(scans, global_batch, patch_size, 0, 1)
+    rng = np.random.default_rng([seed, step])
+    shapes = np.asarray([s.full.shape for s in scans], np.int64)  # [P, 3]
+    patient = rng.integers(0, len(scans), global_batch)
+    u = rng.random((3, global_batch))
+    num, height, width = shapes[patient].T
+    # floor(u * n) is uniform on 0..n-1; min() guards the u -> 1 rounding edge.
+    pick = lambda u_, n: np.minimum((u_ * n).astype(np.int64), n - 1)  # noqa: E731
+    return BatchPlan(patient, pick(u[0], num), pick(u[1], height - patch_size + 1),
+                     pick(u[2], width - patch_size + 1))
+
+
+def sample_batch(scans: Sequence[Scan], step: int, *, global_batch: int, patch_size: int,
+                 seed: int, process_index: int = 0, process_count: int = 1
+                 ) -> dict[str, np.ndarray]:
+    """This process's share of the global patch batch at `step`.
+
+    Args:
+      scans: the training scans (the same list, in the same order, on every host).
+      step: training step; with `seed` it fixes the batch.
+      global_batch: rows of the global batch, divisible by `process_count`.
+      patch_size: side p of the square patches, at most the smallest image side.
+      process_index, process_count: this host's rows are `[i * b, (i + 1) * b)` with
+        b = global_batch / process_count; only their pixels are read.
+
+    Returns:
+      dict(low=[b, p, p] float32 HU, full=[b, p, p] float32 HU).
+    """
+    _check(scans, global_batch, patch_size, process_index, process_count)
+    plan = batch_plan(scans, step, global_batch=global_batch, patch_size=patch_size, seed=seed)
+    b = global_batch // process_count
+    rows = range(process_index * b, (process_index + 1) * b)
+    p = patch_size
+    low = np.empty((b, p, p), np.float32)
+    full = np.empty((b, p, p), np.float32)
+    for out, r in enumerate(rows):
+        scan = scans[plan.patient[r]]
+        s, y, x = plan.slice[r], plan.y[r], plan.x[r]
+        low[out] = scan.low[s, y:y + p, x:x + p]
+        full[out] = scan.full[s, y:y + p, x:x + p]
+    return dict(low=low, full=full)
+
+
+class Sampler:
+    """`sample_batch` with its arguments bound, for a training loop.
+
+    `batch(step)` gives this host's share at `step`; iterating from `start_step` yields
+    `(step, batch)` and, with `prefetch > 0`, prepares the next batches on a background thread.
+    `global_batch_array(step, mesh)` gives the batch as global jax arrays sharded over `mesh`.
+    """
+
+    def __init__(self, scans: Sequence[Scan], *, global_batch: int, patch_size: int, seed: int,
+                 process_index: Optional[int] = None, process_count: Optional[int] = None):
+        if process_index is None or process_count is None:
+            import jax
+            process_index, process_count = jax.process_index(), jax.process_count()
+        self.scans = list(scans)
+        self.kwargs = dict(global_batch=global_batch, patch_size=patch_size, seed=seed,
+                           process_index=process_index, process_count=process_count)
+        _check(self.scans, global_batch, patch_size, process_index, process_count)
+
+    def batch(self, step: int) -> dict[str, np.ndarray]:
+        return sample_batch(self.scans, step, **self.kwargs)
+
+    def global_batch_array(self, step: int, mesh):
+        """This step's batch as global `jax.Array`s, batch axis sharded over `mesh`."""
+        from ldct_jax import parallel
+        return parallel.global_batch(self.batch(step), mesh)
+
+    def iterate(self, start_step: int = 0, num_steps: Optional[int] = None, prefetch: int = 2
+                ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        stop = None if num_steps is None else start_step + num_steps
+        steps = iter(range(start_step, stop) if stop is not None else _count(start_step))
+        if prefetch <= 0:
+            for step in steps:
+                yield step, self.batch(step)
+            return
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pending = []
+            for step in steps:
+                pending.append((step, pool.submit(self.batch, step)))
+                if len(pending) > prefetch:
+                    s, fut = pending.pop(0)
+                    yield s, fut.result()
+            for s, fut in pending:
+                yield s, fut.result()
+
+
+def _count(start: int) -> Iterator[int]:
+    while True:
+        yield start
+        start += 1
+
+
+def sample_slices(scans: Sequence[Scan], n: int, seed: int) -> dict[str, np.ndarray]:
+    """`n` whole slices for evaluation, spread evenly over patients (round robin), slices drawn
+    without replacement within each patient; deterministic from `seed`.
+
+    Returns:
+      dict(low=[n, H, W], full=[n, H, W] float32 HU, patient=[n] indices into `scans`,
+      slice=[n] slice indices). All chosen scans must share H, W.
+    """
+    if not scans:
+        raise ValueError("no scans to sample from")
+    rng = np.random.default_rng([seed, 0x511CE])
+    counts = [n // len(scans) + (i < n % len(scans)) for i in range(len(scans))]
+    patient, slices = [], []
+    for i, (scan, c) in enumerate(zip(scans, counts)):
+        if c > scan.num_slices:
+            raise ValueError(f"{c} slices requested from patient {scan.patient}, which has "
+                             f"{scan.num_slices}; ask for at most "
+                             f"{len(scans) * min(s.num_slices for s in scans)}")
+        chosen = np.sort(rng.choice(scan.num_slices, c, replace=False))
+        patient += [i] * c
+        slices += chosen.tolist()
+    shapes = {scans[i].full.shape[1:] for i in set(patient)}
+    if len(shapes) > 1:
+        raise ValueError(f"whole slices of different sizes {sorted(shapes)} cannot be stacked")
+    low = np.stack([scans[i].low[s] for i, s in zip(patient, slices)]).astype(np.float32)
+    full = np.stack([scans[i].full[s] for i, s in zip(patient, slices)]).astype(np.float32)
+    return dict(low=low, full=full, patient=np.asarray(patient), slice=np.asarray(slices))
