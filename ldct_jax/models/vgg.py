@@ -182,8 +182,16 @@ jax.tree_util.register_dataclass(
 
 def random_init(arch: str, key: jax.Array, *, imagenet_norm: bool = True) -> VGG:
     """A VGG with torchvision-style random weights (kaiming normal, fan out; zero biases)."""
-    module = VGGFeatures(_check_arch(arch), (tap_names(arch)[-1],))
-    params = module.init(key, jnp.zeros((1, 32, 32, 3), jnp.float32))["params"]
+    layers = conv_layers(_check_arch(arch))
+    # One draw for all kernels (one compiled kernel instead of one per shape), then sliced.
+    normal = np.asarray(jax.random.normal(key, (sum(9 * ci * co for _, _, ci, co in layers),)))
+    params, start = {}, 0
+    for name, _, cin, cout in layers:
+        size = 9 * cin * cout
+        std = np.sqrt(2.0 / (cout * 9), dtype=np.float32)  # kaiming normal, fan_out, ReLU gain
+        params[name] = {"kernel": jnp.asarray(std * normal[start:start + size].reshape(
+            3, 3, cin, cout)), "bias": jnp.zeros((cout,), jnp.float32)}
+        start += size
     return VGG(arch, params, imagenet_norm=imagenet_norm, pretrained=False, source="random_init")
 
 
