@@ -105,7 +105,7 @@ def test_bad_arguments_name_the_values():
 
 def test_sampler_iterates_with_prefetch_and_builds_global_arrays():
     sampler = sampling.Sampler(SCANS, global_batch=8, patch_size=8, seed=2)
-    got = list(sampler.iterate(start_step=3, num_steps=4, prefetch=2))
+    got = list(sampler.iterate(start_step=3, num_steps=4, prefetch=2, workers=2))
     assert [s for s, _ in got] == [3, 4, 5, 6]
     for step, batch in got:
         np.testing.assert_array_equal(batch["full"], sampler.batch(step)["full"])

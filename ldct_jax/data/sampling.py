@@ -9,7 +9,9 @@ reads only the pixels of its own contiguous share of rows. A resumed run sees th
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
+import itertools
 from typing import Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -113,29 +115,30 @@ class Sampler:
         from ldct_jax import parallel
         return parallel.global_batch(self.batch(step), mesh)
 
-    def iterate(self, start_step: int = 0, num_steps: Optional[int] = None, prefetch: int = 2
-                ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-        stop = None if num_steps is None else start_step + num_steps
-        steps = iter(range(start_step, stop) if stop is not None else _count(start_step))
+    def iterate(self, start_step: int = 0, num_steps: Optional[int] = None, prefetch: int = 2,
+                workers: int = 1) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        """Yields `(step, batch)` from `start_step` on (for `num_steps`, or forever).
+
+        With `prefetch > 0`, up to `prefetch` later batches are prepared by `workers` background
+        threads (numpy releases the GIL while copying patches); the batches are the same as
+        `batch(step)`, in step order.
+        """
+        steps = itertools.count(start_step) if num_steps is None else iter(
+            range(start_step, start_step + num_steps))
         if prefetch <= 0:
             for step in steps:
                 yield step, self.batch(step)
             return
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            pending = []
+        with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
+            pending = collections.deque()
             for step in steps:
                 pending.append((step, pool.submit(self.batch, step)))
                 if len(pending) > prefetch:
-                    s, fut = pending.pop(0)
+                    s, fut = pending.popleft()
                     yield s, fut.result()
-            for s, fut in pending:
+            while pending:
+                s, fut = pending.popleft()
                 yield s, fut.result()
-
-
-def _count(start: int) -> Iterator[int]:
-    while True:
-        yield start
-        start += 1
 
 
 def sample_slices(scans: Sequence[Scan], n: int, seed: int) -> dict[str, np.ndarray]:
