@@ -266,3 +266,21 @@ def test_split_scans_holds_out_whole_patients_per_anatomy():
     with pytest.raises(ValueError, match=r"'chest' has 2 patient\(s\); config\.data\."
                                          r"held_out_patients=2"):
         data.split_scans(scans, 2)
+
+
+def test_load_scans_synthetic_dispatch_and_unknown_source(tmp_path, monkeypatch):
+    from ldct_jax.data import synthetic
+    calls = []
+    v = np.zeros((2, 4, 4), np.float32)
+    monkeypatch.setattr(synthetic, "build", lambda root, **kw: calls.append((root, kw)),
+                        raising=False)
+    monkeypatch.setattr(synthetic, "load", lambda root: [
+        data.Scan("a", "chest", v, v), data.Scan("b", "head", v, v)], raising=False)
+    cfg = ml_collections.ConfigDict(dict(source="synthetic", root="", anatomies=("head",),
+                                         synthetic=dict(slices=3, seed=1)))
+    scans = data.load_scans(cfg, str(tmp_path))
+    assert calls == [(str(tmp_path / "data"), dict(slices=3, seed=1))]
+    assert [s.patient for s in scans] == ["b"]
+    cfg.source = "nifti"
+    with pytest.raises(ValueError, match=r"config\.data\.source='nifti'; expected one of"):
+        data.load_scans(cfg, str(tmp_path))

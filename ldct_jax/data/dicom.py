@@ -130,17 +130,33 @@ def _cache_paths(folder: str, cache_dir: str) -> tuple[str, str]:
 
 
 def _atomic_write(path: str, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+    """write(tmp_path) then rename over `path`, so a killed run leaves no half-written cache."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-",
+                               suffix=os.path.splitext(path)[1])
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _write_volume(tmp: str, slices: Sequence[_Slice]) -> None:
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
+                                    shape=(len(slices),) + slices[0].hu.shape)
+    for i, s in enumerate(slices):
+        out[i] = s.hu
+    out.flush()
+    del out
+
+
+def _write_json(tmp: str, obj: dict) -> None:
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _load_cache(npy: str, meta_path: str, source: list, skip_bad: bool):
@@ -228,15 +244,15 @@ def read_series(folder: str, cache_dir: Optional[str] = None, *, skip_bad: bool 
                              f"{os.path.basename(b.path)} are at the same position "
                              f"z={a.z:.4f} mm (two series in one folder?)")
 
-    volume = np.stack([s.hu for s in slices])
     meta = dict(version=CACHE_VERSION, folder=os.path.abspath(folder), **slices[0].header,
-                shape=list(volume.shape), orientation=list(slices[0].orientation),
+                shape=[len(slices), *shape], orientation=list(slices[0].orientation),
                 positions=[s.z for s in slices], instance_numbers=[s.instance for s in slices],
                 files=[os.path.basename(s.path) for s in slices], skipped=skipped,
                 n_skipped=len(skipped), source=source)
     os.makedirs(cache_dir, exist_ok=True)
-    _atomic_write(npy, lambda f: np.save(f, volume))
-    _atomic_write(meta_path, lambda f: f.write(json.dumps(meta).encode()))
+    # The json goes last: it is what marks the cache entry valid.
+    _atomic_write(npy, lambda tmp: _write_volume(tmp, slices))
+    _atomic_write(meta_path, lambda tmp: _write_json(tmp, meta))
     logging.info("cached %s (%d slices) as %s", folder, len(slices), npy)
     return np.load(npy, mmap_mode="r"), np.asarray(meta["positions"], np.float64), meta
 
