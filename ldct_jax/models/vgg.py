@@ -1,6 +1,6 @@
 """VGG16 / VGG19 feature extractors in torchvision layout, with named taps and weight import.
 
-    vgg = vgg_lib.load("vgg19.safetensors", "vgg19", imagenet_norm=False)   # or .pth / converted dir
+    vgg = vgg_lib.load("vgg19.safetensors", "vgg19", imagenet_norm=False)  # .pth, dir too
     feats = vgg.features(vgg.params, x, ("conv5_4",))   # x: [..., H, W] -> {tap: [..., h, w, C]}
 
 Layout (torchvision `vgg16` / `vgg19` `.features`): conv 3x3 padding 1, ReLU, and a 2x2 stride-2
