@@ -1,0 +1,1 @@
+"""Placeholder: benchmark being written (owner: benchmarks helper)."""

@@ -1,0 +1,1 @@
+"""Placeholder: benchmark smoke tests (owner: benchmarks helper)."""
