@@ -1,0 +1,57 @@
+"""The registry of denoiser architectures: name -> Flax module and normalisation."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from ldct_jax import ct
+from ldct_jax.models.cnn10 import CNN10
+from ldct_jax.models.denoiser import Denoiser
+from ldct_jax.models.gauss_ri import GaussRI
+from ldct_jax.models.wgan_vgg import Generator
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    module: Callable[..., Any]
+    shift: float
+    scale: float
+
+
+# cnn10 and wgan_vgg use ldct-benchmark's normalisation, so imported and own weights agree.
+# gauss_ri has shift 0 so that its zeroed square is 0 HU.
+ARCHITECTURES: dict[str, Architecture] = {
+    "cnn10": Architecture(CNN10, ct.LDCTBENCH_SHIFT, ct.LDCTBENCH_SCALE),
+    "wgan_vgg": Architecture(Generator, ct.LDCTBENCH_SHIFT, ct.LDCTBENCH_SCALE),
+    "gauss_ri": Architecture(GaussRI, 0.0, ct.LDCTBENCH_SCALE),
+}
+
+
+def architecture(name: str) -> Architecture:
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown denoiser {name!r}; expected one of {sorted(ARCHITECTURES)}")
+    return ARCHITECTURES[name]
+
+
+def build(name: str, params, **config) -> Denoiser:
+    """A denoiser of architecture `name` with the given params and module config."""
+    arch = architecture(name)
+    return Denoiser(name=name, module=arch.module(**config), params=params, shift=arch.shift,
+                    scale=arch.scale, config=dict(config))
+
+
+def create(name: str, key: jax.Array, **config) -> Denoiser:
+    """A denoiser of architecture `name` with fresh params drawn from `key`.
+
+    Args:
+      name: 'cnn10', 'wgan_vgg' (the generator) or 'gauss_ri'.
+      key: a PRNG key.
+      **config: constructor arguments of the Flax module (e.g. `features`).
+    """
+    module = architecture(name).module(**config)
+    variables = module.init(key, jnp.zeros((1, 32, 32, 1), jnp.float32))
+    return build(name, variables.get("params", {}), **config)
