@@ -1,0 +1,272 @@
+"""Adversarial attacks on denoisers: FGSM, BIM and PGD under an L-infinity budget in HU.
+
+The opposite of the invariance search: small input changes with a large output change.
+
+    result = attack("pgd", d, images_hu, epsilons_hu=[1, 2, 5, 10], steps=10)
+    result.adversarial          # [B, H, W] HU, rows = images x epsilons (image-major)
+    result.metrics["output_rms_hu"]
+
+Objective, in network units of the denoiser (the sign of a gradient does not depend on units,
+and the gradient is taken with respect to the HU input, so `sign` acts per HU pixel):
+
+- untargeted: maximise `mean((f(x + delta) - f(x))^2)`;
+- targeted: minimise `mean((f(x + delta) - target)^2)`, `target` an output image in HU (e.g. x
+  with a lesion removed, or its denoised version).
+
+Every step keeps `|delta| <= epsilon` and `x + delta` inside `[ct.HU_MIN, ct.HU_MAX]`:
+`delta <- clip(clip(delta + step, -eps, eps), HU_MIN - x, HU_MAX - x)`, and `adversarial` is
+`clip(x + delta, HU_MIN, HU_MAX)`, so both bounds hold exactly in float32.
+
+Zero gradient at the start. The untargeted objective has a minimum at delta = 0, so its gradient
+there is exactly zero and FGSM (and BIM's first step) would do nothing. They therefore take their
+first gradient at `x + probe`, a small Gaussian probe (`probe_hu`, default 1 HU; see `probe`),
+which is one step of power iteration towards the input direction the network amplifies most.
+The probe only decides the direction; delta still starts at 0. Targeted attacks use no probe by
+default. PGD starts from a uniform random point of the budget (Madry et al. 2018), so needs none.
+
+Step size of BIM and PGD: `2.5 * epsilon / steps` by default (Madry et al.), so that the walk can
+cross the budget from one face to the other; `step_size_hu` overrides it (one value for all
+budgets, in HU). One BIM step with step size epsilon is FGSM.
+
+All budgets of one image run in one jitted, vmapped program whose rows are sharded over the
+devices of `mesh`; programs are cached per (architecture, method, steps, shape of the batch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ldct_jax import ct, parallel
+from ldct_jax.invariance import batching
+from ldct_jax.models.denoiser import Denoiser
+
+METHODS = ("fgsm", "bim", "pgd")
+METRICS = ("input_max_hu", "input_rms_hu", "output_rms_hu", "output_max_hu")
+TARGET_METRICS = ("target_rms_hu", "target_rms_hu_clean")
+
+
+@dataclasses.dataclass
+class AttackResult:
+    """Adversarial images and what they did, one row per (image, epsilon), image-major."""
+
+    adversarial: np.ndarray         # [B, H, W] HU, clip(x + delta)
+    perturbation: np.ndarray        # [B, H, W] HU, delta
+    metrics: dict[str, np.ndarray]  # METRICS (+ TARGET_METRICS when targeted) -> [B]
+    image_index: np.ndarray         # [B]
+    epsilon_hu: np.ndarray          # [B]
+    method: str
+    targeted: bool
+
+
+def probe(seed: int, image_index: int, shape: tuple[int, int], probe_hu: float) -> jax.Array:
+    """The probe offset at which an untargeted FGSM/BIM takes its first gradient (HU)."""
+    key = jax.random.fold_in(jax.random.key(seed), image_index)
+    return probe_hu * jax.random.normal(key, shape, jnp.float32)
+
+
+def pgd_start(seed: int, image_index: int, shape: tuple[int, int]) -> jax.Array:
+    """PGD's random start in units of epsilon, uniform in [-1, 1] (same for every budget)."""
+    key = jax.random.fold_in(jax.random.key(seed), image_index)
+    return jax.random.uniform(key, shape, jnp.float32, -1.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks
+
+
+def _check_epsilons(epsilons_hu: Any) -> np.ndarray:
+    eps = np.atleast_1d(np.asarray(epsilons_hu, dtype=np.float32))
+    if eps.ndim != 1 or eps.size == 0:
+        raise ValueError(f"epsilons_hu: expected a scalar or a list of budgets in HU, got shape "
+                         f"{eps.shape}")
+    if not np.all(np.isfinite(eps)) or eps.min() < 0:
+        raise ValueError(f"epsilons_hu: budgets must be finite and >= 0 HU, got {eps.tolist()}")
+    return eps
+
+
+def _check_target(target: Any, shape: tuple[int, int, int]) -> np.ndarray:
+    t = batching.check_images(target, "target")
+    n, h, w = shape
+    if t.shape[1:] != (h, w) or t.shape[0] not in (1, n):
+        raise ValueError(f"target: shape {t.shape} does not fit the images {shape}; expected "
+                         f"[H, W] = {(h, w)} or [N, H, W] = {shape} (output images in HU)")
+    return np.ascontiguousarray(np.broadcast_to(t, shape))
+
+
+# ---------------------------------------------------------------------------------------------
+# The compiled program
+
+
+@functools.lru_cache(maxsize=32)
+def _program(name: str, module: Any, shift: float, scale: float, method: str, steps: int,
+             targeted: bool, mesh):
+    d = Denoiser(name=name, module=module, params=None, shift=shift, scale=scale)
+    lo, hi = ct.HU_MIN, ct.HU_MAX
+
+    def loss(params, x_adv, ref_net):
+        return jnp.mean(jnp.square(d.apply_net(params, d.to_net(x_adv)) - ref_net))
+
+    grad = jax.grad(loss, argnums=1)
+    direction = -1.0 if targeted else 1.0  # descend towards a target, ascend away from f(x)
+
+    def project(delta, x, eps):
+        return jnp.clip(jnp.clip(delta, -eps, eps), lo - x, hi - x)
+
+    def one(params, x, ref_net, eps, alpha, offset):
+        # `offset`: the probe (fgsm, bim) or the random start in units of eps (pgd).
+        if method == "pgd":
+            delta = project(eps * offset, x, eps)
+            first = x + delta
+        else:
+            delta = jnp.zeros_like(x)
+            first = x + offset
+        g = grad(params, first, ref_net)
+        delta = project(delta + direction * alpha * jnp.sign(g), x, eps)
+
+        def body(_, delta):
+            g = grad(params, x + delta, ref_net)
+            return project(delta + direction * alpha * jnp.sign(g), x, eps)
+
+        delta = jax.lax.fori_loop(1, steps, body, delta)
+        return delta
+
+    def run(params, x, ref_net, target, eps, alpha, offset):
+        delta = jax.vmap(one, in_axes=(None, 0, 0, 0, 0, 0))(params, x, ref_net, eps, alpha,
+                                                               offset)
+        adv = jnp.clip(x + delta, lo, hi)
+        y0 = d.apply_net(params, d.to_net(x)) * scale
+        y = d.apply_net(params, d.to_net(adv)) * scale
+        rms = lambda a: jnp.sqrt(jnp.mean(jnp.square(a), axis=(-2, -1)))
+        metrics = dict(input_max_hu=jnp.max(jnp.abs(delta), axis=(-2, -1)),
+                       input_rms_hu=rms(delta), output_rms_hu=rms(y - y0),
+                       output_max_hu=jnp.max(jnp.abs(y - y0), axis=(-2, -1)))
+        if targeted:
+            # y, y0 are HU up to the shift; the target is HU.
+            metrics["target_rms_hu"] = rms(y + shift - target)
+            metrics["target_rms_hu_clean"] = rms(y0 + shift - target)
+        return adv, delta, metrics
+
+    rows = parallel.batch_sharding(mesh)
+    return jax.jit(run, out_shardings=rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public
+
+
+def _attack(method: str, denoiser: Denoiser, images: Any, epsilons_hu: Any, *, steps: int,
+            step_size_hu: Optional[float], seed: int, target: Any, params: Any, mesh: Any,
+            probe_hu: Optional[float]) -> AttackResult:
+    if method not in METHODS:
+        raise ValueError(f"unknown attack method {method!r}; expected one of {', '.join(METHODS)}")
+    x = batching.check_images(images)
+    eps = _check_epsilons(epsilons_hu)
+    if int(steps) != steps or steps < 1:
+        raise ValueError(f"{method}: steps must be a positive integer, got {steps}")
+    if step_size_hu is not None and not (np.isfinite(step_size_hu) and step_size_hu > 0):
+        raise ValueError(f"{method}: step_size_hu must be a positive number of HU, got "
+                         f"{step_size_hu}")
+    targeted = target is not None
+    t = _check_target(target, x.shape) if targeted else None
+    if probe_hu is None:
+        probe_hu = 0.0 if targeted else 1.0
+    if not (np.isfinite(probe_hu) and probe_hu >= 0):
+        raise ValueError(f"{method}: probe_hu must be >= 0 HU, got {probe_hu}")
+    params = denoiser.params if params is None else params
+    mesh = mesh if mesh is not None else parallel.make_mesh()
+
+    n, h, w = x.shape
+    image_index = np.repeat(np.arange(n, dtype=np.int32), len(eps))
+    row_eps = np.tile(eps, n)
+    if method == "fgsm":
+        alpha = row_eps
+    elif step_size_hu is None:
+        alpha = 2.5 * row_eps / steps
+    else:
+        alpha = np.full_like(row_eps, step_size_hu)
+    if method == "pgd":
+        offsets = np.stack([np.asarray(pgd_start(seed, i, (h, w))) for i in range(n)])
+    elif probe_hu > 0:
+        offsets = np.stack([np.asarray(probe(seed, i, (h, w), probe_hu)) for i in range(n)])
+    else:
+        offsets = np.zeros_like(x)
+    if targeted:
+        ref_net = np.asarray(denoiser.to_net(t), np.float32)
+    else:
+        ref_net = np.asarray(jax.jit(denoiser.apply_net)(params, denoiser.to_net(x)), np.float32)
+
+    host = dict(x=x[image_index], ref_net=ref_net[image_index],
+                target=(t if targeted else x)[image_index], eps=row_eps,
+                alpha=alpha.astype(np.float32), offset=offsets[image_index])
+    b = len(row_eps)
+    dev = batching.shard(batching.pad_rows(host, batching.padded_size(b, mesh)), mesh)
+    program = _program(denoiser.name, denoiser.module, float(denoiser.shift),
+                       float(denoiser.scale), method, 1 if method == "fgsm" else int(steps),
+                       targeted, mesh)
+    adv, delta, metrics = program(parallel.replicate(params, mesh), dev["x"], dev["ref_net"],
+                                  dev["target"], dev["eps"], dev["alpha"], dev["offset"])
+    adv, delta, metrics = batching.gather((adv, delta, metrics), b)
+    return AttackResult(adversarial=adv, perturbation=delta, metrics=metrics,
+                        image_index=image_index, epsilon_hu=row_eps, method=method,
+                        targeted=targeted)
+
+
+def fgsm(denoiser: Denoiser, images: Any, epsilons_hu: Any, *, target: Any = None,
+         params: Any = None, mesh: Any = None, seed: int = 0,
+         probe_hu: Optional[float] = None) -> AttackResult:
+    """Fast gradient sign method: `delta = epsilon * sign(grad)`, clipped to the HU range.
+
+    Args:
+      denoiser: the network attacked.
+      images: `[H, W]` or `[N, H, W]` HU.
+      epsilons_hu: a budget or a list of budgets (L-infinity, HU); rows are images x budgets.
+      target: None (untargeted) or output images `[H, W]` / `[N, H, W]` HU to move towards.
+      params: the denoiser's params (default `denoiser.params`).
+      mesh: device mesh (default: all devices).
+      seed, probe_hu: the probe of an untargeted attack (module docstring; `probe`).
+    """
+    return _attack("fgsm", denoiser, images, epsilons_hu, steps=1, step_size_hu=None, seed=seed,
+                   target=target, params=params, mesh=mesh, probe_hu=probe_hu)
+
+
+def bim(denoiser: Denoiser, images: Any, epsilons_hu: Any, *, steps: int = 10,
+        step_size_hu: Optional[float] = None, target: Any = None, params: Any = None,
+        mesh: Any = None, seed: int = 0, probe_hu: Optional[float] = None) -> AttackResult:
+    """Basic iterative method: `steps` FGSM steps of `step_size_hu` (default 2.5 eps / steps),
+    each projected onto the budget and the HU range; starts at delta = 0. Arguments as `fgsm`."""
+    return _attack("bim", denoiser, images, epsilons_hu, steps=steps, step_size_hu=step_size_hu,
+                   seed=seed, target=target, params=params, mesh=mesh, probe_hu=probe_hu)
+
+
+def pgd(denoiser: Denoiser, images: Any, epsilons_hu: Any, *, steps: int = 10,
+        step_size_hu: Optional[float] = None, seed: int = 0, target: Any = None,
+        params: Any = None, mesh: Any = None) -> AttackResult:
+    """Projected gradient descent: BIM from a uniform random start in the budget (`pgd_start`,
+    drawn from `seed`, the same direction for every budget of an image). Arguments as `fgsm`."""
+    return _attack("pgd", denoiser, images, epsilons_hu, steps=steps, step_size_hu=step_size_hu,
+                   seed=seed, target=target, params=params, mesh=mesh, probe_hu=0.0)
+
+
+def attack(method: str, denoiser: Denoiser, images: Any, epsilons_hu: Any,
+           **kwargs) -> AttackResult:
+    """`fgsm`, `bim` or `pgd` by name, with their keyword options."""
+    if method not in METHODS:
+        raise ValueError(f"unknown attack method {method!r}; expected one of {', '.join(METHODS)}")
+    return {"fgsm": fgsm, "bim": bim, "pgd": pgd}[method](denoiser, images, epsilons_hu, **kwargs)
+
+
+def result_table(result: AttackResult) -> list[dict[str, Any]]:
+    """One dict per row: image_index, epsilon_hu, method, targeted and the metrics."""
+    out = []
+    for i in range(len(result.epsilon_hu)):
+        row = dict(image_index=int(result.image_index[i]), epsilon_hu=float(result.epsilon_hu[i]),
+                   method=result.method, targeted=result.targeted)
+        row.update({k: float(v[i]) for k, v in result.metrics.items()})
+        out.append(row)
+    return out
