@@ -78,3 +78,52 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str
     lines = ["  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A GitHub-flavoured markdown table (floats to 4 significant digits)."""
+    def cell(v):
+        return f"{v:.4g}" if isinstance(v, (float, np.floating)) else str(v)
+
+    lines = ["| " + " | ".join(map(str, header)) + " |",
+             "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_text(path: str, text: str) -> str:
+    """Writes `text` to `path` atomically (temp file, then os.replace); returns `path`."""
+    tmp = atomic_path(path)
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path
+
+
+def write_json(path: str, obj: object) -> str:
+    """Writes `obj` as indented JSON to `path` atomically; returns `path`."""
+    import json
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_plain) + "\n")
+
+
+def write_csv(path: str, records: Sequence[dict]) -> str:
+    """Writes dicts (one per row; columns in first-seen key order) as CSV, atomically."""
+    import csv
+    import io
+    columns: list[str] = []
+    for r in records:
+        columns += [k for k in r if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+    return write_text(path, buf.getvalue())
+
+
+def _plain(v):
+    """numpy scalars/arrays -> plain Python for json."""
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    raise TypeError(f"not JSON serialisable: {type(v).__name__}")

@@ -1,0 +1,79 @@
+"""Adversarial attack sweep: `python launch/main.py --config=configs/attack.py:<model>[,<variant>]`.
+
+The opposite of the invariance sweep: small perturbations (L-infinity budget in HU) with a large
+output change, by FGSM, BIM and PGD (ldct_jax.invariance.attacks), over the grid methods x
+budgets x images, in chunks that a restarted run does not redo, then a report (figures: x,
+x_adv, f(x), f(x_adv), the perturbation and the output difference; a table). See
+ldct_jax/invariance/attack_sweep.py for what lands in the workdir.
+
+Models: gauss_ri (no training; tiny default), cnn10 and wgan_vgg (config.checkpoint, default
+runs/cnn10/model and runs/wgan/model from configs/cnn10.py and configs/wgan.py).
+Variants (after a comma):
+  targeted   towards config.target: 'remove_center' (f(x) with the central disc of
+             config.target_radius_px replaced by the median of the ring around it: the output
+             with whatever lay there removed) or a .npy of output images in HU.
+  paper      Mayo slices at 512x512 (--config.data.root=...), budgets 1 to 20 HU, 20 steps.
+
+Images as in configs/invariance.py: config.images (.npy) or config.num_images slices of
+config.data. Every field can be overridden, e.g. --config.epsilons_hu='(1., 10.)'.
+"""
+
+import ml_collections
+
+from configs import common
+
+MODELS = ("gauss_ri", "cnn10", "wgan_vgg")
+VARIANTS = ("default", "targeted", "paper")
+
+
+def get_config(arg=None):
+    model, _, variant = (arg or "gauss_ri").partition(",")
+    variant = variant or "default"
+    if model not in MODELS or variant not in VARIANTS:
+        raise ValueError(f"configs/attack.py: unknown preset {arg!r}; expected "
+                         f"<model>[,<variant>] with model in {MODELS} and variant in "
+                         f"{VARIANTS[1:]}")
+    c = ml_collections.ConfigDict()
+    c.job = "attack"
+    c.model = model
+    c.checkpoint = ""          # '' -> runs/cnn10/model or runs/wgan/model (unused by gauss_ri)
+    c.model_config = ml_collections.ConfigDict()
+
+    c.images = ""              # .npy [H, W] or [N, H, W] HU; '' -> slices from config.data
+    c.anatomy = "abdomen"
+    c.num_images = 2
+    c.image_seed = 0
+    c.crop = 0
+    c.data = common.data_config(patients_per_anatomy=1, slices=2, size=256)
+    c.data.anatomies = ("chest", "abdomen")
+    c.data.held_out_patients = 0
+
+    # The grid: methods x images (each chunk one method, all budgets).
+    c.methods = ("fgsm", "bim", "pgd")
+    c.epsilons_hu = (1.0, 5.0, 20.0)
+    c.steps = 10               # BIM and PGD
+    c.step_size_hu = 0.0       # 0: 2.5 * epsilon / steps
+    c.probe_hu = -1.0          # FGSM/BIM first-gradient probe; < 0: the attacks' default
+    c.attack_seed = 0          # PGD start and probe
+    c.target = ""              # '' untargeted | 'remove_center' | .npy of output images (HU)
+    c.target_radius_px = 8
+    c.images_per_chunk = 2
+
+    c.report = ml_collections.ConfigDict(dict(figures=True, compare=()))
+    c.seed = 0
+    c.distributed = "auto"
+    c.num_devices = 0
+    c.progress_bar = True
+
+    if model == "gauss_ri":
+        c.data.synthetic.size = 128
+        c.data.synthetic.slices = 1
+        c.data.anatomies = ("abdomen", "chest")
+    if variant == "targeted":
+        c.target = "remove_center"
+    elif variant == "paper":
+        c.data.source = "mayo"
+        c.epsilons_hu = (1.0, 2.0, 5.0, 10.0, 20.0)
+        c.steps = 20
+    c.lock()
+    return c

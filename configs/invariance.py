@@ -1,0 +1,103 @@
+"""Invariance sweep: `python launch/main.py --config=configs/invariance.py:<model>[,<variant>]`.
+
+Finds, for every (distance, lambda, image, seed) of a grid, the large input perturbation x_inv
+the denoiser ignores (ldct_jax.invariance.search), in chunks that a restarted run does not
+redo, then writes a report (figures in the slides' layout and a table). See
+ldct_jax/invariance/sweep.py for what lands in the workdir.
+
+Models:
+  gauss_ri   the Gaussian + zeroed square ground truth: no training, a tiny default (2
+             synthetic slices at 128x128, 300 iterations) that runs in a few minutes on a CPU.
+  cnn10      needs a trained model: config.checkpoint, default runs/cnn10/model
+             (python launch/main.py --config=configs/cnn10.py).
+  wgan_vgg   needs a trained model: config.checkpoint, default runs/wgan/model
+             (python launch/main.py --config=configs/wgan.py).
+Variants (after a comma):
+  quick      few iterations and small images: a smoke run.
+  paper      the talk's settings: Mayo slices (--config.data.root=...), 512x512, 3000 Adam
+             iterations, distances mse, dssim and vgg16 (--config.vgg16_weights=...).
+
+Images: config.images (a .npy, [H, W] or [N, H, W] HU; config.anatomy names their anatomy)
+or, when empty, config.num_images low-dose slices drawn from config.data (seed
+config.image_seed), optionally centre-cropped to config.crop px. config.mask: a .npy [H, W] or
+[N, H, W] in [0, 1], where x_inv may live. Every field can be overridden, e.g.
+--config.lambdas='(1e-4, 1e-2)' --config.search.iterations=1000.
+"""
+
+import ml_collections
+
+from configs import common
+
+MODELS = ("gauss_ri", "cnn10", "wgan_vgg")
+VARIANTS = ("default", "quick", "paper")
+
+
+def get_config(arg=None):
+    model, _, variant = (arg or "gauss_ri").partition(",")
+    variant = variant or "default"
+    if model not in MODELS or variant not in VARIANTS:
+        raise ValueError(f"configs/invariance.py: unknown preset {arg!r}; expected "
+                         f"<model>[,<variant>] with model in {MODELS} and variant in "
+                         f"{VARIANTS[1:]}")
+    c = ml_collections.ConfigDict()
+    c.job = "invariance"
+    c.model = model
+    c.checkpoint = ""          # '' -> runs/cnn10/model or runs/wgan/model (unused by gauss_ri)
+    c.model_config = ml_collections.ConfigDict()  # module arguments for gauss_ri (sigma, square)
+
+    # Images.
+    c.images = ""              # .npy [H, W] or [N, H, W] HU; '' -> slices from config.data
+    c.anatomy = "abdomen"      # anatomy of .npy images (picks the display window)
+    c.num_images = 2
+    c.image_seed = 0
+    c.crop = 0                 # centre crop to crop x crop px; 0 keeps whole slices
+    c.mask = ""                # .npy [H, W] or [N, H, W] in [0, 1]; '' -> everywhere
+    c.data = common.data_config(patients_per_anatomy=1, slices=2, size=256)
+    c.data.anatomies = ("chest", "abdomen")
+    c.data.held_out_patients = 0
+
+    # The grid: distances x lambdas x images x seeds, cut into chunks of rows.
+    c.distances = ("mse", "dssim")
+    c.lambdas = (1e-4, 1e-2)
+    c.seeds = (0,)
+    c.rows_per_chunk = 4
+    c.vgg16_weights = ""       # torchvision VGG16 .pth/.safetensors; '' -> random init (logged)
+
+    c.search = ml_collections.ConfigDict(dict(
+        iterations=3000, chunk=100, learning_rate=1e-2, b1=0.9, b2=0.999, eps=1e-8,
+        init_scale_hu=1.0, clip=True, sensitivity=False))
+
+    c.report = ml_collections.ConfigDict(dict(
+        figures=True,
+        figure_seed=-1,        # the seed shown in figures; -1: the first of config.seeds
+        compare=(),            # other sweep workdirs whose summaries join the table
+    ))
+    c.seed = 0                 # model init (gauss_ri has no params) and VGG random init
+    c.distributed = "auto"
+    c.num_devices = 0          # 0: every device
+    c.progress_bar = True
+
+    if model == "gauss_ri":
+        c.data.synthetic.size = 128
+        c.data.synthetic.slices = 1
+        c.data.anatomies = ("abdomen", "chest")
+        c.search.iterations = 300
+        c.search.chunk = 50
+        c.search.learning_rate = 0.05
+    if variant == "quick":
+        c.data.synthetic.size = 128
+        c.num_images = 1
+        c.search.iterations = 100
+        c.search.chunk = 25
+        c.lambdas = (1e-2,)
+    elif variant == "paper":
+        c.data.source = "mayo"
+        c.data.anatomies = ("chest", "abdomen")
+        c.num_images = 2
+        c.distances = ("mse", "dssim", "vgg16")
+        c.lambdas = (1e-4, 1e-3, 1e-2, 1e-1)
+        c.search.iterations = 3000
+        c.search.chunk = 100
+        c.search.learning_rate = 1e-2
+    c.lock()
+    return c

@@ -1,0 +1,230 @@
+"""Resumable sweeps: a grid of rows cut into chunks, each computed once and written atomically.
+
+A sweep's workdir holds `manifest.json` (what the sweep is: its settings and a fingerprint of
+them, the images and the model) and one directory per finished chunk:
+
+    chunks/00000/  arrays (.npy), metrics.csv, metrics.json
+
+A chunk is written into a temporary directory and renamed into place with `os.replace`, so a
+chunk directory exists only complete. A sweep started again computes only the chunks that are
+missing; a sweep started with different settings in the same workdir is refused.
+Only process 0 writes; every process computes (the computations are collective).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+
+import jax
+import numpy as np
+
+from ldct_jax import report
+
+MANIFEST = "manifest.json"
+CHUNKS = "chunks"
+METRICS_JSON = "metrics.json"
+METRICS_CSV = "metrics.csv"
+
+
+class ConfigChangedError(ValueError):
+    """The workdir holds a sweep with other settings."""
+
+
+def digest(*arrays: Any) -> str:
+    """sha256 of arrays (shape, dtype and bytes) or pytrees of arrays, e.g. a model's params."""
+    h = hashlib.sha256()
+    for tree in arrays:
+        for leaf in jax.tree.leaves(tree):
+            a = np.ascontiguousarray(np.asarray(leaf))
+            h.update(f"{a.shape}{a.dtype}".encode())
+            h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def fingerprint(settings: Mapping[str, Any]) -> str:
+    """sha256 of `settings` as canonical JSON."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _diff(a: Any, b: Any, prefix: str) -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in _diff(a.get(k), b.get(k), f"{prefix}.{k}")]
+    return [] if a == b else [f"{prefix}: {a!r} -> {b!r}"]
+
+
+def claim(workdir: str, settings: Mapping[str, Any]) -> dict:
+    """Writes the manifest of a new sweep, or checks that `workdir`'s sweep has `settings`.
+
+    Args:
+      workdir: the sweep's directory.
+      settings: everything the results depend on (JSON-serialisable; arrays as `digest`s).
+
+    Returns:
+      The manifest.
+
+    Raises:
+      ConfigChangedError: `workdir` holds a sweep with other settings (names what changed).
+    """
+    settings = json.loads(json.dumps(settings, sort_keys=True, default=str))
+    manifest = {"fingerprint": fingerprint(settings), "settings": settings}
+    path = os.path.join(workdir, MANIFEST)
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        if old.get("fingerprint") != manifest["fingerprint"]:
+            changed = _diff(old.get("settings", {}), settings, "") or ["(fingerprint)"]
+            raise ConfigChangedError(
+                f"{workdir} holds a sweep with other settings ({path}); changed: "
+                f"{'; '.join(c.lstrip('.') for c in changed)}. Finished chunks would not match: "
+                "use a new --workdir, or delete this one to start over.")
+        return old
+    if jax.process_index() == 0:
+        report.write_json(path, manifest)
+    return manifest
+
+
+def chunk_dir(workdir: str, index: int) -> str:
+    return os.path.join(workdir, CHUNKS, f"{index:05d}")
+
+
+def is_done(workdir: str, index: int) -> bool:
+    return os.path.isfile(os.path.join(chunk_dir(workdir, index), METRICS_JSON))
+
+
+def clean_partial(workdir: str) -> None:
+    """Removes temporary chunk directories left by a killed run (process 0)."""
+    root = os.path.join(workdir, CHUNKS)
+    if jax.process_index() != 0 or not os.path.isdir(root):
+        return
+    for name in os.listdir(root):
+        if name.startswith(".tmp"):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+
+def write_chunk(workdir: str, index: int, arrays: Mapping[str, np.ndarray],
+                records: Sequence[Mapping[str, Any]], info: Optional[Mapping[str, Any]] = None
+                ) -> str:
+    """Writes one finished chunk atomically: `<name>.npy` per array, metrics.csv and .json.
+
+    Args:
+      workdir: the sweep's directory.
+      index: chunk number.
+      arrays: e.g. {'perturbation': [B, H, W]}.
+      records: one dict per row (settings and metrics, plain values).
+      info: extra fields for metrics.json (e.g. seconds).
+
+    Returns:
+      The chunk's directory.
+    """
+    final = chunk_dir(workdir, index)
+    if jax.process_index() != 0:
+        return final
+    tmp = os.path.join(workdir, CHUNKS, f".tmp{index:05d}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    for name, a in arrays.items():
+        np.save(os.path.join(tmp, f"{name}.npy"), np.asarray(a))
+    report.write_csv(os.path.join(tmp, METRICS_CSV), [dict(r) for r in records])
+    report.write_json(os.path.join(tmp, METRICS_JSON),
+                      {"chunk": index, "rows": list(records), **dict(info or {})})
+    if os.path.exists(final):  # an earlier, complete copy: keep it untouched
+        shutil.rmtree(tmp)
+    else:
+        os.replace(tmp, final)
+    return final
+
+
+def read_chunk(workdir: str, index: int, arrays: Iterable[str] = ()
+               ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A finished chunk: ({name: array}, the metrics.json dict)."""
+    d = chunk_dir(workdir, index)
+    with open(os.path.join(d, METRICS_JSON)) as f:
+        meta = json.load(f)
+    return {name: np.load(os.path.join(d, f"{name}.npy")) for name in arrays}, meta
+
+
+def split(n: int, per_chunk: int) -> list[slice]:
+    """Consecutive slices of at most `per_chunk` rows covering `range(n)`."""
+    if per_chunk < 1:
+        raise ValueError(f"rows per chunk must be >= 1, got {per_chunk}")
+    return [slice(lo, min(lo + per_chunk, n)) for lo in range(0, n, per_chunk)]
+
+
+class Progress:
+    """A tqdm bar over the iterations of the chunks still to do (iterations/s, time left).
+
+    `update_to(done)` is the progress callback of one chunk (iterations done within it, of
+    `iterations` per chunk).
+    """
+
+    def __init__(self, total_chunks: int, todo: int, iterations: int, desc: str,
+                 enabled: bool = True, unit: str = "it"):
+        self.iterations = iterations
+        self.total_chunks = total_chunks
+        self.bar = None
+        self._base = 0
+        self._chunk = 0
+        if enabled and todo and jax.process_index() == 0:
+            from tqdm import tqdm
+            self.bar = tqdm(total=todo * iterations, desc=desc, unit=unit, dynamic_ncols=True,
+                            smoothing=0.1)
+
+    def start_chunk(self, index: int, rows: int) -> None:
+        self._chunk = 0
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"chunk {index + 1}/{self.total_chunks}, {rows} rows")
+
+    def update_to(self, done: int) -> None:
+        if self.bar is not None:
+            self.bar.update(done - self._chunk)
+        self._chunk = done
+
+    def end_chunk(self) -> None:
+        if self.bar is not None and self._chunk < self.iterations:
+            self.bar.update(self.iterations - self._chunk)
+        self._chunk = 0
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_chunks(workdir: str, slices: Sequence[slice],
+               compute: Callable[[int, slice, Callable[[int], None]],
+                                 tuple[Mapping[str, np.ndarray], Sequence[Mapping[str, Any]],
+                                       Mapping[str, Any]]],
+               progress: Progress,
+               on_chunk: Optional[Callable[[int], None]] = None) -> list[int]:
+    """Computes and writes every chunk not yet finished, in order.
+
+    Args:
+      workdir: the sweep's directory (its manifest already claimed).
+      slices: the rows of each chunk.
+      compute: `(index, rows, progress_callback) -> (arrays, records, info)` for one chunk.
+      progress: the bar.
+      on_chunk: called with the chunk index after each chunk is written.
+
+    Returns:
+      The indices computed by this call (the others were finished before).
+    """
+    clean_partial(workdir)
+    os.makedirs(os.path.join(workdir, CHUNKS), exist_ok=True)
+    computed = []
+    try:
+        for i, rows in enumerate(slices):
+            if is_done(workdir, i):
+                continue
+            progress.start_chunk(i, rows.stop - rows.start)
+            arrays, records, info = compute(i, rows, progress.update_to)
+            progress.end_chunk()
+            write_chunk(workdir, i, arrays, records, info)
+            computed.append(i)
+            if on_chunk is not None:
+                on_chunk(i)
+    finally:
+        progress.close()
+    return computed

@@ -1,0 +1,185 @@
+"""What both sweeps read before computing anything: the denoiser, the images, a mask.
+
+Everything here fails at start, with a message naming the config key, the value and what was
+expected, so that a sweep never dies after an hour on a bad input.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import jax
+import numpy as np
+from absl import logging
+
+from ldct_jax import ct, models
+from ldct_jax.invariance import batching
+from ldct_jax.models.denoiser import Denoiser
+
+# Where the training jobs leave their models (configs/cnn10.py and configs/wgan.py, default
+# workdirs), and how to make them.
+TRAINED = {
+    "cnn10": ("runs/cnn10/model", "python launch/main.py --config=configs/cnn10.py"),
+    "wgan_vgg": ("runs/wgan/model", "python launch/main.py --config=configs/wgan.py"),
+}
+
+
+def load_denoiser(model: str, checkpoint: str = "", model_config: Optional[dict] = None,
+                  seed: int = 0) -> Denoiser:
+    """The denoiser a sweep studies.
+
+    Args:
+      model: 'gauss_ri', 'cnn10' or 'wgan_vgg' (config.model).
+      checkpoint: a saved model directory (`ldct_jax.models.save`) or an ldct-benchmark
+        `.pt`; '' -> the training job's default (TRAINED); gauss_ri needs none.
+      model_config: module arguments for a model built without a checkpoint (gauss_ri).
+      seed: init key of such a model.
+
+    Raises:
+      ValueError: unknown model, or a checkpoint holding another model.
+      FileNotFoundError: no checkpoint where expected (says how to train one).
+    """
+    if model not in models.ARCHITECTURES:
+        raise ValueError(f"config.model={model!r} is not a denoiser; expected one of "
+                         f"{sorted(models.ARCHITECTURES)}")
+    if model not in TRAINED and not checkpoint:
+        return models.create(model, jax.random.key(seed), **dict(model_config or {}))
+    default, train = TRAINED.get(model, ("", ""))
+    path = checkpoint or default
+    if not os.path.exists(path):
+        how = (f"train one with `{train}` (it writes {default}), or " if train else "")
+        raise FileNotFoundError(
+            f"config.checkpoint={path!r}: no saved {model} model there; {how}point "
+            f"--config.checkpoint at a directory written by ldct_jax.models.save (or an "
+            "ldct-benchmark .pt)")
+    if os.path.isfile(path) and path.endswith((".pt", ".pth")):
+        return models.import_ldctbench(path, model)  # ldct-benchmark's trained weights
+    d = models.load(path)
+    if d.name != model:
+        raise ValueError(f"config.checkpoint={path!r} holds a {d.name!r} model, but "
+                         f"config.model={model!r}; set --config.model={d.name} or point "
+                         f"--config.checkpoint at a {model} model")
+    return d
+
+
+def load_images(config: Any, workdir: str) -> tuple[np.ndarray, list[str], list[str]]:
+    """The sweep's images in HU, their anatomies (display windows) and where each came from.
+
+    From `config.images` (.npy, `[H, W]` or `[N, H, W]`), or else `config.num_images` low-dose
+    slices of `config.data` drawn with `config.image_seed`; then centre-cropped to
+    `config.crop` px when it is > 0.
+
+    Returns:
+      (images `[N, H, W]` float32 HU, anatomy per image, source description per image).
+    """
+    if config.images:
+        path = config.images
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"config.images={path!r}: no such file (expected a .npy "
+                                    "of HU, [H, W] or [N, H, W])")
+        try:
+            raw = np.load(path, allow_pickle=False)
+        except ValueError as e:
+            raise ValueError(f"config.images={path!r}: not a plain .npy array ({e})") from None
+        images = batching.check_images(raw, f"config.images={path!r}")
+        anatomy = [str(config.anatomy)] * len(images)
+        source = [f"{os.path.basename(path)}[{i}]" for i in range(len(images))]
+    else:
+        from ldct_jax import data
+        from ldct_jax.data.sampling import sample_slices
+        if config.num_images < 1:
+            raise ValueError(f"config.num_images={config.num_images}; expected >= 1")
+        scans = data.load_scans(config.data, workdir)
+        picked = sample_slices(scans, config.num_images, config.image_seed)
+        images = batching.check_images(picked["low"], f"config.data ({config.data.source})")
+        anatomy = [scans[p].anatomy for p in picked["patient"]]
+        source = [f"{scans[p].patient} slice {s}" for p, s in
+                  zip(picked["patient"], picked["slice"])]
+    return clip_to_hu_range(crop(images, config.crop)), anatomy, source
+
+
+def clip_to_hu_range(images: np.ndarray) -> np.ndarray:
+    """Images clipped to [HU_MIN, HU_MAX] (logged): outside it, 'x + delta in range' and 'a
+    budget of eps HU' cannot both hold (e.g. -2048 HU padding outside a scanner's field of view)."""
+    outside = (images < ct.HU_MIN) | (images > ct.HU_MAX)
+    if outside.any():
+        logging.warning("%d pixel(s) outside the valid HU range [%g, %g] (min %g, max %g) "
+                        "clipped to it", int(outside.sum()), ct.HU_MIN, ct.HU_MAX,
+                        images.min(), images.max())
+        images = np.clip(images, ct.HU_MIN, ct.HU_MAX)
+    return images
+
+
+def crop(images: np.ndarray, size: int) -> np.ndarray:
+    """Centre crop of `[N, H, W]` to `size` x `size` (0: unchanged)."""
+    if not size:
+        return images
+    h, w = images.shape[-2:]
+    if size > min(h, w) or size < 1:
+        raise ValueError(f"config.crop={size}: expected 0 (no crop) or 1..{min(h, w)} for "
+                         f"images of {h}x{w}")
+    top, left = (h - size) // 2, (w - size) // 2
+    return np.ascontiguousarray(images[:, top:top + size, left:left + size])
+
+
+def load_mask(path: str, shape: tuple[int, ...], crop_size: int = 0) -> Optional[np.ndarray]:
+    """config.mask (.npy `[H, W]` or `[N, H, W]` in [0, 1]) for images of `shape`, or None.
+
+    A mask of the uncropped slice size is cropped like the images.
+    """
+    if not path:
+        return None
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config.mask={path!r}: no such file (expected a .npy in "
+                                f"[0, 1], [H, W] or [N, H, W], for images {tuple(shape)})")
+    m = np.load(path, allow_pickle=False)
+    if crop_size and m.ndim in (2, 3) and m.shape[-2:] != tuple(shape[-2:]):
+        m = crop(m, crop_size) if m.ndim == 3 else crop(m[None], crop_size)[0]
+    return batching.check_mask(m, tuple(shape), f"config.mask={path!r}")
+
+
+def log_inputs(images: np.ndarray, anatomy: list[str], source: list[str]) -> None:
+    for i, (a, s) in enumerate(zip(anatomy, source)):
+        logging.info("image %d: %s (%s), %dx%d", i, s, a, *images.shape[-2:])
+
+
+# Config fields that do not change results (left out of a sweep's manifest).
+NOT_RESULTS = ("progress_bar", "report", "distributed", "num_devices")
+
+
+def settings(config: Any, denoiser: Denoiser, arrays: dict[str, Optional[np.ndarray]],
+             **extra: Any) -> dict:
+    """What a sweep's results depend on (its manifest): the config without NOT_RESULTS, the
+    model (name, module config, params digest) and digests of `arrays` (images, mask, ...)."""
+    import json
+
+    from ldct_jax.invariance import chunks
+    cfg = json.loads(config.to_json_best_effort())
+    for k in NOT_RESULTS:
+        cfg.pop(k, None)
+    out = {"config": cfg,
+           "model": {"name": denoiser.name, "config": dict(denoiser.config),
+                     "params": chunks.digest(denoiser.params)}}
+    out.update({k: None if a is None else chunks.digest(a) for k, a in arrays.items()})
+    out.update(extra)
+    return out
+
+
+def save_inputs(workdir: str, images: np.ndarray, anatomy: list[str], source: list[str]) -> None:
+    """inputs/images.npy and inputs/images.json (anatomy, source) in `workdir` (process 0)."""
+    from ldct_jax import report
+    if jax.process_index() != 0:
+        return
+    save_array(os.path.join(workdir, "inputs", "images.npy"), images)
+    report.write_json(os.path.join(workdir, "inputs", "images.json"),
+                      {"anatomy": list(anatomy), "source": list(source)})
+
+
+def save_array(path: str, array: np.ndarray) -> str:
+    """np.save to `path` atomically (temp file, then os.replace)."""
+    from ldct_jax import report
+    tmp = report.atomic_path(path) + ".npy"
+    np.save(tmp, np.asarray(array))
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,217 @@
+"""The end-of-sweep report: every row, a summary table, and figures in the slides' layout.
+
+Figures: one per image and distance (attacks: per image and method), one row per lambda
+(budget): x, x + x_inv, f(x), f(x + x_inv) in the image's anatomy window, then x_inv and
+f(x + x_inv) - f(x) in the difference window (0/100 HU).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+from typing import Any, Mapping, Optional, Sequence
+
+import jax
+import numpy as np
+
+from ldct_jax import ct, report
+from ldct_jax.invariance import chunks
+from ldct_jax.models.denoiser import Denoiser
+
+INVARIANCE_COLUMNS = ("model", "distance", "lam", "n", "input_rms_hu", "input_max_hu",
+                      "input_ssim", "output_rms_hu", "output_max_hu", "ratio")
+ATTACK_COLUMNS = ("model", "method", "targeted", "epsilon_hu", "n", "input_max_hu",
+                  "input_rms_hu", "output_rms_hu", "output_max_hu", "target_rms_hu",
+                  "target_rms_hu_clean", "amplification")
+
+
+def gather(workdir: str, num_chunks: int, arrays: Sequence[str]
+           ) -> tuple[dict[str, np.ndarray], list[dict]]:
+    """All chunks' arrays (concatenated along rows) and records, in row order."""
+    parts = [chunks.read_chunk(workdir, i, arrays) for i in range(num_chunks)]
+    out = {k: np.concatenate([p[0][k] for p in parts]) for k in arrays}
+    records = [r for p in parts for r in p[1]["rows"]]
+    return out, records
+
+
+def summarise(records: Sequence[Mapping[str, Any]], keys: Sequence[str],
+              metrics: Sequence[str]) -> list[dict]:
+    """Mean of `metrics` per group of equal `keys` (in first-seen order), with `n` rows each.
+
+    Means skip non-finite values (an output that did not change gives an infinite ratio).
+    """
+    groups: dict[tuple, list] = collections.OrderedDict()
+    for r in records:
+        groups.setdefault(tuple(r[k] for k in keys), []).append(r)
+    out = []
+    for key, rs in groups.items():
+        row = dict(zip(keys, key), n=len(rs))
+        for m in metrics:
+            v = np.array([r[m] for r in rs if r.get(m) is not None], np.float64)
+            v = v[np.isfinite(v)]
+            row[m] = float(v.mean()) if v.size else float("nan")
+        out.append(row)
+    return out
+
+
+def load_compared(workdirs: Sequence[str]) -> list[dict]:
+    """The summary records of other sweeps (their report/summary.json)."""
+    out = []
+    for w in workdirs:
+        path = os.path.join(w, "report", "summary.json")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"config.report.compare: {path} does not exist (run that "
+                                    "sweep to its end first)")
+        with open(path) as f:
+            out += json.load(f)["summary"]
+    return out
+
+
+def write_tables(report_dir: str, records: Sequence[Mapping[str, Any]],
+                 summary: Sequence[Mapping[str, Any]], table: Sequence[Mapping[str, Any]],
+                 columns: Sequence[str], title: str, extra: Optional[Mapping] = None) -> str:
+    """results.csv/json (every row), summary.csv/json/md; returns the printed text table."""
+    report.write_csv(os.path.join(report_dir, "results.csv"), list(records))
+    report.write_json(os.path.join(report_dir, "results.json"), list(records))
+    report.write_json(os.path.join(report_dir, "summary.json"),
+                      {"summary": list(summary), **dict(extra or {})})
+    report.write_csv(os.path.join(report_dir, "summary.csv"), list(table))
+    cells = [[r.get(c, "") for c in columns] for r in table]
+    report.write_text(os.path.join(report_dir, "summary.md"),
+                      f"# {title}\n\n" + report.markdown_table(columns, cells))
+    return report.format_table(columns, cells)
+
+
+def denoise(denoiser: Denoiser, images: np.ndarray, batch: int = 8) -> np.ndarray:
+    """f on `[B, H, W]` HU, a few at a time (one compiled shape)."""
+    fn = jax.jit(denoiser.apply)
+    out = []
+    for lo in range(0, len(images), batch):
+        x = images[lo:lo + batch]
+        pad = batch - len(x)
+        y = np.asarray(fn(denoiser.params, np.concatenate([x, np.repeat(x[-1:], pad, 0)])))
+        out.append(y[:len(x)])
+    return np.concatenate(out)
+
+
+def figure(path: str, denoiser: Denoiser, x: np.ndarray, perturbed: Sequence[np.ndarray],
+           labels: Sequence[str], anatomy: str, title: str,
+           names: Sequence[str] = ("x + x_inv", "x_inv"),
+           target: Optional[np.ndarray] = None) -> str:
+    """One figure: one row per perturbed image, the slides' six panels. An existing `path` is
+    kept (a sweep's figures depend only on its finished chunks).
+
+    Args:
+      path: the PNG to write.
+      denoiser: f.
+      x: the image, HU `[H, W]`.
+      perturbed: x + perturbation per row, HU `[H, W]` each.
+      labels: a row label each (e.g. 'lambda=1e-4'), shown in the perturbed panel's title.
+      anatomy: picks the window of the image panels.
+      names: how the perturbed image and the perturbation are called.
+      target: a targeted attack's output image (HU), shown as a seventh panel.
+    """
+    from ldct_jax.report import Panel
+    if os.path.exists(path):  # written atomically from chunks that never change: complete
+        return path
+    win = ct.window_for(anatomy)
+    stack = np.stack([x] + list(perturbed)).astype(np.float32)
+    y = denoise(denoiser, stack)
+    rows = []
+    for k, (xp, label) in enumerate(zip(perturbed, labels)):
+        dx, dy = xp - x, y[k + 1] - y[0]
+        rms = lambda a: float(np.sqrt(np.mean(np.square(a, dtype=np.float64))))  # noqa: E731
+        rows.append([
+            Panel("x", x, win),
+            Panel(f"{names[0]}, {label}", xp, win),
+            Panel("f(x)", y[0], win),
+            Panel(f"f({names[0]})", y[k + 1], win),
+            Panel(f"{names[1]}: {rms(dx):.3g} HU RMS", dx, "diff"),
+            Panel(f"f({names[0]}) - f(x): {rms(dy):.3g} HU RMS", dy, "diff"),
+        ] + ([Panel(f"target: {rms(y[k + 1] - target):.3g} HU RMS away", target, win)]
+             if target is not None else []))
+    return report.save_panels(path, rows, title=title)
+
+
+def invariance_report(workdir: str, denoiser: Denoiser, images: np.ndarray,
+                      anatomy: Sequence[str], source: Sequence[str], num_chunks: int,
+                      config: Any, notes: Mapping[str, str]) -> list[dict]:
+    """Writes report/ for a finished invariance sweep and prints its table.
+
+    Returns:
+      The summary records of this sweep.
+    """
+    report_dir = os.path.join(workdir, "report")
+    arrays, records = gather(workdir, num_chunks, ["perturbation"])
+    metrics = [c for c in INVARIANCE_COLUMNS[4:] if c != "ratio"]
+    summary = summarise(records, ("model", "distance", "lam"), metrics)
+    for s in summary:  # ratio of the means: robust where some outputs did not change at all
+        s["ratio"] = s["input_rms_hu"] / s["output_rms_hu"] if s["output_rms_hu"] else float("inf")
+    table = summary + load_compared(config.report.compare)
+    table = sorted(table, key=lambda r: (r["distance"], r["lam"], r["model"]))
+    random_vgg = "RANDOM INIT" in notes.get("vgg16", "")
+    text = write_tables(report_dir, records, summary, table, INVARIANCE_COLUMNS,
+                        "Invariances: how large an input change each network ignores",
+                        {"notes": dict(notes)})
+    print(f"\ninvariance sweep, {config.model}: mean over images and seeds "
+          f"(input/output change in HU, ratio = input RMS / output RMS)\n{text}")
+    if random_vgg:
+        print(f"vgg16: {notes['vgg16']}")
+
+    if config.report.figures:
+        seed = config.seeds[0] if config.report.figure_seed < 0 else config.report.figure_seed
+        fig_dir = os.path.join(report_dir, "figures")
+        for i in range(len(images)):
+            for dist in config.distances:
+                picked = sorted((r for r in records if r["image_index"] == i
+                                 and r["distance"] == dist and r["seed"] == seed),
+                                key=lambda r: r["lam"])
+                if not picked:
+                    continue
+                title = (f"{denoiser.name}, d_in = {dist}, image {i} ({source[i]}, "
+                         f"{anatomy[i]}), seed {seed}")
+                if dist == "vgg16" and random_vgg:
+                    title += " (VGG RANDOM INIT)"
+                figure(os.path.join(fig_dir, f"image{i}_{dist}.png"), denoiser, images[i],
+                       [images[i] + arrays["perturbation"][r["row"]] for r in picked],
+                       [f"lambda={r['lam']:.3g}" for r in picked], anatomy[i], title)
+    print(f"report: {report_dir}")
+    return summary
+
+
+def attack_report(workdir: str, denoiser: Denoiser, images: np.ndarray,
+                  anatomy: Sequence[str], source: Sequence[str], target: Optional[np.ndarray],
+                  num_chunks: int, config: Any) -> list[dict]:
+    """Writes report/ for a finished attack sweep and prints its table; returns its summary."""
+    report_dir = os.path.join(workdir, "report")
+    arrays, records = gather(workdir, num_chunks, ["perturbation"])
+    metrics = [c for c in ATTACK_COLUMNS[5:] if c != "amplification"]
+    summary = summarise(records, ("model", "method", "targeted", "epsilon_hu"), metrics)
+    for s in summary:
+        s["amplification"] = (s["output_rms_hu"] / s["input_rms_hu"] if s["input_rms_hu"]
+                              else float("nan"))
+    table = summary + load_compared(config.report.compare)
+    table = sorted(table, key=lambda r: (r["method"], r["targeted"], r["epsilon_hu"],
+                                         r["model"]))
+    text = write_tables(report_dir, records, summary, table, ATTACK_COLUMNS,
+                        "Adversarial attacks: output change per input budget")
+    kind = "targeted" if target is not None else "untargeted"
+    print(f"\n{kind} attacks, {config.model}: mean over images (HU; amplification = output "
+          f"RMS / input RMS)\n{text}")
+    if config.report.figures:
+        fig_dir = os.path.join(report_dir, "figures")
+        for i in range(len(images)):
+            for method in config.methods:
+                picked = sorted((r for r in records if r["image_index"] == i
+                                 and r["method"] == method), key=lambda r: r["epsilon_hu"])
+                title = (f"{denoiser.name}, {kind} {method.upper()}, image {i} ({source[i]}, "
+                         f"{anatomy[i]})")
+                adv = [np.clip(images[i] + arrays["perturbation"][r["row"]], ct.HU_MIN,
+                               ct.HU_MAX) for r in picked]
+                figure(os.path.join(fig_dir, f"image{i}_{method}.png"), denoiser, images[i],
+                       adv, [f"eps={r['epsilon_hu']:.3g} HU" for r in picked], anatomy[i],
+                       title, names=("x_adv", "delta"),
+                       target=None if target is None else target[i])
+    print(f"report: {report_dir}")
+    return summary

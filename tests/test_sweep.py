@@ -1,0 +1,314 @@
+"""The invariance and attack sweeps: resume after a kill, config-change refusal, bad inputs,
+report layout. gauss_ri on tiny images with few iterations."""
+
+import csv
+import json
+import os
+
+import jax
+import matplotlib.image
+import numpy as np
+import pytest
+
+from configs import attack as attack_config
+from configs import invariance as invariance_config
+from ldct_jax import ct, jobs, models
+from ldct_jax.invariance import attack_sweep, chunks, search, sweep
+
+SIZE = 64
+
+
+class Killed(Exception):
+    """Stands in for a kill after a chunk was written."""
+
+
+@pytest.fixture(scope="module")
+def image_file(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    body = np.where((yy - 32) ** 2 + (xx - 32) ** 2 < 28 ** 2, 40.0, -1000.0)
+    images = np.stack([body + rng.normal(0, 20, body.shape), body[::-1] + 10]).astype(np.float32)
+    path = str(tmp_path_factory.mktemp("images") / "images.npy")
+    np.save(path, np.clip(images, ct.HU_MIN, ct.HU_MAX))
+    return path
+
+
+def invariance_cfg(image_file, **changes):
+    c = invariance_config.get_config("gauss_ri")
+    with c.unlocked():
+        c.images = image_file
+        c.distances = ("mse", "dssim")
+        c.lambdas = (1e-4, 1e-2)
+        c.rows_per_chunk = 3          # 8 rows -> chunks of 3, 3, 2
+        c.search.iterations = 20
+        c.search.chunk = 10
+        c.progress_bar = False
+        for k, v in changes.items():
+            c[k] = v
+    return c
+
+
+def attack_cfg(image_file, **changes):
+    c = attack_config.get_config("gauss_ri")
+    with c.unlocked():
+        c.images = image_file
+        c.methods = ("fgsm", "bim")
+        c.epsilons_hu = (2.0, 10.0)
+        c.steps = 2
+        c.images_per_chunk = 1        # 2 methods x N images -> 2 N chunks
+        c.progress_bar = False
+        for k, v in changes.items():
+            c[k] = v
+    return c
+
+
+def mtimes(workdir):
+    root = os.path.join(workdir, chunks.CHUNKS)
+    return {os.path.join(d, f): os.stat(os.path.join(root, d, f)).st_mtime_ns
+            for d in sorted(os.listdir(root)) for f in sorted(os.listdir(os.path.join(root, d)))}
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(image_file, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("sweep_whole"))
+    jobs.run(invariance_cfg(image_file), workdir)  # through the job dispatch, as launch/main.py
+    return workdir
+
+
+@pytest.mark.slow
+def test_invariance_sweep_resumes_where_killed(image_file, uninterrupted, tmp_path, monkeypatch):
+    calls = []
+    run = search.Searcher.run
+    monkeypatch.setattr(search.Searcher, "run",
+                        lambda self, *a, **k: calls.append(len(a[2].lam)) or run(self, *a, **k))
+    workdir = str(tmp_path / "sweep")
+    config = invariance_cfg(image_file)
+    config.report.figures = False  # not part of the results; test_invariance_report_layout
+
+    def kill_after_first(index):
+        if index == 0:
+            raise Killed
+
+    with pytest.raises(Killed):
+        sweep.run(config, workdir, on_chunk=kill_after_first)
+    assert sorted(os.listdir(os.path.join(workdir, "chunks"))) == ["00000"]
+    assert not os.path.exists(os.path.join(workdir, "report"))
+    before = mtimes(workdir)
+    # A half-written chunk left by a kill during the write is thrown away.
+    os.makedirs(os.path.join(workdir, "chunks", ".tmp00001-99999"))
+
+    out = sweep.run(config, workdir)
+    assert out["computed"] == [1, 2] and out["chunks"] == 3
+    assert calls == [3, 3, 2]  # chunk 0 once, then only chunks 1 and 2
+    after = mtimes(workdir)
+    assert {k: after[k] for k in before} == before  # finished chunk never rewritten
+    assert sorted(os.listdir(os.path.join(workdir, "chunks"))) == ["00000", "00001", "00002"]
+
+    # Same results as the uninterrupted sweep.
+    for i in range(3):
+        a, meta_a = chunks.read_chunk(uninterrupted, i, ["perturbation", "curves"])
+        b, meta_b = chunks.read_chunk(workdir, i, ["perturbation", "curves"])
+        np.testing.assert_allclose(b["perturbation"], a["perturbation"], atol=1e-3)
+        np.testing.assert_allclose(b["curves"], a["curves"], rtol=1e-5, atol=1e-7)
+        assert [r["row"] for r in meta_b["rows"]] == [r["row"] for r in meta_a["rows"]]
+
+    # Started again when finished: nothing computed.
+    assert sweep.run(config, workdir)["computed"] == []
+    assert len(calls) == 3
+
+
+@pytest.mark.slow  # shares the sweep of `uninterrupted`
+def test_invariance_report_layout(uninterrupted):
+    report = os.path.join(uninterrupted, "report")
+    figures = sorted(os.listdir(os.path.join(report, "figures")))
+    # One figure per image and distance ...
+    assert figures == ["image0_dssim.png", "image0_mse.png", "image1_dssim.png", "image1_mse.png"]
+    # ... with one row per lambda of six 3-inch panels at 100 dpi.
+    img = matplotlib.image.imread(os.path.join(report, "figures", figures[0]))
+    assert img.shape[:2] == (2 * 300, 6 * 300)
+
+    results = read_csv(os.path.join(report, "results.csv"))
+    assert len(results) == 8  # 2 distances x 2 lambdas x 2 images x 1 seed
+    # Rows in grid order (distances x lambdas x images x seeds) and the metrics are those of
+    # the saved perturbations (numpy RMS).
+    grid = search.grid(2, [1e-4, 1e-2], ["mse", "dssim"], [0])
+    assert [r["distance"] for r in results] == list(grid.distance)
+    assert [int(r["image_index"]) for r in results] == grid.image_index.tolist()
+    perturbation = np.concatenate([chunks.read_chunk(uninterrupted, i, ["perturbation"])[0]
+                                   ["perturbation"] for i in range(3)])
+    assert perturbation.shape == (8, SIZE, SIZE)
+    rms = np.sqrt(np.mean(np.square(perturbation.astype(np.float64)), axis=(1, 2)))
+    np.testing.assert_allclose([float(r["input_rms_hu"]) for r in results], rms, rtol=1e-4)
+
+    summary = read_csv(os.path.join(report, "summary.csv"))
+    assert [(r["distance"], float(r["lam"])) for r in summary] == [
+        ("dssim", pytest.approx(1e-4)), ("dssim", pytest.approx(1e-2)),
+        ("mse", pytest.approx(1e-4)), ("mse", pytest.approx(1e-2))]
+    for s in summary:
+        group = [r for r in results if r["distance"] == s["distance"] and r["lam"] == s["lam"]]
+        assert int(s["n"]) == len(group) == 2
+        for m in ("input_rms_hu", "input_ssim", "output_rms_hu"):
+            assert float(s[m]) == pytest.approx(np.mean([float(r[m]) for r in group]), rel=1e-6)
+        assert float(s["ratio"]) == pytest.approx(float(s["input_rms_hu"])
+                                                  / float(s["output_rms_hu"]), rel=1e-6)
+    md = open(os.path.join(report, "summary.md")).read().splitlines()
+    assert md[2].startswith("| model | distance | lam |") and len(md) == 4 + 4
+    with open(os.path.join(uninterrupted, "inputs", "images.json")) as f:
+        assert json.load(f)["anatomy"] == ["abdomen", "abdomen"]
+
+
+@pytest.mark.slow  # shares the sweep of `uninterrupted`
+def test_changed_config_is_refused(image_file, uninterrupted):
+    config = invariance_cfg(image_file, lambdas=(1e-4, 1e-1))
+    with pytest.raises(chunks.ConfigChangedError, match=r"lambdas: \[0\.0001, 0\.01\] -> "
+                       r"\[0\.0001, 0\.1\].*new --workdir"):
+        sweep.run(config, uninterrupted)
+    other_images = np.load(image_file)[:1]
+    path = os.path.join(os.path.dirname(uninterrupted), "one.npy")
+    np.save(path, other_images)
+    with pytest.raises(chunks.ConfigChangedError, match="images"):
+        sweep.run(invariance_cfg(image_file, images=path), uninterrupted)
+
+
+@pytest.mark.parametrize("change, error, message", [
+    (dict(distances=("mse", "l1")), ValueError,
+     r"config\.distances=\('mse', 'l1'\): unknown input distance\(s\) \['l1'\]; expected some "
+     r"of mse, dssim, vgg16"),
+    (dict(images="BAD_SHAPE"), ValueError,
+     r"bad_shape\.npy.*expected an image \[H, W\] or a stack \[N, H, W\] in HU, got shape "
+     r"\(1, 2, 64, 64\)"),
+    (dict(images="NAN"), ValueError, r"nan\.npy.*1 NaN/inf value\(s\), first in image 1 at row "
+     r"5, column 7"),
+    (dict(images="MISSING"), FileNotFoundError, r"config\.images=.*missing\.npy.*no such file"),
+    (dict(mask="BAD_MASK"), ValueError, r"config\.mask=.*shape \(32, 32\) does not fit the "
+     r"images \(2, 64, 64\)"),
+    (dict(model="cnn10", checkpoint="/nonexistent/model"), FileNotFoundError,
+     r"config\.checkpoint='/nonexistent/model': no saved cnn10 model there; train one with "
+     r"`python launch/main.py --config=configs/cnn10.py` \(it writes runs/cnn10/model\)"),
+    (dict(model="wgan_vgg", checkpoint="GAUSS_MODEL"), ValueError,
+     r"holds a 'gauss_ri' model, but config\.model='wgan_vgg'"),
+    (dict(model="unet"), ValueError, r"config\.model='unet' is not a denoiser"),
+    (dict(lambdas=(1e-2, float("nan"))), ValueError, r"config\.lambdas"),
+    (dict(search=dict(iterations=0, chunk=10)), ValueError, r"config\.search: .*iterations"),
+])
+def test_bad_inputs_fail_at_start(image_file, tmp_path, change, error, message):
+    files = tmp_path / "files"
+    files.mkdir()
+    good = np.load(image_file)
+    special = {"BAD_SHAPE": good[None], "NAN": good.copy(), "BAD_MASK": np.ones((32, 32))}
+    special["NAN"][1, 5, 7] = np.nan
+    for key, value in list(change.items()):
+        if isinstance(value, dict):
+            continue
+        if value in special:
+            change[key] = str(files / f"{value.lower()}.npy")
+            np.save(change[key], special[value])
+        elif value == "MISSING":
+            change[key] = str(files / "missing.npy")
+        elif value == "GAUSS_MODEL":
+            change[key] = str(files / "gauss_model")
+            models.save(models.create("gauss_ri", jax.random.key(0)), change[key])
+    search_change = change.pop("search", None)
+    config = invariance_cfg(image_file, **change)
+    if search_change:
+        config.search.update(search_change)
+    workdir = str(tmp_path / "run")
+    with pytest.raises(error, match=message):
+        sweep.run(config, workdir)
+    assert not os.path.exists(os.path.join(workdir, "chunks"))  # nothing computed
+
+
+def test_default_checkpoint_message(image_file, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no runs/ here
+    with pytest.raises(FileNotFoundError, match=r"'runs/wgan/model': no saved wgan_vgg model "
+                       r"there; train one with `python launch/main.py --config=configs/wgan.py`"):
+        sweep.run(invariance_cfg(image_file, model="wgan_vgg"), str(tmp_path / "run"))
+
+
+def test_configs_presets_locked_and_checked():
+    for module, name in ((invariance_config, "invariance"), (attack_config, "attack")):
+        for model in module.MODELS:
+            for variant in module.VARIANTS:
+                c = module.get_config(model if variant == "default" else f"{model},{variant}")
+                assert c.job == name and c.model == model
+                with pytest.raises(AttributeError):
+                    c.not_a_field = 1
+        with pytest.raises(ValueError, match=f"configs/{name}.py: unknown preset 'vgg'"):
+            module.get_config("vgg")
+    assert invariance_config.get_config().model == "gauss_ri"
+
+
+def test_remove_center_target_matches_numpy():
+    rng = np.random.default_rng(1)
+    y = rng.normal(0, 50, (2, 33, 40)).astype(np.float32)
+    t = attack_sweep.remove_center(y, 5)
+    yy, xx = np.mgrid[:33, :40]
+    r = np.sqrt((yy - 16) ** 2 + (xx - 19.5) ** 2)
+    for k in range(2):
+        ring = y[k][(r > 5) & (r <= 10)]
+        assert np.all(t[k][r <= 5] == np.median(ring))
+        np.testing.assert_array_equal(t[k][r > 5], y[k][r > 5])
+    with pytest.raises(ValueError, match=r"config\.target_radius_px=20; expected 1\.\.8"):
+        attack_sweep.remove_center(y, 20)
+
+
+@pytest.mark.slow
+def test_attack_sweep_resume_budget_and_report(image_file, tmp_path):
+    whole, part = str(tmp_path / "whole"), str(tmp_path / "part")
+    one = str(tmp_path / "one.npy")
+    np.save(one, np.load(image_file)[1:])
+    config = attack_cfg(one)
+    config.report.figures = False
+    attack_sweep.run(config, whole)
+
+    def kill_after_first(index):
+        if index == 0:
+            raise Killed
+
+    config.report.figures = True
+    with pytest.raises(Killed):
+        attack_sweep.run(config, part, on_chunk=kill_after_first)
+    before = mtimes(part)
+    out = attack_sweep.run(config, part)
+    assert out["computed"] == [1] and out["chunks"] == 2
+    after = mtimes(part)
+    assert {k: after[k] for k in before} == before
+    images = np.load(one)
+    for i in range(2):
+        a, meta_a = chunks.read_chunk(whole, i, ["perturbation"])
+        b, meta_b = chunks.read_chunk(part, i, ["perturbation"])
+        np.testing.assert_array_equal(b["perturbation"], a["perturbation"])
+        for r, delta in zip(meta_b["rows"], b["perturbation"]):
+            # Each row respects its budget and the HU range (numpy, from the saved arrays).
+            assert np.abs(delta).max() <= r["epsilon_hu"]
+            x_adv = images[r["image_index"]] + delta
+            assert x_adv.min() >= ct.HU_MIN and x_adv.max() <= ct.HU_MAX
+            assert r["method"] == ("fgsm", "bim")[i]
+    with pytest.raises(chunks.ConfigChangedError, match="steps: 2 -> 3"):
+        attack_sweep.run(attack_cfg(one, steps=3), part)
+
+    report = os.path.join(part, "report")
+    figures = sorted(os.listdir(os.path.join(report, "figures")))
+    assert figures == ["image0_bim.png", "image0_fgsm.png"]  # per image and method
+    img = matplotlib.image.imread(os.path.join(report, "figures", figures[0]))
+    assert img.shape[:2] == (2 * 300, 6 * 300)  # one row per budget, six panels
+    summary = read_csv(os.path.join(report, "summary.csv"))
+    assert [(r["method"], float(r["epsilon_hu"])) for r in summary] == [
+        ("bim", 2.0), ("bim", 10.0), ("fgsm", 2.0), ("fgsm", 10.0)]
+    assert len(read_csv(os.path.join(report, "results.csv"))) == 4
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(methods=("fgsm", "cw")), r"config\.methods=\('fgsm', 'cw'\): unknown method\(s\) "
+     r"\['cw'\]; expected some of fgsm, bim, pgd"),
+    (dict(epsilons_hu=(-1.0,)), r"config\.epsilons_hu=\(-1\.0,\)"),
+    (dict(target="lesion"), r"config\.target='lesion'; expected ''"),
+])
+def test_attack_bad_config(image_file, tmp_path, change, message):
+    with pytest.raises(ValueError, match=message):
+        attack_sweep.run(attack_cfg(image_file, **change), str(tmp_path))
