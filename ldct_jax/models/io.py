@@ -160,10 +160,11 @@ def check_params(flat: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]
     if missing or unexpected:
         raise ValueError(f"{what}: params do not match the architecture: missing keys "
                          f"{missing}, unexpected keys {unexpected}")
-    for k in sorted(expected):
-        if tuple(flat[k].shape) != tuple(expected[k]):
-            raise ValueError(f"{what}: param {k!r} has shape {tuple(flat[k].shape)}, the "
-                             f"architecture expects {tuple(expected[k])}")
+    wrong = [f"{k!r} {tuple(flat[k].shape)}, expected {tuple(expected[k])}"
+             for k in sorted(expected) if tuple(flat[k].shape) != tuple(expected[k])]
+    if wrong:
+        raise ValueError(f"{what}: param shapes differ from the architecture's: "
+                         f"{'; '.join(wrong)}")
 
 
 def load(path: str) -> Denoiser:

@@ -1,0 +1,299 @@
+"""Denoisers against PyTorch (ldct-benchmark layout), SciPy and known answers; save/load/import."""
+
+import argparse
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from ldct_jax import ct, models
+from ldct_jax.models import wgan_vgg
+
+NAMES = ("cnn10", "wgan_vgg", "gauss_ri")
+H, W = 40, 44  # >= 30 for gauss_ri's square; not square, to catch H/W mix-ups
+
+
+def _hu(seed, shape=(2, H, W)):
+    """Random HU images spanning air to bone."""
+    return np.random.RandomState(seed).uniform(-1024.0, 1500.0, shape).astype(np.float32)
+
+
+def _random_params(name, seed, **config):
+    """He-normal kernels and small random biases in the architecture's shapes (no compile)."""
+    shapes = jax.eval_shape(models.architecture(name).module(**config).init, jax.random.key(0),
+                            jax.ShapeDtypeStruct((1, 32, 32, 1), jnp.float32))
+    rs = np.random.RandomState(seed)
+
+    def draw(a):
+        if a.ndim == 4:
+            return rs.randn(*a.shape).astype(np.float32) * np.sqrt(2.0 / np.prod(a.shape[:3]))
+        return 0.1 * rs.randn(*a.shape).astype(np.float32)
+
+    return jax.tree.map(lambda a: jnp.asarray(draw(a)), shapes.get("params", {}))
+
+
+@pytest.fixture(scope="module")
+def denoisers():
+    return {n: models.build(n, _random_params(n, i)) for i, n in enumerate(NAMES)}
+
+
+@pytest.fixture(scope="module")
+def apply_jit(denoisers):
+    """One compiled `apply` per architecture, shared by every params of that architecture."""
+    return {n: jax.jit(d.apply) for n, d in denoisers.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Parity with PyTorch and ldct-benchmark import
+
+
+def _torch():
+    torch = pytest.importorskip("torch")
+    from tests import torch_denoisers
+    return torch, torch_denoisers
+
+
+def _write_ldctbench_checkpoint(torch, model, path):
+    """As ldct-benchmark's BaseTrainer.save_checkpoint writes it (args are a Namespace)."""
+    args = argparse.Namespace(lr=1e-4, patchsize=64, devices=0, optimizer="adam")
+    torch.save({"args": args, "iteration": 1000, "model_state_dict": model.state_dict()}, path)
+
+
+def _torch_hu(torch, model, x_hu):
+    """ldct-benchmark's pipeline: raw = HU + 1024, normalised, network, back to HU."""
+    net = (np.float64(x_hu) + 1024.0 - ct.LDCTBENCH_MEAN_RAW) / ct.LDCTBENCH_SCALE
+    with torch.no_grad():
+        y = model(torch.from_numpy(net.astype(np.float32))[:, None]).numpy()[:, 0]
+    return y * ct.LDCTBENCH_SCALE + ct.LDCTBENCH_MEAN_RAW - 1024.0
+
+
+@pytest.mark.parametrize("name,cls", [("cnn10", "CNN10"), ("wgan_vgg", "Generator")])
+def test_import_ldctbench_matches_pytorch_in_hu(name, cls, denoisers, apply_jit, tmp_path):
+    torch, tden = _torch()
+    torch.manual_seed(1)
+    model = getattr(tden, cls)().eval()
+    _write_ldctbench_checkpoint(torch, model, tmp_path / "best_SSIM.pt")
+    d = models.import_ldctbench(str(tmp_path / "best_SSIM.pt"), name)
+    assert (d.name, d.shift, d.scale) == (name, ct.LDCTBENCH_SHIFT, ct.LDCTBENCH_SCALE)
+    x = _hu(1)
+    ref = _torch_hu(torch, model, x)
+    assert np.abs(ref - x).max() > 10.0  # the network does something
+    assert d.module == denoisers[name].module
+    assert np.abs(np.asarray(apply_jit[name](d.params, x)) - ref).max() < 1e-3
+    # Exact import: every weight is the PyTorch one, only transposed (OIHW -> HWIO).
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    for layer, prefix in models.io.LDCTBENCH_LAYERS[name].items():
+        np.testing.assert_array_equal(d.params[layer]["kernel"],
+                                      state[prefix + ".weight"].transpose(2, 3, 1, 0))
+        np.testing.assert_array_equal(d.params[layer]["bias"], state[prefix + ".bias"])
+
+
+def test_import_ldctbench_critic_scores_match_pytorch(tmp_path):
+    torch, tden = _torch()
+    torch.manual_seed(2)
+    patch = 40  # last feature map 2x2: exercises PyTorch's (C, H, W) flattening order
+    model = tden.Critic(patch).eval()
+    assert model.output_size == wgan_vgg.critic_output_size(patch) == 2
+    torch.save({"model_state_dict": model.state_dict()}, tmp_path / "critic.pt")
+    critic, params = models.import_ldctbench_critic(str(tmp_path / "critic.pt"), patch)
+    x = np.random.RandomState(3).randn(3, patch, patch).astype(np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)[:, None]).numpy()[:, 0]
+    ours = np.asarray(jax.jit(critic.apply)({"params": params}, x[..., None]))
+    assert ours.shape == (3,)
+    assert np.abs(ours - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
+    # Same tree as init_critic gives, so it drops into the WGAN trainer.
+    fresh = jax.eval_shape(lambda k: wgan_vgg.init_critic(k, patch)[1], jax.random.key(0))
+    assert jax.tree.map(jnp.shape, fresh) == jax.tree.map(jnp.shape, params)
+
+
+def test_import_ldctbench_errors(tmp_path):
+    torch, tden = _torch()
+    model = tden.CNN10()
+    _write_ldctbench_checkpoint(torch, model, tmp_path / "cnn10.pt")
+    with pytest.raises(ValueError, match=r"not an ldct-benchmark wgan_vgg checkpoint: missing "
+                       r"keys \['net\.0\.bias'.*unexpected keys \['layers\.0\.bias'.*cnn10"):
+        models.import_ldctbench(str(tmp_path / "cnn10.pt"), "wgan_vgg")
+
+    state = model.state_dict()
+    del state["layers.2.bias"]
+    torch.save({"model_state_dict": state}, tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match=r"missing keys \['layers\.2\.bias'\], unexpected keys "
+                       r"\[\]"):
+        models.import_ldctbench(str(tmp_path / "missing.pt"), "cnn10")
+
+    state = model.state_dict()
+    state["layers.0.weight"] = torch.zeros(32, 1, 9, 9)
+    torch.save({"model_state_dict": state}, tmp_path / "shape.pt")
+    with pytest.raises(ValueError, match=r"'layers\.0\.weight' \(cnn10 conv1/kernel\) has shape "
+                       r"\(32, 1, 9, 9\), expected \(64, 1, 9, 9\)"):
+        models.import_ldctbench(str(tmp_path / "shape.pt"), "cnn10")
+
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pt: could not read as a PyTorch checkpoint"):
+        models.import_ldctbench(str(tmp_path / "junk.pt"), "cnn10")
+    with pytest.raises(ValueError, match="no ldct-benchmark mapping for 'gauss_ri'"):
+        models.import_ldctbench(str(tmp_path / "cnn10.pt"), "gauss_ri")
+    with pytest.raises(ValueError, match=r"critic \(patch 64\).*fc1\.weight"):
+        models.import_ldctbench_critic(str(tmp_path / "shape.pt"), 64)
+    with pytest.raises(ValueError, match=r"key 'fc1\.weight' .* has shape \(1024, 256\), "
+                       r"expected \(1024, 2304\)"):
+        critic = tden.Critic(32)  # 1x1 last map: its fc1 does not fit 40x40 patches
+        torch.save(critic.state_dict(), tmp_path / "critic32.pt")
+        models.import_ldctbench_critic(str(tmp_path / "critic32.pt"), 48)
+
+
+# ---------------------------------------------------------------------------------------------
+# gauss_ri: the denoiser whose invariance is known exactly
+
+TOP, LEFT, SIDE, RADIUS = (H - 30) // 2, (W - 30) // 2, 30, 4
+
+
+def test_gauss_ri_zero_square_and_scipy_gaussian_outside(denoisers, apply_jit):
+    d = denoisers["gauss_ri"]
+    x = _hu(4) * 3.0  # any input, even far outside the HU range
+    y = np.asarray(apply_jit["gauss_ri"](d.params, x))
+    inside = np.zeros((H, W), bool)
+    inside[TOP:TOP + SIDE, LEFT:LEFT + SIDE] = True
+    assert np.all(y[:, inside] == 0.0)
+    # 'symmetric' padding of jnp.pad repeats the edge pixel: scipy's mode='reflect'.
+    ref = np.stack([ndimage.gaussian_filter(np.float64(xi), sigma=1.0, mode="reflect",
+                                            truncate=4.0) for xi in x])
+    assert np.abs(y[:, ~inside] - ref[:, ~inside]).max() < 1e-3
+
+
+def test_gauss_ri_gradient_exactly_zero_deep_inside_the_square(denoisers):
+    d = denoisers["gauss_ri"]
+    w = np.random.RandomState(5).uniform(0.5, 1.5, (H, W)).astype(np.float32)
+    g = np.asarray(jax.jit(jax.grad(lambda x: jnp.sum(w * d(x))))(jnp.asarray(_hu(6)[0])))
+    deep = g[TOP + RADIUS:TOP + SIDE - RADIUS, LEFT + RADIUS:LEFT + SIDE - RADIUS]
+    assert deep.shape == (SIDE - 2 * RADIUS, SIDE - 2 * RADIUS) and np.all(deep == 0.0)
+    # ... and not deeper than needed: the ring just inside the radius still reaches outside.
+    assert np.all(g[TOP + RADIUS - 1, LEFT + RADIUS:LEFT + SIDE - RADIUS] != 0.0)
+    assert np.all(g[TOP + RADIUS:TOP + SIDE - RADIUS, LEFT + SIDE - RADIUS] != 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# jit, vmap, grad
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_jit_vmap_and_grads(denoisers, apply_jit, name):
+    d = denoisers[name]
+    x = jnp.asarray(_hu(7))
+    batched = np.asarray(apply_jit[name](d.params, x))
+    assert batched.shape == x.shape and batched.dtype == np.float32
+    assert np.abs(batched - np.asarray(x)).max() > 1.0
+    # vmap runs apply on single [H, W] images: same answer as the [B, H, W] batch.
+    vmapped = jax.jit(jax.vmap(d.apply, in_axes=(None, 0)))(d.params, x)
+    np.testing.assert_allclose(vmapped, batched, atol=1e-3)
+
+    def loss(params, x):
+        return jnp.mean((d.apply(params, x) / ct.LDCTBENCH_SCALE) ** 2)
+
+    gp, gx = jax.jit(jax.grad(loss, argnums=(0, 1)))(d.params, x)
+    assert np.all(np.isfinite(gx)) and np.abs(gx).max() > 0
+    leaves = jax.tree.leaves(gp)
+    assert len(leaves) == (0 if name == "gauss_ri" else 2 * (3 if name == "cnn10" else 8))
+    for leaf in leaves:
+        assert np.all(np.isfinite(leaf)) and np.abs(leaf).max() > 0
+
+
+def test_input_gradient_matches_finite_differences(denoisers):
+    """jax.grad of the public float32 d.apply against central differences in float64."""
+    d = denoisers["cnn10"]
+    rs = np.random.RandomState(8)
+    x, v, r = rs.uniform(-1024.0, 1500.0, (H, W)), rs.randn(H, W), rs.randn(H, W)
+    g = jax.jit(jax.grad(lambda x: jnp.mean(r * d(x))))(jnp.asarray(x, jnp.float32))
+    directional = float(jnp.vdot(g, jnp.asarray(v, jnp.float32)))
+    with jax.enable_x64(True):
+        p64 = jax.tree.map(lambda a: np.asarray(a, np.float64), d.params)
+        loss = jax.jit(lambda x: jnp.mean(r * d.from_net(d.apply_net(p64, d.to_net(x)))))
+        eps = 1e-3  # HU
+        fd = (float(loss(x + eps * v)) - float(loss(x - eps * v))) / (2 * eps)
+    assert abs(directional - fd) <= 1e-4 * abs(fd)
+
+
+# ---------------------------------------------------------------------------------------------
+# save / load
+
+
+def _assert_same_params(a, b):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        assert u.dtype == v.dtype
+        np.testing.assert_array_equal(u, v)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_save_load_round_trip_is_exact(denoisers, apply_jit, name, tmp_path):
+    d = denoisers[name]
+    path = tmp_path / "runs" / "model"  # parent does not exist yet
+    models.save(d, str(path))
+    assert sorted(os.listdir(tmp_path / "runs")) == ["model"]  # no temp dirs left behind
+    e = models.load(str(path))
+    assert (e.name, e.shift, e.scale) == (d.name, d.shift, d.scale)
+    assert e.module == d.module
+    _assert_same_params(e.params, d.params)
+    x = _hu(10)
+    np.testing.assert_array_equal(apply_jit[name](e.params, x), apply_jit[name](d.params, x))
+    meta = json.loads((path / "model.json").read_text())
+    assert meta["format"] == "ldct_jax.denoiser" and meta["name"] == name
+
+
+def test_save_load_config_sharded_params_and_overwrite(tmp_path):
+    d = models.build("cnn10", _random_params("cnn10", 5, features=(16, 8)), features=(16, 8))
+    mesh = jax.make_mesh((jax.device_count(),), ("data",))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    d = d.replace(params=jax.device_put(d.params, replicated))
+    path = str(tmp_path / "model")
+    models.save(d, path)
+    e = models.load(path)
+    assert e.module.features == (16, 8) and e.params["conv1"]["kernel"].shape == (9, 9, 1, 16)
+    _assert_same_params(e.params, jax.device_get(d.params))
+    with pytest.raises(FileExistsError, match="exists"):
+        models.save(d, path)
+    models.save(models.create("gauss_ri", jax.random.key(0)), path, overwrite=True)
+    assert models.load(path).name == "gauss_ri"
+    assert sorted(os.listdir(tmp_path)) == ["model"]
+
+
+def test_load_errors(denoisers, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere: no such model directory"):
+        models.load(str(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"empty: not a saved denoiser: no model\.json"):
+        models.load(str(tmp_path / "empty"))
+
+    path = tmp_path / "model"
+    models.save(denoisers["cnn10"], str(path))
+    meta_file = path / "model.json"
+    meta = json.loads(meta_file.read_text())
+
+    def load_with(**changes):
+        meta_file.write_text(json.dumps({**meta, **changes}))
+        return models.load(str(path))
+
+    with pytest.raises(ValueError, match=r"model\.json: format 'something', expected "
+                       r"'ldct_jax\.denoiser'"):
+        load_with(format="something")
+    with pytest.raises(ValueError, match="format version 99"):
+        load_with(version=99)
+    with pytest.raises(ValueError, match=r"unknown architecture 'unet'; expected one of "
+                       r"\['cnn10', 'gauss_ri', 'wgan_vgg'\]"):
+        load_with(name="unet")
+    with pytest.raises(ValueError, match=r"param shapes differ from the architecture's: 'conv1/bias' "
+                       r"\(64,\), expected \(16,\); 'conv1/kernel' \(9, 9, 1, 64\), expected "
+                       r"\(9, 9, 1, 16\); 'conv2/kernel' \(3, 3, 64, 32\), expected "):
+        load_with(config={"features": [16, 32]})
+    with pytest.raises(ValueError, match=r"missing keys \['conv4/bias', 'conv4/kernel'.*"
+                       r"unexpected keys \[\]"):
+        load_with(name="wgan_vgg", config={"features": 64, "depth": 8})
+    with pytest.raises(ValueError, match="has params but there is no params/ directory"):
+        meta_file.write_text(json.dumps(meta))
+        os.rename(path / "params", tmp_path / "moved")
+        models.load(str(path))
