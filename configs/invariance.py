@@ -9,9 +9,10 @@ Models:
   gauss_ri   the Gaussian + zeroed square ground truth: no training, a tiny default (2
              synthetic slices at 128x128, 300 iterations) that runs in a few minutes on a CPU.
   cnn10      needs a trained model: config.checkpoint, default runs/cnn10/model
-             (python launch/main.py --config=configs/cnn10.py).
+             (python launch/main.py --config=configs/cnn10.py), or an ldct-benchmark .pt.
+             Default: 2 synthetic slices at 256x256, 1000 Adam iterations, 8 perturbations.
   wgan_vgg   needs a trained model: config.checkpoint, default runs/wgan/model
-             (python launch/main.py --config=configs/wgan.py).
+             (python launch/main.py --config=configs/wgan.py), or an ldct-benchmark .pt.
 Variants (after a comma):
   quick      few iterations and small images: a smoke run.
   paper      the talk's settings: Mayo slices (--config.data.root=...), 512x512, 3000 Adam
@@ -77,6 +78,8 @@ def get_config(arg=None):
     c.num_devices = 0          # 0: every device
     c.progress_bar = True
 
+    if model != "gauss_ri":
+        c.search.iterations = 1000  # synthetic 256x256 slices; the paper variant runs 3000
     if model == "gauss_ri":
         c.data.synthetic.size = 128
         c.data.synthetic.slices = 1

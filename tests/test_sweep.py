@@ -308,7 +308,13 @@ def test_attack_sweep_resume_budget_and_report(image_file, tmp_path):
      r"\['cw'\]; expected some of fgsm, bim, pgd"),
     (dict(epsilons_hu=(-1.0,)), r"config\.epsilons_hu=\(-1\.0,\)"),
     (dict(target="lesion"), r"config\.target='lesion'; expected ''"),
+    (dict(target="BAD_TARGET"), r"config\.target=.*target\.npy': shape \(1, 32, 32\) does "
+     r"not fit the images \(2, 64, 64\)"),
 ])
 def test_attack_bad_config(image_file, tmp_path, change, message):
+    if change.get("target") == "BAD_TARGET":
+        change["target"] = str(tmp_path / "target.npy")
+        np.save(change["target"], np.zeros((32, 32), np.float32))
     with pytest.raises(ValueError, match=message):
-        attack_sweep.run(attack_cfg(image_file, **change), str(tmp_path))
+        attack_sweep.run(attack_cfg(image_file, **change), str(tmp_path / "run"))
+    assert not os.path.exists(tmp_path / "run" / "chunks")

@@ -8,6 +8,7 @@ f(x + x_inv) - f(x) in the difference window (0/100 HU).
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import os
 from typing import Any, Mapping, Optional, Sequence
@@ -83,9 +84,15 @@ def write_tables(report_dir: str, records: Sequence[Mapping[str, Any]],
     return report.format_table(columns, cells)
 
 
+@functools.lru_cache(maxsize=8)
+def _apply(name: str, module: Any, shift: float, scale: float):
+    return jax.jit(Denoiser(name=name, module=module, params=None, shift=shift,
+                            scale=scale).apply)
+
+
 def denoise(denoiser: Denoiser, images: np.ndarray, batch: int = 8) -> np.ndarray:
-    """f on `[B, H, W]` HU, a few at a time (one compiled shape)."""
-    fn = jax.jit(denoiser.apply)
+    """f on `[B, H, W]` HU, a few at a time (one compiled program per architecture and shape)."""
+    fn = _apply(denoiser.name, denoiser.module, float(denoiser.shift), float(denoiser.scale))
     out = []
     for lo in range(0, len(images), batch):
         x = images[lo:lo + batch]
@@ -171,6 +178,8 @@ def invariance_report(workdir: str, denoiser: Denoiser, images: np.ndarray,
                     continue
                 title = (f"{denoiser.name}, d_in = {dist}, image {i} ({source[i]}, "
                          f"{anatomy[i]}), seed {seed}")
+                if config.search.sensitivity:
+                    title = "sensitivity search (sign of L turned): " + title
                 if dist == "vgg16" and random_vgg:
                     title += " (VGG RANDOM INIT)"
                 figure(os.path.join(fig_dir, f"image{i}_{dist}.png"), denoiser, images[i],
