@@ -3,6 +3,7 @@
 import argparse
 import json
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -147,6 +148,12 @@ def test_import_ldctbench_errors(tmp_path):
         models.import_ldctbench_critic(str(tmp_path / "critic32.pt"), 48)
 
 
+def test_import_ldctbench_without_torch_says_how_to_get_it(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
+    with pytest.raises(ImportError, match=r"needs PyTorch \(pip install 'ldct-jax\[torch\]'\)"):
+        models.import_ldctbench(str(tmp_path / "best_SSIM.pt"), "cnn10")
+
+
 # ---------------------------------------------------------------------------------------------
 # gauss_ri: the denoiser whose invariance is known exactly
 
@@ -286,14 +293,30 @@ def test_load_errors(denoisers, tmp_path):
     with pytest.raises(ValueError, match=r"unknown architecture 'unet'; expected one of "
                        r"\['cnn10', 'gauss_ri', 'wgan_vgg'\]"):
         load_with(name="unet")
-    with pytest.raises(ValueError, match=r"param shapes differ from the architecture's: 'conv1/bias' "
-                       r"\(64,\), expected \(16,\); 'conv1/kernel' \(9, 9, 1, 64\), expected "
-                       r"\(9, 9, 1, 16\); 'conv2/kernel' \(3, 3, 64, 32\), expected "):
+    with pytest.raises(ValueError, match=r"param shapes differ from the architecture's: "
+                       r"'conv1/bias' \(64,\), expected \(16,\); 'conv1/kernel' "
+                       r"\(9, 9, 1, 64\), expected \(9, 9, 1, 16\); 'conv2/kernel' "
+                       r"\(3, 3, 64, 32\), expected "):
         load_with(config={"features": [16, 32]})
     with pytest.raises(ValueError, match=r"missing keys \['conv4/bias', 'conv4/kernel'.*"
                        r"unexpected keys \[\]"):
         load_with(name="wgan_vgg", config={"features": 64, "depth": 8})
+    meta_file.write_text(json.dumps(meta))
+    os.rename(path / "params", tmp_path / "moved")
     with pytest.raises(ValueError, match="has params but there is no params/ directory"):
-        meta_file.write_text(json.dumps(meta))
-        os.rename(path / "params", tmp_path / "moved")
         models.load(str(path))
+    (path / "params").mkdir()
+    with pytest.raises(ValueError, match=r"model/params: could not restore the cnn10 params "
+                       r"\(expected an orbax checkpoint"):
+        models.load(str(path))
+    meta_file.write_text("{not json")
+    with pytest.raises(ValueError, match=r"model\.json: not valid JSON"):
+        models.load(str(path))
+
+
+def test_load_says_when_given_vgg_weights(tmp_path):
+    from ldct_jax.models import vgg as vgg_lib
+    (tmp_path / "vgg").mkdir()
+    (tmp_path / "vgg" / vgg_lib._META_FILE).write_text("{}")
+    with pytest.raises(ValueError, match=r"no model\.json .* holds VGG weights"):
+        models.load(str(tmp_path / "vgg"))

@@ -76,7 +76,10 @@ def _json_config(config: Mapping[str, Any]) -> dict[str, Any]:
         return v
 
     out = {k: plain(v) for k, v in dict(config).items()}
-    json.dumps(out)  # fails here, naming nothing on disk yet, if the config is not JSON
+    try:
+        json.dumps(out)
+    except TypeError as e:
+        raise ValueError(f"save: the module config {out} is not JSON-serialisable: {e}") from e
     return out
 
 
@@ -118,12 +121,14 @@ def save(d: Denoiser, path: str, *, overwrite: bool = False) -> None:
     architecture(d.name)
     flat = {k: _host_array(v) for k, v in _flat(d.params).items()}
     meta = {"format": FORMAT, "version": FORMAT_VERSION, "name": d.name,
-            "config": _json_config(_full_config(d)), "shift": float(d.shift), "scale": float(d.scale),
+            "config": _json_config(_full_config(d)), "shift": float(d.shift),
+            "scale": float(d.scale),
             "params": {k: {"shape": list(v.shape), "dtype": str(v.dtype)}
                        for k, v in sorted(flat.items())}}
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.tmp-")
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; a saved model is meant to be shared
     try:
         if flat:
             with _checkpointer() as ckpt:
@@ -206,8 +211,12 @@ def load(path: str) -> Denoiser:
     if expected:
         if not os.path.isdir(params_dir):
             raise ValueError(f"{path}: {name} has params but there is no {PARAMS_DIR}/ directory")
-        with _checkpointer() as ckpt:
-            restored = ckpt.restore(params_dir)
+        try:
+            with _checkpointer() as ckpt:
+                restored = ckpt.restore(params_dir)
+        except Exception as e:  # orbax raises many kinds; say where and what was expected
+            raise ValueError(f"{params_dir}: could not restore the {name} params (expected an "
+                             f"orbax checkpoint written by ldct_jax.models.save): {e}") from e
         flat = _flat(restored)
     else:
         flat = {}
