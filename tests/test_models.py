@@ -134,6 +134,12 @@ def test_import_ldctbench_errors(tmp_path):
                        r"\(32, 1, 9, 9\), expected \(64, 1, 9, 9\)"):
         models.import_ldctbench(str(tmp_path / "shape.pt"), "cnn10")
 
+    # Saved from nn.DataParallel without unwrapping: keys start with 'module.'.
+    torch.save({"model_state_dict": {"module." + k: v for k, v in model.state_dict().items()}},
+               tmp_path / "parallel.pt")
+    d = models.import_ldctbench(str(tmp_path / "parallel.pt"), "cnn10")
+    np.testing.assert_array_equal(d.params["conv3"]["bias"], model.layers[4].bias.detach())
+
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="junk.pt: could not read as a PyTorch checkpoint"):
         models.import_ldctbench(str(tmp_path / "junk.pt"), "cnn10")
