@@ -17,6 +17,7 @@ and writes, in the workdir:
                                 summaries of config.report.compare workdirs)
     report/figures/image<i>_<distance>.png   one per image and distance, one row per lambda:
                                 x, x + x_inv, f(x), f(x + x_inv), x_inv, f(x + x_inv) - f(x)
+                                (the first seed; ..._seed<s>.png for config.report.figure_seed)
 
 A killed sweep started again with the same config continues with the first missing chunk.
 """

@@ -182,7 +182,8 @@ def invariance_report(workdir: str, denoiser: Denoiser, images: np.ndarray,
                     title = "sensitivity search (sign of L turned): " + title
                 if dist == "vgg16" and random_vgg:
                     title += " (VGG RANDOM INIT)"
-                figure(os.path.join(fig_dir, f"image{i}_{dist}.png"), denoiser, images[i],
+                name = f"image{i}_{dist}" + ("" if seed == config.seeds[0] else f"_seed{seed}")
+                figure(os.path.join(fig_dir, name + ".png"), denoiser, images[i],
                        [images[i] + arrays["perturbation"][r["row"]] for r in picked],
                        [f"lambda={r['lam']:.3g}" for r in picked], anatomy[i], title)
     print(f"report: {report_dir}")
