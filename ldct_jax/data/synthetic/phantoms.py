@@ -1,0 +1,78 @@
+"""Random anatomical phantoms in HU: chest, abdomen and head slices of random patients.
+
+`phantom(anatomy, seed, patient, z_mm, size)` draws one axial slice. Each patient's organ sizes,
+outlines, tissue values, vessels, ribs and lesions come from `PatientRandom(seed, anatomy,
+patient)` and vary smoothly with the slice position z (mm from the top of the anatomy's range),
+so neighbouring slices of one patient are similar; vessels, airways, bowel loops and lesions are
+3D objects (tilted tubes, spheres) whose cross-sections move with z. Tissue values are those of
+clinical CT at ~120 kVp (abdomen contrast-enhanced in the portal venous phase for most patients,
+chest and head without contrast).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ldct_jax.data.synthetic import anatomy
+from ldct_jax.data.synthetic.shapes import Canvas, PatientRandom
+
+ANATOMIES = ("chest", "abdomen", "head")
+
+# Display field of view (mm across the image) and the z range (mm) slices are drawn from.
+FOV_MM = {"chest": 380.0, "abdomen": 380.0, "head": 250.0}
+Z_RANGE_MM = {"chest": 300.0, "abdomen": 250.0, "head": 140.0}
+# The part of the z range slices start in (head: above the skull base, below the vertex).
+_Z_START = {"chest": (0.02, 0.9), "abdomen": (0.0, 0.9), "head": (0.3, 0.8)}
+
+TISSUES = anatomy.TISSUES
+SOFT_TISSUE = anatomy.SOFT_TISSUE
+
+_DRAW = {"chest": anatomy.chest, "abdomen": anatomy.abdomen, "head": anatomy.head}
+
+
+def _check(anatomy_name: str) -> int:
+    if anatomy_name not in ANATOMIES:
+        raise ValueError(f"unknown anatomy {anatomy_name!r}; expected one of {ANATOMIES}")
+    return ANATOMIES.index(anatomy_name)
+
+
+def patient_random(anatomy_name: str, seed: int, patient: int) -> PatientRandom:
+    return PatientRandom((int(seed), _check(anatomy_name), int(patient)))
+
+
+def pixel_mm(anatomy_name: str, size: int) -> float:
+    """Pixel size in mm: the anatomy's field of view over `size` pixels."""
+    return FOV_MM[anatomy_name] / size
+
+
+def slice_positions(anatomy_name: str, seed: int, patient: int, slices: int,
+                    spacing_mm: float) -> np.ndarray:
+    """`[slices]` positions in mm: a random start per patient, then `spacing_mm` apart."""
+    r = patient_random(anatomy_name, seed, patient)
+    span = Z_RANGE_MM[anatomy_name]
+    lo, hi = _Z_START[anatomy_name]
+    room = max(span * hi - (slices - 1) * spacing_mm, span * lo)
+    start = r.uniform("z_start", span * lo, max(room, span * lo + 1e-3))
+    return (start + spacing_mm * np.arange(slices)).astype(np.float64)
+
+
+def phantom(anatomy_name: str, seed: int, patient: int, z_mm: float, size: int
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """One axial slice of a random patient.
+
+    Args:
+      anatomy_name: 'chest', 'abdomen' or 'head'.
+      seed, patient: which random patient.
+      z_mm: slice position (see `slice_positions`).
+      size: image size in pixels; the field of view is fixed (`FOV_MM`), so the pixel size is
+        `pixel_mm(anatomy_name, size)`.
+
+    Returns:
+      (hu, labels): `[size, size]` float32 HU (-1000 outside the body) and int16 tissue labels
+      (`TISSUES`).
+    """
+    r = patient_random(anatomy_name, seed, patient)
+    canvas = Canvas(size, pixel_mm(anatomy_name, size))
+    t = float(np.clip(z_mm / Z_RANGE_MM[anatomy_name], 0.0, 1.0))
+    _DRAW[anatomy_name](canvas, r, float(z_mm), t)
+    return canvas.hu, canvas.labels
