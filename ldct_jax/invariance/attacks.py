@@ -26,7 +26,9 @@ default. PGD starts from a uniform random point of the budget (Madry et al. 2018
 
 Step size of BIM and PGD: `2.5 * epsilon / steps` by default (Madry et al.), so that the walk can
 cross the budget from one face to the other; `step_size_hu` overrides it (one value for all
-budgets, in HU). One BIM step with step size epsilon is FGSM.
+budgets, in HU). BIM and PGD return the best iterate by their objective (`keep_best`, default
+True; signed steps of fixed size oscillate around an optimum). With `keep_best=False`, one BIM
+step with step size epsilon is FGSM.
 
 All budgets of one image run in one jitted, vmapped program whose rows are sharded over the
 devices of `mesh`; programs are cached per (architecture, method, steps, shape of the batch).
@@ -104,52 +106,54 @@ def _check_target(target: Any, shape: tuple[int, int, int]) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=32)
-def _program(name: str, module: Any, shift: float, scale: float, method: str, steps: int,
-             targeted: bool, mesh):
+def _program(name: str, module: Any, shift: float, scale: float, mesh):
+    """One jitted program for every method, direction and number of steps (all data)."""
     d = Denoiser(name=name, module=module, params=None, shift=shift, scale=scale)
     lo, hi = ct.HU_MIN, ct.HU_MAX
 
     def loss(params, x_adv, ref_net):
         return jnp.mean(jnp.square(d.apply_net(params, d.to_net(x_adv)) - ref_net))
 
-    grad = jax.grad(loss, argnums=1)
-    direction = -1.0 if targeted else 1.0  # descend towards a target, ascend away from f(x)
+    value_and_grad = jax.value_and_grad(loss, argnums=1)
 
     def project(delta, x, eps):
         return jnp.clip(jnp.clip(delta, -eps, eps), lo - x, hi - x)
 
-    def one(params, x, ref_net, eps, alpha, offset):
-        # `offset`: the probe (fgsm, bim) or the random start in units of eps (pgd).
-        if method == "pgd":
-            delta = project(eps * offset, x, eps)
-            first = x + delta
-        else:
-            delta = jnp.zeros_like(x)
-            first = x + offset
-        g = grad(params, first, ref_net)
+    def one(params, steps, keep_best, x, ref_net, eps, alpha, start, probe_, direction):
+        # direction: +1 ascends away from f(x) (untargeted), -1 descends to a target; the score
+        # direction * loss is what the attack maximises.
+        delta = project(start, x, eps)
+        best = (delta, direction * loss(params, x + delta, ref_net))
+        _, g = value_and_grad(params, x + delta + probe_, ref_net)
         delta = project(delta + direction * alpha * jnp.sign(g), x, eps)
 
-        def body(_, delta):
-            g = grad(params, x + delta, ref_net)
-            return project(delta + direction * alpha * jnp.sign(g), x, eps)
+        def better(best, delta, value):
+            score = direction * value
+            return jax.tree.map(lambda a, b: jnp.where(score > best[1], a, b), (delta, score), best)
 
-        delta = jax.lax.fori_loop(1, steps, body, delta)
-        return delta
+        def body(_, carry):
+            delta, best = carry
+            value, g = value_and_grad(params, x + delta, ref_net)
+            best = better(best, delta, value)
+            return project(delta + direction * alpha * jnp.sign(g), x, eps), best
 
-    def run(params, x, ref_net, target, eps, alpha, offset):
-        delta = jax.vmap(one, in_axes=(None, 0, 0, 0, 0, 0))(params, x, ref_net, eps, alpha,
-                                                               offset)
+        delta, best = jax.lax.fori_loop(1, steps, body, (delta, best))
+        best = better(best, delta, loss(params, x + delta, ref_net))
+        return jnp.where(keep_best, best[0], delta)
+
+    def run(params, steps, keep_best, x, target, eps, alpha, start, probe_, direction):
+        y0_net = d.apply_net(params, d.to_net(x))
+        ref_net = jnp.where((direction < 0)[:, None, None], d.to_net(target), y0_net)
+        delta = jax.vmap(one, in_axes=(None, None, None) + (0,) * 7)(
+            params, steps, keep_best, x, ref_net, eps, alpha, start, probe_, direction)
         adv = jnp.clip(x + delta, lo, hi)
-        y0 = d.apply_net(params, d.to_net(x)) * scale
-        y = d.apply_net(params, d.to_net(adv)) * scale
+        y0 = d.from_net(y0_net)
+        y = d.from_net(d.apply_net(params, d.to_net(adv)))
         rms = lambda a: jnp.sqrt(jnp.mean(jnp.square(a), axis=(-2, -1)))
         metrics = dict(input_max_hu=jnp.max(jnp.abs(delta), axis=(-2, -1)),
                        input_rms_hu=rms(delta), output_rms_hu=rms(y - y0),
-                       output_max_hu=jnp.max(jnp.abs(y - y0), axis=(-2, -1)))
-        if targeted:
-            # y, y0 are HU up to the shift; the target is HU.
-            metrics["target_rms_hu"] = rms(y + shift - target)
-            metrics["target_rms_hu_clean"] = rms(y0 + shift - target)
+                       output_max_hu=jnp.max(jnp.abs(y - y0), axis=(-2, -1)),
+                       target_rms_hu=rms(y - target), target_rms_hu_clean=rms(y0 - target))
         return adv, delta, metrics
 
     rows = parallel.batch_sharding(mesh)
@@ -162,7 +166,7 @@ def _program(name: str, module: Any, shift: float, scale: float, method: str, st
 
 def _attack(method: str, denoiser: Denoiser, images: Any, epsilons_hu: Any, *, steps: int,
             step_size_hu: Optional[float], seed: int, target: Any, params: Any, mesh: Any,
-            probe_hu: Optional[float]) -> AttackResult:
+            probe_hu: Optional[float], keep_best: bool = True) -> AttackResult:
     if method not in METHODS:
         raise ValueError(f"unknown attack method {method!r}; expected one of {', '.join(METHODS)}")
     x = batching.check_images(images)
@@ -190,28 +194,30 @@ def _attack(method: str, denoiser: Denoiser, images: Any, epsilons_hu: Any, *, s
         alpha = 2.5 * row_eps / steps
     else:
         alpha = np.full_like(row_eps, step_size_hu)
+    zeros = np.zeros_like(x)
     if method == "pgd":
-        offsets = np.stack([np.asarray(pgd_start(seed, i, (h, w))) for i in range(n)])
-    elif probe_hu > 0:
-        offsets = np.stack([np.asarray(probe(seed, i, (h, w), probe_hu)) for i in range(n)])
+        unit = np.stack([np.asarray(pgd_start(seed, i, (h, w))) for i in range(n)])
+        start, probes = unit[image_index] * row_eps[:, None, None], zeros[image_index]
     else:
-        offsets = np.zeros_like(x)
-    if targeted:
-        ref_net = np.asarray(denoiser.to_net(t), np.float32)
-    else:
-        ref_net = np.asarray(jax.jit(denoiser.apply_net)(params, denoiser.to_net(x)), np.float32)
-
-    host = dict(x=x[image_index], ref_net=ref_net[image_index],
-                target=(t if targeted else x)[image_index], eps=row_eps,
-                alpha=alpha.astype(np.float32), offset=offsets[image_index])
+        probes = (np.stack([np.asarray(probe(seed, i, (h, w), probe_hu)) for i in range(n)])
+                  if probe_hu > 0 else zeros)
+        start, probes = zeros[image_index], probes[image_index]
     b = len(row_eps)
+    host = dict(x=x[image_index],
+                target=(t if targeted else x)[image_index], eps=row_eps,
+                alpha=alpha.astype(np.float32), start=start.astype(np.float32), probe=probes,
+                direction=np.full((b,), -1.0 if targeted else 1.0, np.float32))
     dev = batching.shard(batching.pad_rows(host, batching.padded_size(b, mesh)), mesh)
     program = _program(denoiser.name, denoiser.module, float(denoiser.shift),
-                       float(denoiser.scale), method, 1 if method == "fgsm" else int(steps),
-                       targeted, mesh)
-    adv, delta, metrics = program(parallel.replicate(params, mesh), dev["x"], dev["ref_net"],
-                                  dev["target"], dev["eps"], dev["alpha"], dev["offset"])
+                       float(denoiser.scale), mesh)
+    adv, delta, metrics = program(parallel.replicate(params, mesh),
+                                  np.int32(1 if method == "fgsm" else steps),
+                                  np.bool_(keep_best and method != "fgsm"), dev["x"],
+                                  dev["target"], dev["eps"], dev["alpha"],
+                                  dev["start"], dev["probe"], dev["direction"])
     adv, delta, metrics = batching.gather((adv, delta, metrics), b)
+    if not targeted:
+        metrics = {k: v for k, v in metrics.items() if k in METRICS}
     return AttackResult(adversarial=adv, perturbation=delta, metrics=metrics,
                         image_index=image_index, epsilon_hu=row_eps, method=method,
                         targeted=targeted)
@@ -237,20 +243,28 @@ def fgsm(denoiser: Denoiser, images: Any, epsilons_hu: Any, *, target: Any = Non
 
 def bim(denoiser: Denoiser, images: Any, epsilons_hu: Any, *, steps: int = 10,
         step_size_hu: Optional[float] = None, target: Any = None, params: Any = None,
-        mesh: Any = None, seed: int = 0, probe_hu: Optional[float] = None) -> AttackResult:
+        mesh: Any = None, seed: int = 0, probe_hu: Optional[float] = None,
+        keep_best: bool = True) -> AttackResult:
     """Basic iterative method: `steps` FGSM steps of `step_size_hu` (default 2.5 eps / steps),
-    each projected onto the budget and the HU range; starts at delta = 0. Arguments as `fgsm`."""
+    each projected onto the budget and the HU range; starts at delta = 0.
+
+    `keep_best` returns the best iterate (start included) by the attack's objective rather than
+    the last one: signed steps of a fixed size oscillate, and a targeted attack's last iterate
+    can end farther from the target than it started. `keep_best=False` is the textbook BIM
+    (one step of size epsilon is then FGSM). Other arguments as `fgsm`."""
     return _attack("bim", denoiser, images, epsilons_hu, steps=steps, step_size_hu=step_size_hu,
-                   seed=seed, target=target, params=params, mesh=mesh, probe_hu=probe_hu)
+                   seed=seed, target=target, params=params, mesh=mesh, probe_hu=probe_hu,
+                   keep_best=keep_best)
 
 
 def pgd(denoiser: Denoiser, images: Any, epsilons_hu: Any, *, steps: int = 10,
         step_size_hu: Optional[float] = None, seed: int = 0, target: Any = None,
-        params: Any = None, mesh: Any = None) -> AttackResult:
+        params: Any = None, mesh: Any = None, keep_best: bool = True) -> AttackResult:
     """Projected gradient descent: BIM from a uniform random start in the budget (`pgd_start`,
-    drawn from `seed`, the same direction for every budget of an image). Arguments as `fgsm`."""
+    drawn from `seed`, the same direction for every budget of an image). Arguments as `bim`."""
     return _attack("pgd", denoiser, images, epsilons_hu, steps=steps, step_size_hu=step_size_hu,
-                   seed=seed, target=target, params=params, mesh=mesh, probe_hu=0.0)
+                   seed=seed, target=target, params=params, mesh=mesh, probe_hu=0.0,
+                   keep_best=keep_best)
 
 
 def attack(method: str, denoiser: Denoiser, images: Any, epsilons_hu: Any,
