@@ -35,7 +35,9 @@ def check_images(images: Any, what: str = "images") -> np.ndarray:
 def check_mask(mask: Any, shape: tuple[int, ...], what: str = "mask") -> Optional[np.ndarray]:
     """`mask` as float32 `[N, H, W]` for images of `shape` `[N, H, W]`, or None.
 
-    Accepts `[H, W]` (one mask for every image) or `[N, H, W]` (one per image); values in [0, 1].
+    Accepts `[H, W]` (one mask for every image) or `[N, H, W]` (one per image), boolean or with
+    values 0 and 1 only: the search projects x_inv onto the mask after every step, which would
+    shrink a fractional value geometrically instead of weighting it.
     """
     if mask is None:
         return None
@@ -46,8 +48,9 @@ def check_mask(mask: Any, shape: tuple[int, ...], what: str = "mask") -> Optiona
     elif m.shape != shape:
         raise ValueError(f"{what}: shape {m.shape} does not fit the images {shape}; expected "
                          f"[H, W] = {(h, w)} or [N, H, W] = {shape}")
-    if not np.all(np.isfinite(m)) or m.min() < 0 or m.max() > 1:
-        raise ValueError(f"{what}: values must lie in [0, 1] (1 where the perturbation may live)")
+    if not np.all((m == 0) | (m == 1)):
+        raise ValueError(f"{what}: values must be 0 or 1 (1 where the perturbation may live), "
+                         f"got values in [{np.nanmin(m)}, {np.nanmax(m)}]")
     return np.ascontiguousarray(m)
 
 

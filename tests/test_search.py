@@ -1,0 +1,167 @@
+"""Invariance search: ground truth on gauss_ri, batch == rows alone, masks, range, bad inputs."""
+
+import jax
+import numpy as np
+import pytest
+
+from ldct_jax import ct, models, parallel
+from ldct_jax.invariance import search as S
+from ldct_jax.models.gauss_ri import central_square
+
+H = 64
+LAMBDAS = (1e-4, 1e-2, 1e-1)
+
+
+def small_cnn10(seed=1, features=(8, 8)):
+    """A random cnn10 with He-initialised numpy weights (no Flax init: faster to build)."""
+    rng = np.random.default_rng(seed)
+    shapes = {"conv1": (9, 9, 1, features[0]), "conv2": (3, 3, features[0], features[1]),
+              "conv3": (5, 5, features[1], 1)}
+    params = {k: {"kernel": (rng.normal(size=s) * np.sqrt(2.0 / np.prod(s[:3]))).astype("f4"),
+                  "bias": (0.01 * rng.normal(size=s[-1])).astype("f4")} for k, s in shapes.items()}
+    return models.build("cnn10", params, features=features)
+
+
+def phantom(h=H, shift=0.0):
+    yy, xx = np.mgrid[:h, :h]
+    x = np.where((yy - h / 2 + 2) ** 2 + (xx - h / 2 - 4 + shift) ** 2 < (0.3 * h) ** 2, 40.0,
+                 -900.0)
+    return (x + 100.0 * np.sin(xx / 5.0)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def gauss():  # slow: one compile
+    d = models.build("gauss_ri", {})
+    options = S.SearchOptions(iterations=200, chunk=100)
+    return d, S.search(d, phantom(), lambdas=list(LAMBDAS), seeds=[0, 1, 2], options=options)
+
+
+def regions(h=H, depth=4):
+    rows, cols = central_square(h, h, 30)
+    inside = np.zeros((h, h), bool)
+    inside[rows, cols] = True
+    deep = np.zeros((h, h), bool)
+    deep[rows.start + depth:rows.stop - depth, cols.start + depth:cols.stop - depth] = True
+    return inside, deep
+
+
+@pytest.mark.slow
+def test_gauss_ri_small_lambda_lives_in_the_zeroed_square(gauss):
+    _, r = gauss
+    inside, deep = regions()
+    a = np.abs(r.perturbation[0])
+    ratio = a[deep].mean() / a[~inside].mean()
+    print(f"gauss_ri lambda 1e-4: mean|x_inv| deep inside / outside = {ratio:.1f}, output "
+          f"change {r.metrics['output_rms_hu'][0]:.4f} HU RMS")
+    assert ratio >= 10
+    assert r.metrics["output_rms_hu"][0] < 1.0
+    assert a[deep].mean() > 100.0  # a large invariance, not a small one
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("row", [1, 2])
+def test_gauss_ri_larger_lambda_is_high_frequency_outside(gauss, row):
+    _, r = gauss
+    lam = LAMBDAS[row]
+    # The squared gain exp(-(2 pi f sigma)^2) of the Gaussian (sigma 1 px) equals lambda at f_c.
+    f_c = np.sqrt(np.log(1.0 / lam)) / (2.0 * np.pi)
+    inside, _ = regions()
+    f = np.fft.fftfreq(H)
+    radial = np.hypot(f[:, None], f[None, :])
+    power = np.abs(np.fft.fft2(r.perturbation[row] * ~inside)) ** 2
+    fraction = power[radial > f_c].sum() / power.sum()
+    print(f"gauss_ri lambda {lam:g}: {100 * fraction:.1f} % of the power of x_inv outside the "
+          f"square lies above f_c = {f_c:.3f} cycles/px; input {r.metrics['input_rms_hu'][row]:.0f}"
+          f" HU RMS")
+    assert fraction >= 0.9
+    assert r.metrics["input_rms_hu"][row] > 100.0
+
+
+@pytest.mark.slow
+def test_gauss_ri_metrics_and_curves(gauss):
+    d, r = gauss
+    x = phantom()
+    dx = r.perturbation
+    np.testing.assert_allclose(r.metrics["input_rms_hu"], np.sqrt((dx ** 2).mean((1, 2))),
+                               rtol=1e-4)
+    np.testing.assert_allclose(r.metrics["input_max_hu"], np.abs(dx).max((1, 2)), rtol=1e-5)
+    f = jax.jit(d.apply)
+    dy = np.asarray(f(d.params, x[None] + dx)) - np.asarray(f(d.params, x))[None]
+    np.testing.assert_allclose(r.metrics["output_rms_hu"], np.sqrt((dy ** 2).mean((1, 2))),
+                               rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(r.metrics["ratio"],
+                               r.metrics["input_rms_hu"] / r.metrics["output_rms_hu"], rtol=1e-5)
+    np.testing.assert_allclose(r.metrics["d_in"],
+                               np.minimum(((dx / d.scale) ** 2).mean((1, 2)), 1.0), rtol=1e-4)
+    from skimage.metrics import structural_similarity
+    ref = [structural_similarity(x, x + dx[i], data_range=ct.HU_MAX - ct.HU_MIN,
+                                 gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+           for i in range(len(dx))]
+    np.testing.assert_allclose(r.metrics["input_ssim"], ref, atol=1e-4)
+    for k in S.CURVES:
+        assert r.curves[k].shape == (3, 200)
+    # The objective falls (from noise towards the invariance) and the curves agree with it.
+    assert np.all(r.curves["loss"][:, -10:].mean(1) < r.curves["loss"][:, :10].mean(1))
+    np.testing.assert_allclose(r.curves["loss"],
+                               r.curves["d_out"] - np.asarray(LAMBDAS)[:, None] * r.curves["d_in"],
+                               rtol=1e-4, atol=1e-9)
+    table = S.result_table(r)
+    assert [t["lam"] for t in table] == pytest.approx(LAMBDAS)
+    assert set(S.METRICS) <= set(table[0])
+
+
+@pytest.mark.slow
+def test_batch_equals_each_row_alone_and_mask_and_range():
+    d = small_cnn10()
+    x = np.stack([phantom(32), phantom(32, shift=3.0)])
+    x[1, :4, :4] = ct.HU_MAX  # x + x_inv must stay inside the HU range
+    mask = np.ones((2, 32, 32), np.float32)
+    mask[0, :, :10] = 0
+    rows = S.Rows(image_index=np.array([0, 1, 1]), lam=np.array([1e-3, 1e-2, 1e-1], np.float32),
+                  distance=np.array(["mse", "dssim", "mse"], dtype=object),
+                  seed=np.array([0, 1, 2]))
+    options = S.SearchOptions(iterations=20, chunk=10)
+    batch = S.Searcher(d, ["mse", "dssim"], options).run(d.params, x, rows, mask=mask)
+    alone = S.Searcher(d, ["mse", "dssim"], options, mesh=parallel.make_mesh(1))
+    for i in range(3):
+        one = S.Rows(*(np.asarray(v)[i:i + 1] for v in rows))
+        r = alone.run(d.params, x, one, mask=mask)
+        np.testing.assert_allclose(r.perturbation[0], batch.perturbation[i], rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(r.curves["loss"][0], batch.curves["loss"][i], rtol=1e-4,
+                                   atol=1e-7)
+    assert np.all(batch.perturbation[0][:, :10] == 0)
+    assert np.abs(batch.perturbation[0][:, 10:]).mean() > 1.0
+    adv = x[rows.image_index] + batch.perturbation
+    assert adv.max() <= ct.HU_MAX + 1e-3 and adv.min() >= ct.HU_MIN - 1e-3
+
+
+@pytest.mark.slow
+def test_sensitivity_search_turns_the_sign():
+    d = small_cnn10()
+    r = S.sensitivity_search(d, phantom(32), lambdas=1e-2, iterations=30, chunk=30)
+    c = r.curves
+    np.testing.assert_allclose(c["loss"], -(c["d_out"] - 1e-2 * c["d_in"]), rtol=1e-4, atol=1e-9)
+    assert c["d_out"][0, -1] > 100 * c["d_out"][0, 0]  # the output change grows
+    assert r.metrics["output_rms_hu"][0] > r.metrics["input_rms_hu"][0]  # gain above 1
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(distances="l1"), r"unknown input distance\(s\) \['l1'\]"),
+    (dict(distances="vgg16"), "needs a VGG16"),
+    (dict(images=np.zeros((1, 1, 16, 16))), "expected an image"),
+    (dict(images=np.zeros(16)), "expected an image"),
+    (dict(images=np.where(np.eye(16) > 0, np.nan, 0.0)), "16 NaN/inf value"),
+    (dict(mask=np.ones((16, 15))), r"mask: shape \(16, 15\)"),
+    (dict(mask=np.full((16, 16), 0.5)), "values must be 0 or 1"),
+    (dict(lambdas=-1.0), "lambdas must be finite and >= 0"),
+    (dict(lambdas=[1.0, 2.0], images=np.zeros((3, 16, 16))), r"lambdas: expected a scalar or 3"),
+    (dict(lambdas=[1.0, 2.0, 3.0], images=np.zeros((2, 16, 16))), "2 images but 3 perturbations"),
+    (dict(image_index=5), "image_index out of range"),
+    (dict(iterations=0), "must be positive"),
+])
+def test_bad_inputs_fail_at_start(kwargs, message):
+    d = models.build("gauss_ri", {})
+    args = dict(images=np.zeros((16, 16)))
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        S.search(d, args.pop("images"), **args)
