@@ -6,8 +6,10 @@ budgets x images, in chunks that a restarted run does not redo, then a report (f
 x_adv, f(x), f(x_adv), the perturbation and the output difference; a table). See
 ldct_jax/invariance/attack_sweep.py for what lands in the workdir.
 
-Models: gauss_ri (no training; tiny default), cnn10 and wgan_vgg (config.checkpoint, default
-runs/cnn10/model and runs/wgan/model from configs/cnn10.py and configs/wgan.py).
+Models: gauss_ri (no training; 2 synthetic 128x128 slices), cnn10 and wgan_vgg
+(config.checkpoint, default runs/cnn10/model and runs/wgan/model from configs/cnn10.py and
+configs/wgan.py, or an ldct-benchmark .pt; 2 synthetic 512x512 slices as in training,
+centre-cropped to 128x128: --config.crop=0 for whole slices).
 Variants (after a comma):
   targeted   towards config.target: 'remove_center' (f(x) with the central disc of
              config.target_radius_px replaced by the median of the ring around it: the output
@@ -69,10 +71,19 @@ def get_config(arg=None):
         c.data.synthetic.size = 128
         c.data.synthetic.slices = 1
         c.data.anatomies = ("abdomen", "chest")
+    else:
+        # Slices of the size (pixel size) the training jobs use, centre-cropped for a CPU.
+        c.data = common.data_config(patients_per_anatomy=1, slices=2)
+        c.data.anatomies = ("chest", "abdomen")
+        c.data.held_out_patients = 0
+        c.crop = 128
     if variant == "targeted":
         c.target = "remove_center"
     elif variant == "paper":
+        c.data = common.data_config()
         c.data.source = "mayo"
+        c.data.held_out_patients = 0
+        c.crop = 0
         c.epsilons_hu = (1.0, 2.0, 5.0, 10.0, 20.0)
         c.steps = 20
     c.lock()

@@ -7,10 +7,13 @@ ldct_jax/invariance/sweep.py for what lands in the workdir.
 
 Models:
   gauss_ri   the Gaussian + zeroed square ground truth: no training, a tiny default (2
-             synthetic slices at 128x128, 300 iterations) that runs in a few minutes on a CPU.
+             synthetic slices at 128x128 built in <workdir>/data, 300 iterations) that runs
+             in a few minutes on a CPU.
   cnn10      needs a trained model: config.checkpoint, default runs/cnn10/model
              (python launch/main.py --config=configs/cnn10.py), or an ldct-benchmark .pt.
-             Default: 2 synthetic slices at 256x256, 1000 Adam iterations, 8 perturbations.
+             Default: 2 synthetic slices at 512x512 as in training (built in <workdir>/data),
+             centre-cropped to 128x128 (--config.crop=0 for whole slices), 500 Adam
+             iterations, 8 perturbations.
   wgan_vgg   needs a trained model: config.checkpoint, default runs/wgan/model
              (python launch/main.py --config=configs/wgan.py), or an ldct-benchmark .pt.
 Variants (after a comma):
@@ -79,7 +82,13 @@ def get_config(arg=None):
     c.progress_bar = True
 
     if model != "gauss_ri":
-        c.search.iterations = 1000  # synthetic 256x256 slices; the paper variant runs 3000
+        # Synthetic slices of the size (so the pixel size) the training jobs use, built in
+        # <workdir>/data, centre-cropped so that a CPU finishes in reasonable time.
+        c.data = common.data_config(patients_per_anatomy=1, slices=2)
+        c.data.anatomies = ("chest", "abdomen")
+        c.data.held_out_patients = 0
+        c.crop = 128
+        c.search.iterations = 500
     if model == "gauss_ri":
         c.data.synthetic.size = 128
         c.data.synthetic.slices = 1
@@ -88,13 +97,16 @@ def get_config(arg=None):
         c.search.chunk = 50
         c.search.learning_rate = 0.05
     if variant == "quick":
-        c.data.synthetic.size = 128
+        c.crop = 0 if model == "gauss_ri" else 64
         c.num_images = 1
         c.search.iterations = 100
         c.search.chunk = 25
         c.lambdas = (1e-2,)
     elif variant == "paper":
+        c.data = common.data_config()
         c.data.source = "mayo"
+        c.data.held_out_patients = 0
+        c.crop = 0
         c.data.anatomies = ("chest", "abdomen")
         c.num_images = 2
         c.distances = ("mse", "dssim", "vgg16")
