@@ -34,13 +34,13 @@ from ldct_jax.data.synthetic import dose, phantoms
 __all__ = ["build", "load", "build_params", "ANATOMIES"]
 
 ANATOMIES = phantoms.ANATOMIES
-FORMAT = "ldct_jax.synthetic/1"   # bump when the generator changes what a seed produces
+FORMAT = "ldct_jax.synthetic/2"   # bump when the generator changes what a seed produces
 MANIFEST = "manifest.json"
 _BATCH = 8                         # slices simulated per jit call (fixed: one compile)
 
 
 def build_params(*, patients_per_anatomy: int = 2, slices: int = 8, size: int = 512,
-                 seed: int = 0, anatomies: Sequence[str] = ANATOMIES, num_angles: int = 360,
+                 seed: int = 0, anatomies: Sequence[str] = ANATOMIES, num_angles: int = dose.NUM_ANGLES,
                  spacing_mm: float = 5.0, dose_fractions: Optional[dict] = None) -> dict:
     """The parameters that define a data set (checked, with defaults filled in)."""
     anatomies = tuple(anatomies)

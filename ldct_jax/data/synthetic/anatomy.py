@@ -16,7 +16,7 @@ from ldct_jax.data.synthetic.shapes import Canvas, PatientRandom
 
 TISSUES = dict(air=0, skin=1, fat=2, muscle=3, lung=4, blood=5, airway=6, heart=7, bone=8,
                marrow=9, liver=10, kidney=11, spleen=12, bowel=13, gas=14, lesion=15,
-               grey=16, white=17, csf=18, cartilage=19, visceral=20)
+               grey=16, white=17, csf=18, cartilage=19, visceral=20, dura=21)
 T = TISSUES
 # Tissues whose interior is uniform soft tissue (for noise measurements).
 SOFT_TISSUE = (T["muscle"], T["liver"], T["spleen"], T["heart"], T["grey"], T["white"])
@@ -62,7 +62,7 @@ def _spine(c: Canvas, r: PatientRandom, z: float, cx: float, cy: float, scale: f
         c.ellipse(cx + side * 22 * s, cy + 32 * s, 17 * s, 16 * s, 50.0, T["muscle"],
                   side * 0.3, inside=(T["fat"], T["muscle"], T["skin"]))
     _ring(c, cx, cy, 19 * s, 15 * s, 1.8, cortex, marrow, T["bone"], T["marrow"])
-    _ring(c, cx, cy + 24 * s, 11 * s, 10 * s, 2.5, cortex * 0.8, 20.0, T["bone"], T["csf"])
+    _ring(c, cx, cy + 24 * s, 11 * s, 10 * s, 2.5, cortex * 0.8, 12.0, T["bone"], T["csf"])
     c.ellipse(cx, cy + 44 * s, 3.5 * s, 12 * s, cortex * 0.7, T["bone"])   # spinous process
     for side in (-1, 1):   # laminae / transverse processes
         c.ellipse(cx + side * 17 * s, cy + 28 * s, 13 * s, 3.5 * s, cortex * 0.7, T["bone"],
@@ -284,8 +284,6 @@ def head(c: Canvas, r: PatientRandom, z: float, t: float) -> None:
     cy = r.uniform("head_y", -5, 5)
     harm = r.wobble("head", z, 0.035)
     c.ellipse(0, cy, a, b, 35.0, T["skin"], 0.0, harm)
-    c.ellipse(0, cy, a - 1.5, b - 1.5, -50.0, T["fat"], 0.0, harm)
-    c.ellipse(0, cy, a - 2.5, b - 2.5, 35.0, T["skin"], 0.0, harm)
     scalp = r.uniform("scalp", 4, 6.5)
     thick = r.uniform("skull_mm", 5, 8)
     table = r.uniform("table_hu", 1300, 1800)
@@ -311,8 +309,7 @@ def head(c: Canvas, r: PatientRandom, z: float, t: float) -> None:
     for sign in (-1, 1):   # interhemispheric fissure with the falx
         c.ellipse(0, cy + sign * 0.6 * bb, 1.6, 0.38 * bb, 8.0, T["csf"],
                   inside=(T["grey"], T["white"]))
-        c.ellipse(0, cy + sign * 0.6 * bb, 0.5, 0.36 * bb, 55.0, T["csf"], keep_label=True,
-                  inside=(T["csf"],))
+        c.ellipse(0, cy + sign * 0.6 * bb, 0.5, 0.36 * bb, 55.0, T["dura"], inside=(T["csf"],))
     deep = _g(t, 0.45, 0.12)
     if deep > 0:   # basal ganglia and thalami
         for side in (-1, 1):

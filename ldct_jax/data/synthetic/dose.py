@@ -7,9 +7,12 @@ gets its own independent noise, so the routine-dose image is noisy too, as real 
 scans are.
 
 Noise calibration: `ROUTINE_I0` is the incident photon count per detector bin and view of a
-routine scan at `REFERENCE_SIZE` pixels and `REFERENCE_VIEWS` views; it is chosen so that the
-routine-dose noise in uniform soft tissue is about 12 HU (10-15 HU at 512 x 512 for all three
-anatomies). The count per bin is scaled by (size / REFERENCE_SIZE)^2 x REFERENCE_VIEWS /
+routine scan at `REFERENCE_SIZE` pixels and `REFERENCE_VIEWS` views, for a patient whose central
+rays attenuate like `AEC_REFERENCE_MM` of water; it is chosen so that the routine-dose noise in
+uniform soft tissue is about 12 HU (10-15 HU at 512 x 512 for all three anatomies). Automatic
+exposure control, as on clinical scanners, scales each slice's I0 by the mean over views of
+exp(central line integral) relative to that reference, so larger patients and denser slices get
+more photons and the noise level stays about the same. The count per bin is scaled by (size / REFERENCE_SIZE)^2 x REFERENCE_VIEWS /
 num_angles, which keeps the HU noise level of the data set the same at every image size and
 number of views (FBP noise std ~ 1 / (pixel sqrt(counts x views))).
 """
@@ -30,7 +33,10 @@ MU_WATER = 0.02          # 1/mm, water at ~70 keV effective energy
 MIN_COUNTS = 1.0         # counts clamp before the log (photon starvation)
 REFERENCE_SIZE = 512
 REFERENCE_VIEWS = 720
-ROUTINE_I0 = {"chest": 1.0e6, "abdomen": 4.0e6, "head": 1.0e6}
+NUM_ANGLES = 360        # default views over 180 degrees (view aliasing stays below the noise)
+ROUTINE_I0 = {"chest": 4.7e6, "abdomen": 5.0e6, "head": 6.5e6}
+AEC_REFERENCE_MM = 300.0
+AEC_RANGE = (0.2, 5.0)   # limits of the tube current modulation
 ELECTRONIC_NOISE = 5.0   # std of the electronic noise in counts, at the reference counts
 DOSE_FRACTION = {"chest": 0.10, "abdomen": 0.25, "head": 0.25}
 _EXACT_BELOW = 20.0      # Poisson drawn exactly below this mean; Gaussian (variance = mean) above
@@ -44,6 +50,17 @@ def mu_from_hu(hu):
 
 def hu_from_mu(mu):
     return 1000.0 * (mu / MU_WATER - 1.0)
+
+
+def aec_factor(line: jax.Array) -> jax.Array:
+    """Automatic exposure control: `[B]` I0 factors from `[B, N, A]` line integrals.
+
+    The noise variance at the centre is proportional to the mean over views of
+    exp(central line integral) / I0; the factor makes it that of the reference water cylinder.
+    """
+    central = line[:, line.shape[1] // 2, :]
+    reference = MU_WATER * AEC_REFERENCE_MM
+    return jnp.clip(jnp.mean(jnp.exp(central - reference), axis=-1), *AEC_RANGE)
 
 
 def counts_scale(size: int, num_angles: int) -> float:
@@ -85,7 +102,7 @@ def poisson(keys: jax.Array, mean: jax.Array) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("num_angles",))
 def simulate(phantom_hu: jax.Array, keys: jax.Array, doses: jax.Array, *, pixel_mm: float,
-             i0: float, electronic_noise: float = ELECTRONIC_NOISE, num_angles: int = 720
+             i0: float, electronic_noise: float = ELECTRONIC_NOISE, num_angles: int = NUM_ANGLES
              ) -> jax.Array:
     """Reconstructed slices at several doses, each with its own noise.
 
@@ -94,8 +111,9 @@ def simulate(phantom_hu: jax.Array, keys: jax.Array, doses: jax.Array, *, pixel_
       keys: `[B]` PRNG keys, one per slice (e.g. from seed, patient and slice).
       doses: `[D]` dose of each output as a fraction of routine dose (1.0 = routine).
       pixel_mm: pixel size in mm.
-      i0: routine incident photons per detector bin and view (already scaled, see
-        `counts_scale`); a dose d gets d x i0.
+      i0: routine incident photons per detector bin and view for the AEC reference patient
+        (already scaled, see `counts_scale`); a slice gets i0 x `aec_factor`, a dose d of it
+        d times that.
       electronic_noise: std of the Gaussian electronic noise in counts.
       num_angles: views over 180 degrees.
 
@@ -107,12 +125,13 @@ def simulate(phantom_hu: jax.Array, keys: jax.Array, doses: jax.Array, *, pixel_
     mask = jnp.asarray(projector.circle_mask(size))
     mu_pixel = jnp.where(mask, mu_from_hu(phantom_hu) * pixel_mm, 0.0)
     line = projector.radon(mu_pixel, angles)                       # [B, N, A]
+    i0 = i0 * aec_factor(line)[:, None, None]                      # [B, 1, 1]
 
     num_doses, batch = doses.shape[0], line.shape[0]
     # One key per (dose, slice); a slice's noise does not depend on what else is in the batch.
     dose_keys = jax.vmap(lambda k: jax.random.split(k, 2 * num_doses))(keys)   # [B, 2D]
     dose_keys = jnp.swapaxes(dose_keys.reshape((batch, num_doses, 2) + dose_keys.shape[2:]), 0, 1)
-    incident = i0 * doses.reshape(-1, 1, 1, 1)                     # [D, 1, 1, 1]
+    incident = i0[None] * doses.reshape(-1, 1, 1, 1)               # [D, B, 1, 1]
     mean = incident * jnp.exp(-line)[None]                         # [D, B, N, A]
     flat = (num_doses * batch,) + line.shape[1:]
     counts = poisson(dose_keys[:, :, 0].reshape((-1,) + dose_keys.shape[3:]), mean.reshape(flat))
@@ -126,7 +145,7 @@ def simulate(phantom_hu: jax.Array, keys: jax.Array, doses: jax.Array, *, pixel_
 
 
 @functools.partial(jax.jit, static_argnames=("num_angles",))
-def noiseless(phantom_hu: jax.Array, *, pixel_mm: float, num_angles: int = 720) -> jax.Array:
+def noiseless(phantom_hu: jax.Array, *, pixel_mm: float, num_angles: int = NUM_ANGLES) -> jax.Array:
     """FBP of the exact line integrals (no noise), `[B, N, N]` HU, not clipped."""
     size = phantom_hu.shape[-1]
     angles = jnp.asarray(projector.scanner_angles(num_angles), jnp.float32)

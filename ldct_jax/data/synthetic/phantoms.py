@@ -12,6 +12,7 @@ chest and head without contrast).
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 from ldct_jax.data.synthetic import anatomy
 from ldct_jax.data.synthetic.shapes import Canvas, PatientRandom
@@ -26,6 +27,11 @@ _Z_START = {"chest": (0.02, 0.9), "abdomen": (0.0, 0.9), "head": (0.3, 0.8)}
 
 TISSUES = anatomy.TISSUES
 SOFT_TISSUE = anatomy.SOFT_TISSUE
+
+# The scanner's resolution (focal spot, detector aperture; a detector bin is one pixel wide): the
+# object it sees is the drawn one blurred with a Gaussian of this std in pixels. Without it the
+# pixel-sharp edges alias in the projections and leave streaks of several HU far from any edge.
+BLUR_PX = 0.8
 
 _DRAW = {"chest": anatomy.chest, "abdomen": anatomy.abdomen, "head": anatomy.head}
 
@@ -56,8 +62,8 @@ def slice_positions(anatomy_name: str, seed: int, patient: int, slices: int,
     return (start + spacing_mm * np.arange(slices)).astype(np.float64)
 
 
-def phantom(anatomy_name: str, seed: int, patient: int, z_mm: float, size: int
-            ) -> tuple[np.ndarray, np.ndarray]:
+def phantom(anatomy_name: str, seed: int, patient: int, z_mm: float, size: int,
+            blur_px: float = BLUR_PX) -> tuple[np.ndarray, np.ndarray]:
     """One axial slice of a random patient.
 
     Args:
@@ -66,13 +72,17 @@ def phantom(anatomy_name: str, seed: int, patient: int, z_mm: float, size: int
       z_mm: slice position (see `slice_positions`).
       size: image size in pixels; the field of view is fixed (`FOV_MM`), so the pixel size is
         `pixel_mm(anatomy_name, size)`.
+      blur_px: std in pixels of the Gaussian blur that models the scanner's resolution (0: none).
 
     Returns:
       (hu, labels): `[size, size]` float32 HU (-1000 outside the body) and int16 tissue labels
-      (`TISSUES`).
+      (`TISSUES`, of the sharp drawing).
     """
     r = patient_random(anatomy_name, seed, patient)
     canvas = Canvas(size, pixel_mm(anatomy_name, size))
     t = float(np.clip(z_mm / Z_RANGE_MM[anatomy_name], 0.0, 1.0))
     _DRAW[anatomy_name](canvas, r, float(z_mm), t)
-    return canvas.hu, canvas.labels
+    hu = canvas.hu
+    if blur_px > 0:
+        hu = ndimage.gaussian_filter(hu, blur_px, mode="nearest", truncate=3.0)
+    return hu.astype(np.float32), canvas.labels
