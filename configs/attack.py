@@ -46,7 +46,8 @@ def get_config(arg=None):
     c.num_images = 2
     c.image_seed = 0
     c.crop = 0
-    c.data = common.data_config(patients_per_anatomy=1, slices=2, size=256)
+    c.data = common.data_config(patients_per_anatomy=1, slices=2, size=256,
+                                anatomies=("chest", "abdomen"))
     c.data.anatomies = ("chest", "abdomen")
     c.data.held_out_patients = 0
 
@@ -73,7 +74,8 @@ def get_config(arg=None):
         c.data.anatomies = ("abdomen", "chest")
     else:
         # Slices of the size (pixel size) the training jobs use, centre-cropped for a CPU.
-        c.data = common.data_config(patients_per_anatomy=1, slices=2)
+        c.data = common.data_config(patients_per_anatomy=1, slices=2,
+                                    anatomies=("chest", "abdomen"))
         c.data.anatomies = ("chest", "abdomen")
         c.data.held_out_patients = 0
         c.crop = 128

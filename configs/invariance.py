@@ -56,7 +56,8 @@ def get_config(arg=None):
     c.image_seed = 0
     c.crop = 0                 # centre crop to crop x crop px; 0 keeps whole slices
     c.mask = ""                # .npy [H, W] or [N, H, W] in [0, 1]; '' -> everywhere
-    c.data = common.data_config(patients_per_anatomy=1, slices=2, size=256)
+    c.data = common.data_config(patients_per_anatomy=1, slices=2, size=256,
+                                anatomies=("chest", "abdomen"))
     c.data.anatomies = ("chest", "abdomen")
     c.data.held_out_patients = 0
 
@@ -84,7 +85,8 @@ def get_config(arg=None):
     if model != "gauss_ri":
         # Synthetic slices of the size (so the pixel size) the training jobs use, built in
         # <workdir>/data, centre-cropped so that a CPU finishes in reasonable time.
-        c.data = common.data_config(patients_per_anatomy=1, slices=2)
+        c.data = common.data_config(patients_per_anatomy=1, slices=2,
+                                    anatomies=("chest", "abdomen"))
         c.data.anatomies = ("chest", "abdomen")
         c.data.held_out_patients = 0
         c.crop = 128
