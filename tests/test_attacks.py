@@ -160,6 +160,7 @@ def test_result_table(results):
     (dict(target=np.full((8, 8), np.nan)), "target: .*NaN"),
     (dict(steps=0), "steps must be a positive integer"),
     (dict(step_size_hu=-1.0), "step_size_hu"),
+    (dict(loop="while"), "loop must be"),
 ])
 def test_bad_inputs_fail_at_start(setup, kwargs, message):
     d = setup[0]
@@ -167,3 +168,14 @@ def test_bad_inputs_fail_at_start(setup, kwargs, message):
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         attacks.attack(args.pop("method"), d, args.pop("images"), args.pop("epsilons_hu"), **args)
+
+
+@pytest.mark.slow
+def test_one_program_equals_step_by_step(setup, results):
+    """loop='scan' (the accelerator path: one program, a fori_loop) == loop='python' (CPU)."""
+    d, x, target = setup
+    r = attacks.bim(d, x, EPS, steps=20, step_size_hu=1.0, target=target, loop="scan")
+    ref = results["bim", True]
+    np.testing.assert_allclose(r.perturbation, ref.perturbation, atol=1e-4)
+    for k, v in ref.metrics.items():
+        np.testing.assert_allclose(r.metrics[k], v, rtol=1e-4, atol=1e-5)

@@ -158,6 +158,7 @@ def test_sensitivity_search_turns_the_sign():
     (dict(lambdas=[1.0, 2.0, 3.0], images=np.zeros((2, 16, 16))), "2 images but 3 perturbations"),
     (dict(image_index=5), "image_index out of range"),
     (dict(iterations=0), "must be positive"),
+    (dict(loop="while"), "loop must be"),
 ])
 def test_bad_inputs_fail_at_start(kwargs, message):
     d = models.build("gauss_ri", {})
@@ -165,3 +166,18 @@ def test_bad_inputs_fail_at_start(kwargs, message):
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         S.search(d, args.pop("images"), **args)
+
+
+@pytest.mark.slow
+def test_scan_loop_equals_python_loop():
+    """loop='scan' (accelerators: a chunk is one lax.scan) == loop='python' (CPU: one call/step)."""
+    d = small_cnn10()
+    x = np.stack([phantom(32), phantom(32, shift=3.0)])
+    r = {loop: S.search(d, x, lambdas=[1e-3, 1e-1], seeds=[0, 1], iterations=12, chunk=5,
+                        loop=loop) for loop in ("scan", "python")}
+    np.testing.assert_allclose(r["scan"].perturbation, r["python"].perturbation, rtol=1e-4,
+                               atol=1e-3)
+    for k in S.CURVES:
+        assert r["scan"].curves[k].shape == (2, 12)
+        np.testing.assert_allclose(r["scan"].curves[k], r["python"].curves[k], rtol=1e-4,
+                                   atol=1e-8)

@@ -30,15 +30,18 @@ budgets, in HU). BIM and PGD return the best iterate by their objective (`keep_b
 True; signed steps of fixed size oscillate around an optimum). With `keep_best=False`, one BIM
 step with step size epsilon is FGSM.
 
-All budgets of one image run in one jitted, vmapped program whose rows are sharded over the
-devices of `mesh`; programs are cached per (architecture, method, steps, shape of the batch).
+All rows (images x budgets) run as one vmapped batch sharded over the devices of `mesh`, in one
+jitted program for every method, direction and step count (`loop='scan'`, the default on
+accelerators), or, on CPU, as that program's three loop-free pieces (start, step, finish) called
+from Python, because XLA:CPU runs convolutions inside a loop body several times slower
+(jax-ml/jax#12868). Programs are cached per architecture and mesh, compiled per batch shape.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -105,9 +108,21 @@ def _check_target(target: Any, shape: tuple[int, int, int]) -> np.ndarray:
 # The compiled program
 
 
+class _Program(NamedTuple):
+    begin: Callable   # (params, x, target, eps, alpha, start, probe, direction) -> state
+    step: Callable    # (params, state, x, eps, alpha, direction) -> state
+    finish: Callable  # (params, state, keep_best, x, target, direction) -> adv, delta, metrics
+    whole: Callable   # (params, steps, keep_best, x, target, eps, alpha, start, probe, dir.)
+
+
 @functools.lru_cache(maxsize=32)
-def _program(name: str, module: Any, shift: float, scale: float, mesh):
-    """One jitted program for every method, direction and number of steps (all data)."""
+def _program(name: str, module: Any, shift: float, scale: float, mesh) -> _Program:
+    """The jitted attack for every method, direction and number of steps (all data).
+
+    `whole` is one program with the steps in a `fori_loop`; `begin`, `step`, `finish` are the
+    same computation as three programs with no loop inside, for CPU, where XLA runs
+    convolutions inside a loop body several times slower (jax-ml/jax#12868).
+    """
     d = Denoiser(name=name, module=module, params=None, shift=shift, scale=scale)
     lo, hi = ct.HU_MIN, ct.HU_MAX
 
@@ -119,35 +134,49 @@ def _program(name: str, module: Any, shift: float, scale: float, mesh):
     def project(delta, x, eps):
         return jnp.clip(jnp.clip(delta, -eps, eps), lo - x, hi - x)
 
-    def one(params, steps, keep_best, x, ref_net, eps, alpha, start, probe_, direction):
-        # direction: +1 ascends away from f(x) (untargeted), -1 descends to a target; the score
-        # direction * loss is what the attack maximises.
+    # Per row (x is [H, W]). direction: +1 ascends away from f(x) (untargeted), -1 descends
+    # to a target; the score direction * loss is what the attack maximises. The state is
+    # (delta, best delta, best score, reference output in network units).
+
+    def better(best_delta, best_score, delta, value, direction):
+        score = direction * value
+        return (jnp.where(score > best_score, delta, best_delta),
+                jnp.where(score > best_score, score, best_score))
+
+    def begin_one(params, x, ref_net, eps, alpha, start, probe_, direction):
         delta = project(start, x, eps)
         best = (delta, direction * loss(params, x + delta, ref_net))
         _, g = value_and_grad(params, x + delta + probe_, ref_net)
-        delta = project(delta + direction * alpha * jnp.sign(g), x, eps)
+        return (project(delta + direction * alpha * jnp.sign(g), x, eps),) + best + (ref_net,)
 
-        def better(best, delta, value):
-            score = direction * value
-            return jax.tree.map(lambda a, b: jnp.where(score > best[1], a, b), (delta, score), best)
+    def step_one(params, state, x, eps, alpha, direction):
+        delta, best_delta, best_score, ref_net = state
+        value, g = value_and_grad(params, x + delta, ref_net)
+        best = better(best_delta, best_score, delta, value, direction)
+        return (project(delta + direction * alpha * jnp.sign(g), x, eps),) + best + (ref_net,)
 
-        def body(_, carry):
-            delta, best = carry
-            value, g = value_and_grad(params, x + delta, ref_net)
-            best = better(best, delta, value)
-            return project(delta + direction * alpha * jnp.sign(g), x, eps), best
+    def final_one(params, state, keep_best, x, direction):
+        delta, best_delta, best_score, ref_net = state
+        best_delta, _ = better(best_delta, best_score, delta, loss(params, x + delta, ref_net),
+                               direction)
+        return jnp.where(keep_best, best_delta, delta)
 
-        delta, best = jax.lax.fori_loop(1, steps, body, (delta, best))
-        best = better(best, delta, loss(params, x + delta, ref_net))
-        return jnp.where(keep_best, best[0], delta)
+    rows = (0,)
+    vm = lambda f, in_axes: jax.vmap(f, in_axes=in_axes)
 
-    def run(params, steps, keep_best, x, target, eps, alpha, start, probe_, direction):
+    def begin(params, x, target, eps, alpha, start, probe_, direction):
         y0_net = d.apply_net(params, d.to_net(x))
         ref_net = jnp.where((direction < 0)[:, None, None], d.to_net(target), y0_net)
-        delta = jax.vmap(one, in_axes=(None, None, None) + (0,) * 7)(
-            params, steps, keep_best, x, ref_net, eps, alpha, start, probe_, direction)
+        return vm(begin_one, (None,) + rows * 7)(params, x, ref_net, eps, alpha, start, probe_,
+                                                 direction)
+
+    def step(params, state, x, eps, alpha, direction):
+        return vm(step_one, (None,) + rows * 5)(params, state, x, eps, alpha, direction)
+
+    def finish(params, state, keep_best, x, target, direction):
+        delta = vm(final_one, (None, 0, None, 0, 0))(params, state, keep_best, x, direction)
         adv = jnp.clip(x + delta, lo, hi)
-        y0 = d.from_net(y0_net)
+        y0 = d.from_net(d.apply_net(params, d.to_net(x)))
         y = d.from_net(d.apply_net(params, d.to_net(adv)))
         rms = lambda a: jnp.sqrt(jnp.mean(jnp.square(a), axis=(-2, -1)))
         metrics = dict(input_max_hu=jnp.max(jnp.abs(delta), axis=(-2, -1)),
@@ -156,8 +185,17 @@ def _program(name: str, module: Any, shift: float, scale: float, mesh):
                        target_rms_hu=rms(y - target), target_rms_hu_clean=rms(y0 - target))
         return adv, delta, metrics
 
-    rows = parallel.batch_sharding(mesh)
-    return jax.jit(run, out_shardings=rows)
+    def whole(params, steps, keep_best, x, target, eps, alpha, start, probe_, direction):
+        state = begin(params, x, target, eps, alpha, start, probe_, direction)
+        state = jax.lax.fori_loop(1, steps, lambda _, s: step(params, s, x, eps, alpha,
+                                                              direction), state)
+        return finish(params, state, keep_best, x, target, direction)
+
+    sharded = parallel.batch_sharding(mesh)
+    return _Program(begin=jax.jit(begin, out_shardings=sharded),
+                    step=jax.jit(step, out_shardings=sharded, donate_argnums=(1,)),
+                    finish=jax.jit(finish, out_shardings=sharded),
+                    whole=jax.jit(whole, out_shardings=sharded))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,9 +204,12 @@ def _program(name: str, module: Any, shift: float, scale: float, mesh):
 
 def _attack(method: str, denoiser: Denoiser, images: Any, epsilons_hu: Any, *, steps: int,
             step_size_hu: Optional[float], seed: int, target: Any, params: Any, mesh: Any,
-            probe_hu: Optional[float], keep_best: bool = True) -> AttackResult:
+            probe_hu: Optional[float], keep_best: bool = True, loop: str = "auto"
+            ) -> AttackResult:
     if method not in METHODS:
         raise ValueError(f"unknown attack method {method!r}; expected one of {', '.join(METHODS)}")
+    if loop not in ("auto", "scan", "python"):
+        raise ValueError(f"{method}: loop must be 'auto', 'scan' or 'python', got {loop!r}")
     x = batching.check_images(images)
     eps = _check_epsilons(epsilons_hu)
     if int(steps) != steps or steps < 1:
@@ -210,11 +251,22 @@ def _attack(method: str, denoiser: Denoiser, images: Any, epsilons_hu: Any, *, s
     dev = batching.shard(batching.pad_rows(host, batching.padded_size(b, mesh)), mesh)
     program = _program(denoiser.name, denoiser.module, float(denoiser.shift),
                        float(denoiser.scale), mesh)
-    adv, delta, metrics = program(parallel.replicate(params, mesh),
-                                  np.int32(1 if method == "fgsm" else steps),
-                                  np.bool_(keep_best and method != "fgsm"), dev["x"],
-                                  dev["target"], dev["eps"], dev["alpha"],
-                                  dev["start"], dev["probe"], dev["direction"])
+    params = parallel.replicate(params, mesh)
+    steps = 1 if method == "fgsm" else int(steps)
+    keep_best = np.bool_(keep_best and method != "fgsm")
+    args = (dev["x"], dev["target"], dev["eps"], dev["alpha"], dev["start"], dev["probe"],
+            dev["direction"])
+    if loop == "auto":
+        loop = "python" if mesh.devices.flat[0].platform == "cpu" else "scan"
+    if loop == "scan":
+        adv, delta, metrics = program.whole(params, np.int32(steps), keep_best, *args)
+    else:
+        state = program.begin(params, *args)
+        for _ in range(steps - 1):
+            state = program.step(params, state, dev["x"], dev["eps"], dev["alpha"],
+                                 dev["direction"])
+        adv, delta, metrics = program.finish(params, state, keep_best, dev["x"], dev["target"],
+                                             dev["direction"])
     adv, delta, metrics = batching.gather((adv, delta, metrics), b)
     if not targeted:
         metrics = {k: v for k, v in metrics.items() if k in METRICS}
@@ -225,7 +277,7 @@ def _attack(method: str, denoiser: Denoiser, images: Any, epsilons_hu: Any, *, s
 
 def fgsm(denoiser: Denoiser, images: Any, epsilons_hu: Any, *, target: Any = None,
          params: Any = None, mesh: Any = None, seed: int = 0,
-         probe_hu: Optional[float] = None) -> AttackResult:
+         probe_hu: Optional[float] = None, loop: str = "auto") -> AttackResult:
     """Fast gradient sign method: `delta = epsilon * sign(grad)`, clipped to the HU range.
 
     Args:
@@ -236,15 +288,17 @@ def fgsm(denoiser: Denoiser, images: Any, epsilons_hu: Any, *, target: Any = Non
       params: the denoiser's params (default `denoiser.params`).
       mesh: device mesh (default: all devices).
       seed, probe_hu: the probe of an untargeted attack (module docstring; `probe`).
+      loop: 'scan' (one program, steps in a `fori_loop`), 'python' (one jitted call per step)
+        or 'auto' ('python' on CPU, where convolutions inside a loop body are slow).
     """
     return _attack("fgsm", denoiser, images, epsilons_hu, steps=1, step_size_hu=None, seed=seed,
-                   target=target, params=params, mesh=mesh, probe_hu=probe_hu)
+                   target=target, params=params, mesh=mesh, probe_hu=probe_hu, loop=loop)
 
 
 def bim(denoiser: Denoiser, images: Any, epsilons_hu: Any, *, steps: int = 10,
         step_size_hu: Optional[float] = None, target: Any = None, params: Any = None,
         mesh: Any = None, seed: int = 0, probe_hu: Optional[float] = None,
-        keep_best: bool = True) -> AttackResult:
+        keep_best: bool = True, loop: str = "auto") -> AttackResult:
     """Basic iterative method: `steps` FGSM steps of `step_size_hu` (default 2.5 eps / steps),
     each projected onto the budget and the HU range; starts at delta = 0.
 
@@ -254,17 +308,18 @@ def bim(denoiser: Denoiser, images: Any, epsilons_hu: Any, *, steps: int = 10,
     (one step of size epsilon is then FGSM). Other arguments as `fgsm`."""
     return _attack("bim", denoiser, images, epsilons_hu, steps=steps, step_size_hu=step_size_hu,
                    seed=seed, target=target, params=params, mesh=mesh, probe_hu=probe_hu,
-                   keep_best=keep_best)
+                   keep_best=keep_best, loop=loop)
 
 
 def pgd(denoiser: Denoiser, images: Any, epsilons_hu: Any, *, steps: int = 10,
         step_size_hu: Optional[float] = None, seed: int = 0, target: Any = None,
-        params: Any = None, mesh: Any = None, keep_best: bool = True) -> AttackResult:
+        params: Any = None, mesh: Any = None, keep_best: bool = True,
+        loop: str = "auto") -> AttackResult:
     """Projected gradient descent: BIM from a uniform random start in the budget (`pgd_start`,
     drawn from `seed`, the same direction for every budget of an image). Arguments as `bim`."""
     return _attack("pgd", denoiser, images, epsilons_hu, steps=steps, step_size_hu=step_size_hu,
                    seed=seed, target=target, params=params, mesh=mesh, probe_hu=0.0,
-                   keep_best=keep_best)
+                   keep_best=keep_best, loop=loop)
 
 
 def attack(method: str, denoiser: Denoiser, images: Any, epsilons_hu: Any,

@@ -11,7 +11,10 @@ With `sensitivity=True` the sign of L is turned: small input change, large outpu
 
 One perturbation is one (image, lambda, distance, seed) row. A batch of rows runs as one
 `vmap`ped step inside a `lax.scan` over `chunk` iterations, jitted once per `Searcher` (the
-denoiser and VGG params are arguments), with the batch sharded over all devices.
+denoiser and VGG params are arguments), with the batch sharded over all devices. On CPU the
+iterations of a chunk are instead separate calls of one jitted step: XLA:CPU runs convolutions
+inside a loop body ~9x slower than outside one (jax-ml/jax#12868; measured on cnn10), and a
+call costs well under a millisecond next to a step's hundreds (see `SearchOptions.loop`).
 
     result = search(d, images_hu, lambdas=[1e-4, 1e-2], distances="mse", seeds=0)
     result.perturbation   # [B, H, W] HU;  result.metrics["input_rms_hu"]  # [B]
@@ -48,8 +51,11 @@ class SearchOptions:
 
     Attributes:
       iterations: Adam steps per perturbation.
-      chunk: steps per compiled `lax.scan` call (one progress update; iterations must be a
-        multiple, or the last call runs the remainder with a second compiled program).
+      chunk: steps between progress updates: one compiled `lax.scan` call (iterations need not
+        be a multiple; the remainder runs as a second compiled program).
+      loop: 'scan' (a chunk is one `lax.scan`), 'python' (a chunk is `chunk` calls of one
+        jitted step; no loop inside the program) or 'auto': 'python' on CPU, where
+        convolutions inside a loop body are slow, 'scan' on accelerators.
       learning_rate: Adam step size, in network units of the denoiser (about scale HU per unit).
       b1, b2, eps: Adam's moments and epsilon. Adam is fed the gradient of H * W * L (the
         per-pixel sum rather than the mean; Adam is invariant to that scale except through eps),
@@ -62,6 +68,7 @@ class SearchOptions:
 
     iterations: int = 3000
     chunk: int = 100
+    loop: str = "auto"
     learning_rate: float = 1e-2
     b1: float = 0.9
     b2: float = 0.999
@@ -74,6 +81,8 @@ class SearchOptions:
         if self.iterations < 1 or self.chunk < 1:
             raise ValueError(f"search: iterations ({self.iterations}) and chunk ({self.chunk}) "
                              "must be positive")
+        if self.loop not in ("auto", "scan", "python"):
+            raise ValueError(f"search: loop must be 'auto', 'scan' or 'python', got {self.loop!r}")
         if not self.learning_rate > 0 or self.init_scale_hu < 0:
             raise ValueError(f"search: learning_rate must be > 0 and init_scale_hu >= 0, got "
                              f"{self.learning_rate} and {self.init_scale_hu}")
@@ -162,6 +171,10 @@ class Searcher:
         self._init = jax.jit(self._init_impl, out_shardings=rows)
         self._chunk = jax.jit(self._chunk_impl, static_argnums=(3,), donate_argnums=(2,),
                               out_shardings=rows)
+        loop = options.loop
+        if loop == "auto":
+            loop = "python" if self.mesh.devices.flat[0].platform == "cpu" else "scan"
+        self.loop = loop
         self._metrics = jax.jit(self._metrics_impl, out_shardings=rows)
 
     # -- per-row pieces (unbatched: x is [H, W] in network units) --------------------------
@@ -202,6 +215,7 @@ class Searcher:
         return State(x, y0, delta, mask, lam, weight, jax.vmap(self.optimizer.init)(delta))
 
     def _chunk_impl(self, params, vgg_params, state: State, length: int):
+        """`length` steps: a `lax.scan`, or with length 1 a single step and no loop."""
         step = jax.vmap(self._step, in_axes=(None, None, 0, 0, 0, 0, 0, 0, 0))
 
         def body(carry, _):
@@ -210,6 +224,9 @@ class Searcher:
                                       state.mask, state.lam, state.weight)
             return (delta, opt), curves
 
+        if length == 1:
+            (delta, opt), curves = body((state.delta, state.opt), None)
+            return state._replace(delta=delta, opt=opt), curves[:, None]  # [B, 1, 3]
         (delta, opt), curves = jax.lax.scan(body, (state.delta, state.opt), length=length)
         return state._replace(delta=delta, opt=opt), jnp.moveaxis(curves, 0, 1)  # [B, T, 3]
 
@@ -288,7 +305,14 @@ class Searcher:
         curves, done, total = [], 0, self.options.iterations
         while done < total:
             length = min(self.options.chunk, total - done)
-            state, c = self._chunk(params, vgg_params, state, length)
+            if self.loop == "scan":
+                state, c = self._chunk(params, vgg_params, state, length)
+            else:
+                parts = []
+                for _ in range(length):
+                    state, c = self._chunk(params, vgg_params, state, 1)
+                    parts.append(c)
+                c = jnp.concatenate(parts, axis=1)
             curves.append(c)
             done += length
             if progress is not None:
