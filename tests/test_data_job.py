@@ -29,6 +29,7 @@ def test_presets():
         data_config.get_config("huge")
 
 
+@pytest.mark.slow
 def test_job_builds_into_workdir_and_writes_preview(tmp_path):
     config = _tiny(data_config.get_config("small"))
     jobs.run(config, str(tmp_path))

@@ -85,6 +85,7 @@ def _simulate(images, anatomy, doses, num_angles, seed=0):
         i0=dose.ROUTINE_I0[anatomy] * dose.counts_scale(size, num_angles), num_angles=num_angles))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("anatomy", phantoms.ANATOMIES)
 def test_noise_ratio_is_sqrt_inverse_dose(anatomy):
     images, labels = _mid_slices(anatomy, 256)
@@ -169,6 +170,7 @@ def _files(root):
     return out
 
 
+@pytest.mark.slow
 def test_build_is_deterministic_and_loads_scans(tmp_path):
     a = synthetic.build(str(tmp_path / "a"), **TINY)
     b = synthetic.build(str(tmp_path / "b"), **TINY)

@@ -58,7 +58,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     path = os.path.join(workdir, "preview.png")
     source = config.data.source
     report.save_panels(path, preview_rows(scans, int(config.get("preview_slice", -1))),
-                       title=f"{source} data: low dose, routine dose, difference")
+                       title=f"{source} data: low dose, routine dose, difference",
+                       panel_size=4.0)
     tmp = report.atomic_path(os.path.join(workdir, "data_summary.txt"))
     with open(tmp, "w") as f:
         f.write(text + "\n")

@@ -34,7 +34,7 @@ from ldct_jax.data.synthetic import dose, phantoms
 __all__ = ["build", "load", "build_params", "ANATOMIES"]
 
 ANATOMIES = phantoms.ANATOMIES
-FORMAT = "ldct_jax.synthetic/2"   # bump when the generator changes what a seed produces
+FORMAT = "ldct_jax.synthetic/3"   # bump when the generator changes what a seed produces
 MANIFEST = "manifest.json"
 _BATCH = 8                         # slices simulated per jit call (fixed: one compile)
 

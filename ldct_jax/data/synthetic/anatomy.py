@@ -264,9 +264,9 @@ def abdomen(c: Canvas, r: PatientRandom, z: float, t: float) -> None:
     c.ellipse(14, spine_y - 28, 11, 11, aorta_hu, T["blood"])
     c.ellipse(-22, spine_y - 27, 13, 10, aorta_hu * 0.75 if enhanced else 40.0, T["blood"])
     bowel_wall = 70.0 if enhanced else 40.0
-    contents = r.rng("bowel_contents").choice([20.0, -1000.0, -150.0], 80, p=[0.5, 0.25, 0.25])
+    contents = r.rng("bowel_contents").choice([20.0, -1000.0, -150.0], 80, p=[0.6, 0.15, 0.25])
     _tubes(c, r, "bowel", z, 80, (0.0, cy - 0.1 * cb, 0.85 * ca, 0.75 * cb), 250.0,
-           lambda rho, u: 7 + 10 * u, lambda i: contents[i], T["bowel"], fat,
+           lambda rho, u: 6 + 8 * u, lambda i: contents[i], T["bowel"], fat,
            slope_mm=1.2, wall=(2.5, bowel_wall))
     for side in (-1, 1):   # colon, laterally
         _tubes(c, r, f"colon{side}", z, 2, (side * 0.72 * ca, cy - 0.05 * cb, 0.1 * ca, 0.2 * cb),

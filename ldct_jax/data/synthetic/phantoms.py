@@ -33,6 +33,13 @@ SOFT_TISSUE = anatomy.SOFT_TISSUE
 # pixel-sharp edges alias in the projections and leave streaks of several HU far from any edge.
 BLUR_PX = 0.8
 
+# Tissue texture (parenchyma, muscle fibres, fat septa): smooth random variation with this std in
+# HU and a correlation length of TEXTURE_MM, different from slice to slice.
+TEXTURE_MM = 1.2
+_TEXTURE_HU = {"lung": 20.0, "fat": 6.0, "visceral": 6.0, "muscle": 5.0, "liver": 6.0,
+               "spleen": 5.0, "kidney": 6.0, "heart": 4.0, "grey": 2.5, "white": 2.5,
+               "marrow": 40.0}
+
 _DRAW = {"chest": anatomy.chest, "abdomen": anatomy.abdomen, "head": anatomy.head}
 
 
@@ -82,7 +89,15 @@ def phantom(anatomy_name: str, seed: int, patient: int, z_mm: float, size: int,
     canvas = Canvas(size, pixel_mm(anatomy_name, size))
     t = float(np.clip(z_mm / Z_RANGE_MM[anatomy_name], 0.0, 1.0))
     _DRAW[anatomy_name](canvas, r, float(z_mm), t)
-    hu = canvas.hu
+    amplitude = np.zeros(64, np.float32)
+    for name, value in _TEXTURE_HU.items():
+        amplitude[TISSUES[name]] = value
+    g = np.random.default_rng([int(seed), _check(anatomy_name), int(patient),
+                               int(round(z_mm * 1000)) % 2 ** 32, 1])
+    texture = ndimage.gaussian_filter(g.standard_normal((size, size), np.float32),
+                                      TEXTURE_MM / canvas.pixel_mm, mode="wrap")
+    texture *= 1.0 / max(float(texture.std()), 1e-6)
+    hu = canvas.hu + amplitude[canvas.labels] * texture
     if blur_px > 0:
         hu = ndimage.gaussian_filter(hu, blur_px, mode="nearest", truncate=3.0)
     return hu.astype(np.float32), canvas.labels
