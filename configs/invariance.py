@@ -69,7 +69,7 @@ def get_config(arg=None):
     c.vgg16_weights = ""       # torchvision VGG16 .pth/.safetensors; '' -> random init (logged)
 
     c.search = ml_collections.ConfigDict(dict(
-        iterations=3000, chunk=100, learning_rate=1e-2, b1=0.9, b2=0.999, eps=1e-8,
+        iterations=3000, chunk=100, loop="auto", learning_rate=1e-2, b1=0.9, b2=0.999, eps=1e-8,
         init_scale_hu=1.0, clip=True, sensitivity=False))
 
     c.report = ml_collections.ConfigDict(dict(

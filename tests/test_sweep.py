@@ -318,3 +318,27 @@ def test_attack_bad_config(image_file, tmp_path, change, message):
     with pytest.raises(ValueError, match=message):
         attack_sweep.run(attack_cfg(image_file, **change), str(tmp_path / "run"))
     assert not os.path.exists(tmp_path / "run" / "chunks")
+
+
+@pytest.mark.slow
+def test_targeted_attack_sweep(image_file, tmp_path):
+    import scipy.ndimage
+    one = str(tmp_path / "one.npy")
+    x = np.load(image_file)[0]
+    np.save(one, x)
+    config = attack_cfg(one, methods=("fgsm",), target="remove_center", target_radius_px=12)
+    attack_sweep.run(config, str(tmp_path / "run"))
+    # The target: f(x) (SciPy's Gaussian, sigma 1, central 30x30 square zeroed) with the central
+    # disc replaced by the median of the ring around it.
+    y = scipy.ndimage.gaussian_filter(x.astype(np.float64), 1.0, mode="reflect", truncate=4.0)
+    y[17:47, 17:47] = 0.0
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    r = np.hypot(yy - 31.5, xx - 31.5)
+    y[r <= 12] = np.median(y[(r > 12) & (r <= 24)])
+    target = np.load(tmp_path / "run" / "inputs" / "target.npy")
+    np.testing.assert_allclose(target[0], y, atol=1e-2)
+    rows = read_csv(tmp_path / "run" / "report" / "results.csv")
+    assert [r["targeted"] for r in rows] == ["True", "True"]
+    assert all(float(r["target_rms_hu_clean"]) > 0 for r in rows)
+    img = matplotlib.image.imread(tmp_path / "run" / "report" / "figures" / "image0_fgsm.png")
+    assert img.shape[:2] == (2 * 300, 7 * 300)  # the target as a seventh panel
