@@ -52,7 +52,8 @@ def fingerprint(settings: Mapping[str, Any]) -> str:
 
 def _diff(a: Any, b: Any, prefix: str) -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
-        return [d for k in sorted(set(a) | set(b)) for d in _diff(a.get(k), b.get(k), f"{prefix}.{k}")]
+        return [d for k in sorted(set(a) | set(b))
+                for d in _diff(a.get(k), b.get(k), f"{prefix}.{k}")]
     return [] if a == b else [f"{prefix}: {a!r} -> {b!r}"]
 
 
