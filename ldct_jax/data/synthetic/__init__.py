@@ -19,6 +19,8 @@ kill, removed by the next build).
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import json
 import os
 import shutil
@@ -118,7 +120,39 @@ def _patients(params: dict):
             yield anatomy, p, f"synthetic-{anatomy}-{p:03d}"
 
 
-def _write_patient(folder: str, anatomy: str, patient: int, params: dict, progress) -> dict:
+def _render(params: dict, anatomy: str, patient: int, idx: tuple[int, ...]) -> np.ndarray:
+    """Phantom slices `idx` of a patient, `[len(idx), N, N]` HU."""
+    positions = phantoms.slice_positions(anatomy, params["seed"], patient, params["slices"],
+                                         params["spacing_mm"])
+    return np.stack([phantoms.phantom(anatomy, params["seed"], patient, positions[i],
+                                      params["size"])[0] for i in idx])
+
+
+class _Renderer:
+    """Draws the phantoms of the next batch in a thread while JAX simulates the current one."""
+
+    def __init__(self, params: dict, pool: concurrent.futures.Executor):
+        self.params, self.pool = params, pool
+        batch = min(_BATCH, params["slices"])
+        self.order = [(a, p, tuple(range(s, min(s + batch, params["slices"]))))
+                      for a, p, _ in _patients(params) for s in range(0, params["slices"], batch)]
+        self.futures: dict = {}
+
+    def _submit(self, spec) -> None:
+        if spec not in self.futures:
+            self.futures[spec] = self.pool.submit(_render, self.params, *spec)
+
+    def __call__(self, anatomy: str, patient: int, idx: tuple[int, ...]) -> np.ndarray:
+        spec = (anatomy, patient, tuple(idx))
+        self._submit(spec)
+        position = self.order.index(spec) if spec in self.order else -1
+        if 0 <= position < len(self.order) - 1:
+            self._submit(self.order[position + 1])
+        return self.futures.pop(spec).result()
+
+
+def _write_patient(folder: str, anatomy: str, patient: int, params: dict, progress,
+                   render=None) -> dict:
     size, slices, seed = params["size"], params["slices"], params["seed"]
     num_angles = params["num_angles"]
     positions = phantoms.slice_positions(anatomy, seed, patient, slices, params["spacing_mm"])
@@ -135,8 +169,8 @@ def _write_patient(folder: str, anatomy: str, patient: int, params: dict, progre
     for start in range(0, slices, batch):
         idx = list(range(start, min(start + batch, slices)))
         pad = idx + [idx[-1]] * (batch - len(idx))    # fixed batch shape: one compile
-        images = np.stack([phantoms.phantom(anatomy, seed, patient, positions[i], size)[0]
-                           for i in idx] + [np.zeros((size, size), np.float32)] * (batch - len(idx)))
+        images = (render or functools.partial(_render, params))(anatomy, patient, tuple(idx))
+        images = np.concatenate([images, np.zeros((batch - len(idx), size, size), np.float32)])
         keys = jnp.stack([dose.slice_key(seed, anatomy_index, patient, i) for i in pad])
         out = dose.as_numpy(dose.simulate(jnp.asarray(images), keys, jnp.array([fraction, 1.0]),
                                           pixel_mm=pixel_mm, i0=i0, num_angles=num_angles))
@@ -188,10 +222,12 @@ def build(root: str, *, progress: bool = True, **kwargs) -> str:
     total = len(params["anatomies"]) * params["patients_per_anatomy"] * params["slices"]
     try:
         with tqdm.tqdm(total=total, desc=f"synthetic CT -> {root}", unit="slice",
-                       disable=not progress) as bar:
+                       disable=not progress) as bar, \
+                concurrent.futures.ThreadPoolExecutor(1) as pool:
+            render = _Renderer(params, pool)
             patients = []
             for anatomy, p, pid in _patients(params):
-                _write_patient(os.path.join(tmp, pid), anatomy, p, params, bar)
+                _write_patient(os.path.join(tmp, pid), anatomy, p, params, bar, render)
                 patients.append(dict(patient=pid, anatomy=anatomy))
         with open(os.path.join(tmp, MANIFEST), "w") as f:
             json.dump(dict(params=params, patients=patients), f, indent=1, sort_keys=True)
