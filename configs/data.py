@@ -1,4 +1,4 @@
-"""Build (or read) the data set and write a preview: `python launch/main.py --config=configs/data.py`.
+"""Build (or read) the data set, write a preview: `python launch/main.py --config=configs/data.py`.
 
 Presets:
   (none)   the synthetic set the training configs use: 3 anatomies x 2 patients x 8 slices at

@@ -42,16 +42,18 @@ _BATCH = 8                         # slices simulated per jit call (fixed: one c
 
 
 def build_params(*, patients_per_anatomy: int = 2, slices: int = 8, size: int = 512,
-                 seed: int = 0, anatomies: Sequence[str] = ANATOMIES, num_angles: int = dose.NUM_ANGLES,
-                 spacing_mm: float = 5.0, dose_fractions: Optional[dict] = None) -> dict:
+                 seed: int = 0, anatomies: Sequence[str] = ANATOMIES,
+                 num_angles: int = dose.NUM_ANGLES, spacing_mm: float = 5.0,
+                 dose_fractions: Optional[dict] = None) -> dict:
     """The parameters that define a data set (checked, with defaults filled in)."""
     anatomies = tuple(anatomies)
     for a in anatomies:
         if a not in ANATOMIES:
             raise ValueError(f"synthetic: unknown anatomy {a!r} in anatomies={list(anatomies)}; "
                              f"expected some of {ANATOMIES}")
-    for name, value, low in (("patients_per_anatomy", patients_per_anatomy, 1),
-                             ("slices", slices, 1), ("size", size, 16), ("num_angles", num_angles, 8)):
+    checks = (("patients_per_anatomy", patients_per_anatomy, 1), ("slices", slices, 1),
+              ("size", size, 16), ("num_angles", num_angles, 8))
+    for name, value, low in checks:
         if int(value) != value or value < low:
             raise ValueError(f"synthetic: {name}={value!r} must be an integer >= {low}")
     fractions = dict(dose.DOSE_FRACTION)

@@ -12,9 +12,11 @@ rays attenuate like `AEC_REFERENCE_MM` of water; it is chosen so that the routin
 uniform soft tissue is about 12 HU (10-15 HU at 512 x 512 for all three anatomies). Automatic
 exposure control, as on clinical scanners, scales each slice's I0 by the mean over views of
 exp(central line integral) relative to that reference, so larger patients and denser slices get
-more photons and the noise level stays about the same. The count per bin is scaled by (size / REFERENCE_SIZE)^2 x REFERENCE_VIEWS /
-num_angles, which keeps the HU noise level of the data set the same at every image size and
-number of views (FBP noise std ~ 1 / (pixel sqrt(counts x views))).
+more photons and the noise level stays about the same. The count per bin is scaled by
+(size / REFERENCE_SIZE)^2 x REFERENCE_VIEWS / num_angles, which keeps the HU noise level of the
+data set the same at every image size and number of views (FBP noise std ~ 1 / (pixel
+sqrt(counts x views))). At these counts (a detector bin here is a whole pixel wide) photon noise
+dominates; the electronic noise and exact Poisson draws matter only on photon-starved rays.
 """
 
 from __future__ import annotations
@@ -145,7 +147,8 @@ def simulate(phantom_hu: jax.Array, keys: jax.Array, doses: jax.Array, *, pixel_
 
 
 @functools.partial(jax.jit, static_argnames=("num_angles",))
-def noiseless(phantom_hu: jax.Array, *, pixel_mm: float, num_angles: int = NUM_ANGLES) -> jax.Array:
+def noiseless(phantom_hu: jax.Array, *, pixel_mm: float, num_angles: int = NUM_ANGLES
+              ) -> jax.Array:
     """FBP of the exact line integrals (no noise), `[B, N, N]` HU, not clipped."""
     size = phantom_hu.shape[-1]
     angles = jnp.asarray(projector.scanner_angles(num_angles), jnp.float32)
