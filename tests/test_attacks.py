@@ -64,6 +64,7 @@ def expected_fgsm(x, g, eps, sign):
     return np.clip(np.float32(eps) * np.sign(g) * sign, ct.HU_MIN - x, ct.HU_MAX - x)
 
 
+@pytest.mark.slow  # (the shared results: one compile)
 def test_fgsm_targeted_is_epsilon_times_sign_of_gradient(setup, results):
     d, x, target = setup
     r = results["fgsm", True]
@@ -73,6 +74,7 @@ def test_fgsm_targeted_is_epsilon_times_sign_of_gradient(setup, results):
         np.testing.assert_array_equal(r.perturbation[row], expected_fgsm(x[i], g[i], eps, -1.0))
 
 
+@pytest.mark.slow  # (the shared results: one compile)
 def test_fgsm_untargeted_follows_gradient_at_probe(setup, results):
     d, x, _ = setup
     r = results["fgsm", False]
@@ -83,6 +85,7 @@ def test_fgsm_untargeted_follows_gradient_at_probe(setup, results):
         np.testing.assert_array_equal(r.perturbation[row], expected_fgsm(x[i], g[i], eps, 1.0))
 
 
+@pytest.mark.slow  # (the shared results: one compile)
 def test_one_bim_step_of_size_epsilon_is_fgsm(setup, results):
     d, x, target = setup
     for targeted in (False, True):
@@ -94,6 +97,7 @@ def test_one_bim_step_of_size_epsilon_is_fgsm(setup, results):
         np.testing.assert_array_equal(b.adversarial[last], f.adversarial[last])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", attacks.METHODS)
 @pytest.mark.parametrize("targeted", [False, True])
 def test_budget_and_hu_range_hold_exactly(setup, results, method, targeted):
@@ -114,6 +118,7 @@ def test_budget_and_hu_range_hold_exactly(setup, results, method, targeted):
         assert np.all(r.metrics["input_max_hu"][big] == EPS[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", attacks.METHODS)
 def test_output_change_grows_with_budget(results, method):
     out = results[method, False].metrics["output_rms_hu"].reshape(2, len(EPS))
@@ -121,6 +126,7 @@ def test_output_change_grows_with_budget(results, method):
     assert np.all(np.diff(out, axis=1) > 0), out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", attacks.METHODS)
 def test_targeted_attack_approaches_target(results, method):
     m = results[method, True].metrics
@@ -135,6 +141,7 @@ def test_targeted_attack_approaches_target(results, method):
         assert np.all(after[eps == EPS[-1]] < after[eps == EPS[1]])
 
 
+@pytest.mark.slow  # (the shared results: one compile)
 def test_iterative_attacks_beat_fgsm(results):
     f = results["fgsm", False].metrics["output_rms_hu"]
     for method in ("bim", "pgd"):
@@ -142,6 +149,7 @@ def test_iterative_attacks_beat_fgsm(results):
         assert np.all(it[1:] >= 0.9 * f[1:])
 
 
+@pytest.mark.slow  # (the shared results: one compile)
 def test_result_table(results):
     rows = attacks.result_table(results["pgd", True])
     assert len(rows) == 2 * len(EPS)
