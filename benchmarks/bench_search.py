@@ -1,1 +1,243 @@
-"""Placeholder: benchmark being written (owner: benchmarks helper)."""
+"""Invariance-search throughput (image-iterations/s) of ldct_jax against a PyTorch Adam loop.
+
+    python benchmarks/bench_search.py                          # 512x512, batch 1 and 8
+    python benchmarks/bench_search.py --size=256 --batches=1,2,4 --models=cnn10
+    python benchmarks/bench_search.py --impls=loop,torch       # skip the library's scan
+
+One iteration per image is the forward pass of the denoiser on x + x_inv and the gradient of
+L = D_out(f(x + x_inv), f(x)) - lambda min(MSE(x + x_inv, x), 1) with respect to x_inv, then
+Adam and the projection to the valid HU range. Implementations, timed in the same run on the
+same random-init weights:
+
+  library  `ldct_jax.invariance.search.Searcher` as it is: a vmapped step in a `lax.scan`
+           over `--chunk` iterations; timed between its progress callbacks (after the first,
+           compiling, chunk).
+  loop     the same Searcher and step, its chunk run as a Python loop over one jitted vmapped
+           step instead of a `lax.scan` (the change this benchmark proposes; see below).
+  torch    plain PyTorch: the same network in NCHW with the weights copied, `torch.optim.Adam`
+           on x_inv `[B, H, W]`, the sum of the per-image objectives, the same clip.
+
+FLOPs are the conv FLOPs `2 H W k^2 Cin Cout` of the forward pass, twice (forward + input
+gradient; no weight gradient; f(x) is computed before the loop); XLA's cost analysis of the
+step is printed next to the formula. The ceiling is the best float32 2048^3 matmul of JAX and
+PyTorch in this run (the larger); a 3x3 32->32 conv rate is shown for reference.
+
+Why `loop`: XLA:CPU (jaxlib 0.10) runs the input-gradient convolutions that JAX's conv
+transpose rule emits (kernel `rev` + dimension numbers `01oi`) with a slow generic kernel when
+they sit inside a while loop (a `lax.scan`); outside a loop the same program gets YNNPACK
+kernels. The step is ~1 s of work per 512x512 image, so a Python loop of jitted steps costs
+nothing in dispatch and avoids the slow path.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+import common  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command-line flags (defined only when run as a script, so that tests can
+    import every benchmark into one process)."""
+    flags.DEFINE_integer("size", 512, "image side, pixels")
+    flags.DEFINE_list("batches", ["1", "8"], "perturbations per step")
+    flags.DEFINE_list("models", ["cnn10", "wgan_vgg"], "denoisers")
+    flags.DEFINE_list("impls", ["library", "loop", "torch"], "implementations to time")
+    flags.DEFINE_integer("chunk", 1, "iterations per timed chunk (per compiled call of `library`)")
+    flags.DEFINE_integer("repeats", 2, "timed chunks per implementation (the best one counts)")
+    flags.DEFINE_float("lam", 1e-2, "lambda of every perturbation")
+    flags.DEFINE_integer("threads", 0, "PyTorch threads (0: the cores this process may use)")
+    flags.DEFINE_integer("matmul_n", 2048, "side of the ceiling matmul")
+    flags.DEFINE_float("max_seconds", 60.0, "skip an implementation at a larger batch when its "
+                       "smaller-batch time predicts more than this many seconds per chunk")
+
+
+LR = 1e-2
+
+
+def make_loop_searcher():
+    """A `Searcher` whose chunk is a Python loop over one jitted vmapped step (see docstring)."""
+    import jax
+    import jax.numpy as jnp
+
+    from ldct_jax import parallel
+    from ldct_jax.invariance import search as search_lib
+
+    class LoopSearcher(search_lib.Searcher):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._one = jax.jit(self._one_impl, donate_argnums=(2, 3),
+                                out_shardings=parallel.batch_sharding(self.mesh))
+            self._chunk = self._loop_chunk
+
+        def _one_impl(self, params, vgg_params, delta, opt, x, y0, mask, lam, weight):
+            step = jax.vmap(self._step, in_axes=(None, None, 0, 0, 0, 0, 0, 0, 0))
+            return step(params, vgg_params, delta, opt, x, y0, mask, lam, weight)
+
+        def _loop_chunk(self, params, vgg_params, state, length):
+            delta, opt, curves = state.delta, state.opt, []
+            for _ in range(length):
+                delta, opt, c = self._one(params, vgg_params, delta, opt, state.x, state.y0,
+                                          state.mask, state.lam, state.weight)
+                curves.append(c)
+            return state._replace(delta=delta, opt=opt), jnp.stack(curves, axis=1)
+
+    return LoopSearcher
+
+
+def jax_seconds(searcher_cls, denoiser, images: np.ndarray) -> float:
+    """Best seconds per chunk of `searcher_cls` on `images`, after one compiling chunk."""
+    from ldct_jax.invariance import search as search_lib
+    n = len(images)
+    options = search_lib.SearchOptions(iterations=(1 + FLAGS.repeats) * FLAGS.chunk,
+                                       chunk=FLAGS.chunk, learning_rate=LR)
+    searcher = searcher_cls(denoiser, ["mse"], options)
+    rows = search_lib.make_rows(n, n, lambdas=FLAGS.lam, distances="mse", seeds=list(range(n)))
+    stamps = []
+    searcher.run(denoiser.params, images, rows,
+                 progress=lambda done: stamps.append(time.perf_counter()))
+    return float(np.min(np.diff(stamps)))
+
+
+def torch_objective(net, x, y0, delta, lam):
+    """Per-image `(L, D_out, d_in)` of the search in PyTorch; all `[B, H, W]` network units."""
+    import torch
+    xp = x + delta
+    d_out = torch.mean(torch.square(net(xp[:, None])[:, 0] - y0), dim=(1, 2))
+    d_in = torch.clamp(torch.mean(torch.square(xp - x), dim=(1, 2)), max=1.0)
+    return d_out - lam * d_in, d_out, d_in
+
+
+def torch_seconds(denoiser, images: np.ndarray) -> float:
+    """Best seconds per chunk of a plain PyTorch Adam loop on the same objective."""
+    import torch
+
+    from ldct_jax import ct
+    net = common.torch_denoiser(denoiser.name, denoiser.params)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    lo, hi = (float(denoiser.to_net(v)) for v in (ct.HU_MIN, ct.HU_MAX))
+    x = torch.from_numpy(np.asarray(denoiser.to_net(images), np.float32))
+    with torch.no_grad():
+        y0 = net(x[:, None])[:, 0]
+    g = torch.Generator().manual_seed(0)
+    delta = (torch.randn(x.shape, generator=g) / denoiser.scale).requires_grad_(True)
+    mask = torch.ones_like(x)
+    lam = torch.full((len(x),), FLAGS.lam)
+    opt = torch.optim.Adam([delta], lr=LR, betas=(0.9, 0.999), eps=1e-8)
+
+    def iteration():
+        opt.zero_grad(set_to_none=True)
+        # The images are independent: the gradient of the sum is each image's own gradient.
+        torch.sum(torch_objective(net, x, y0, delta, lam)[0]).backward()
+        delta.grad.mul_(mask)
+        opt.step()
+        with torch.no_grad():
+            delta.copy_((torch.clamp(x + delta, lo, hi) - x) * mask)
+
+    def chunk():
+        for _ in range(FLAGS.chunk):
+            iteration()
+
+    return common.best_time(chunk, FLAGS.repeats, warmup=1)
+
+
+def xla_step_flops(denoiser, size: int) -> float:
+    """XLA's FLOP count of one search step's value-and-gradient on one image."""
+    import jax
+    import jax.numpy as jnp
+
+    from ldct_jax import losses
+
+    def objective(delta, params, x, y0, lam):
+        xp = x + delta
+        d_out = jnp.mean(jnp.square(denoiser.apply_net(params, xp) - y0))
+        return d_out - lam * losses.bounded_mse(xp, x)
+
+    x = jnp.zeros((size, size), jnp.float32)
+    fn = jax.jit(jax.value_and_grad(objective))
+    cost = fn.lower(x, denoiser.params, x, x, 0.01).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops", float("nan")))
+
+
+def main(_):
+    import jax
+    import torch
+
+    from ldct_jax import models
+
+    threads = FLAGS.threads or common.cpu_threads()
+    common.set_torch_threads(threads)
+    impls = [i for i in ("library", "loop", "torch") if i in FLAGS.impls]
+    unknown = sorted(set(FLAGS.impls) - set(impls))
+    if unknown:
+        raise app.UsageError(f"--impls: unknown {unknown}; expected library, loop, torch")
+    dev = jax.devices()[0]
+    print(f"JAX {jax.__version__} on {jax.device_count()} x {dev.device_kind} ({dev.platform}); "
+          f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads; {threads} cores")
+    jmm = common.jax_matmul_gflops(FLAGS.matmul_n)
+    tmm = common.torch_matmul_gflops(FLAGS.matmul_n)
+    ceiling = max(jmm, tmm)
+    conv = common.jax_conv_gflops(FLAGS.size // 2, 32, 2)
+    print(f"ceiling: float32 {FLAGS.matmul_n}^3 matmul JAX {jmm:.1f} GFLOP/s, PyTorch "
+          f"{tmm:.1f} GFLOP/s -> {ceiling:.1f}; JAX 3x3 conv 32->32: {conv:.1f} GFLOP/s")
+
+    s = FLAGS.size
+    rng = np.random.default_rng(0)
+    loop_cls = make_loop_searcher()
+    from ldct_jax.invariance.search import Searcher
+    head = ("| model | batch | impl | image-it/s | s/chunk | GFLOP/s | of ceiling | "
+            "vs PyTorch |")
+    rows_out = []
+    for name in FLAGS.models:
+        d = models.create(name, jax.random.key(0))
+        flops = common.search_iteration_flops(name, s, s)
+        exact = common.search_iteration_flops(name, s, s, exact=True)
+        print(f"{name} {s}x{s}: {flops / 1e9:.2f} GFLOP per image-iteration (2 x forward convs; "
+              f"{exact / 1e9:.2f} counting only taps inside the image); XLA cost analysis of the "
+              f"step: {xla_step_flops(d, s) / 1e9:.2f}", flush=True)
+        per_image = {}  # impl -> seconds per image-chunk at the last batch
+        for b in (int(v) for v in FLAGS.batches):
+            images = rng.normal(40.0, 300.0, (b, s, s)).astype(np.float32)
+            result = {}
+            for impl in impls:
+                guess = per_image.get(impl, 0.0) * b
+                if guess > FLAGS.max_seconds:
+                    print(f"  {name} batch {b} {impl}: skipped (about {guess:.0f} s per chunk "
+                          f"predicted; raise --max_seconds)", flush=True)
+                    continue
+                if impl == "torch":
+                    sec = torch_seconds(d, images)
+                else:
+                    sec = jax_seconds(Searcher if impl == "library" else loop_cls, d, images)
+                per_image[impl] = sec / b
+                result[impl] = sec
+            for impl, sec in result.items():
+                rate = b * FLAGS.chunk / sec
+                gflops = rate * flops / 1e9
+                vs = (f"{result['torch'] / sec:.2f}x" if "torch" in result and impl != "torch"
+                      else "")
+                row = (f"| {name} | {b} | {impl} | {common.fmt_rate(rate)} | {sec:.2f} | "
+                       f"{gflops:.1f} | {gflops / ceiling:.0%} | {vs} |")
+                rows_out.append(row)
+                print("  " + row, flush=True)
+    print(f"\nsize {s}x{s}, chunk {FLAGS.chunk}, best of {FLAGS.repeats}; ceiling "
+          f"{ceiling:.1f} GFLOP/s (float32 matmul)")
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    print("\n".join(rows_out))
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

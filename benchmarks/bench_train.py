@@ -1,1 +1,313 @@
-"""Placeholder: benchmark being written (owner: benchmarks helper)."""
+"""Train-step throughput (patches/s) of ldct_jax's CNN-10 and WGAN-VGG steps against PyTorch.
+
+    python benchmarks/bench_train.py                               # patch 64, batch 16, CPU
+    python benchmarks/bench_train.py --batch=128 --repeats=5       # the paper's batch
+    python benchmarks/bench_train.py --models=wgan_vgg --impls=jax,torch
+
+Implementations, timed in the same run on the same random weights and random HU patches:
+
+  jax        the library's step, as the trainer builds it: `ldct_jax.train.supervised` /
+             `ldct_jax.train.wgan` `make_step`, jitted by `parallel.data_parallel_step`
+             (state donated, batch sharded over all local devices).
+  jax_fixed  WGAN-VGG only: the same step traced with two changes this benchmark proposes:
+             the critic's `lax.scan` unrolled (XLA:CPU runs convolution gradients inside a while
+             loop with a slow generic kernel) and the perceptual loss running the VGG on the
+             generator output and on the (constant) target separately, so that the backward
+             pass does not carry the target's half of a stacked batch.
+  torch      the same step in plain PyTorch (NCHW, weights copied from the JAX params, Adam with
+             the same settings; the WGAN-GP critic updates with a double-backward penalty, then
+             the generator update with VGG19 conv5_4 L1, the critic frozen for it).
+
+A WGAN-VGG step is `n_critic` critic updates and one generator update; it consumes
+batch x n_critic patches, which is what patches/s counts (as `Trainer.patches_per_step`).
+The VGG19 is random-init (timing only). On a GPU (JAX's default device a GPU and
+`torch.cuda.is_available()`), PyTorch runs on CUDA too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import sys
+import time
+from typing import Any, Callable
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+import common  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command-line flags (defined only when run as a script, so that tests can
+    import every benchmark into one process)."""
+    flags.DEFINE_integer("patch", 64, "patch side (paper: 64)")
+    flags.DEFINE_integer("batch", 16, "patches per (sub-)batch (paper: 128)")
+    flags.DEFINE_integer("n_critic", 4, "critic updates per WGAN-VGG step (paper: 4)")
+    flags.DEFINE_list("models", ["cnn10", "wgan_vgg"], "models")
+    flags.DEFINE_list("impls", ["jax", "jax_fixed", "torch"], "implementations to time")
+    flags.DEFINE_integer("repeats", 3, "timed steps per implementation after a warm-up step, "
+                         "taken in turns (the best one counts)")
+    flags.DEFINE_integer("threads", 0, "PyTorch CPU threads (0: the cores this process may use)")
+
+
+LR, B1, B2 = 1e-5, 0.5, 0.9          # the paper preset (Adam for generator and critic)
+GP_WEIGHT, PERCEPTUAL_WEIGHT, TAP = 10.0, 0.1, "conv5_4"
+IMPLS = ("jax", "jax_fixed", "torch")
+
+
+def random_patches(rng, shape) -> dict[str, np.ndarray]:
+    low = rng.normal(40.0, 300.0, shape).astype(np.float32)
+    return {"low": low, "full": (low + rng.normal(0.0, 30.0, shape)).astype(np.float32)}
+
+
+# ---------------------------------------------------------------------------------------------
+# JAX
+
+
+@contextlib.contextmanager
+def proposed_fixes():
+    """While tracing: `lax.scan` unrolled, perceptual L1 with the target's VGG pass apart."""
+    import jax
+
+    from ldct_jax import losses
+    scan, perceptual = jax.lax.scan, losses.perceptual_l1
+
+    def split_perceptual(vgg, a, b, tap="conv5_4", params=None):
+        params = vgg.params if params is None else params
+        fa = vgg.features(params, a, tap)[tap]
+        fb = jax.lax.stop_gradient(vgg.features(params, b, tap)[tap])
+        return jax.numpy.mean(jax.numpy.abs(fa - fb))
+
+    jax.lax.scan = functools.partial(scan, unroll=True)
+    losses.perceptual_l1 = split_perceptual
+    try:
+        yield
+    finally:
+        jax.lax.scan, losses.perceptual_l1 = scan, perceptual
+
+
+def jax_setup(model: str, patch: int, batch: int, n_critic: int, seed: int = 0):
+    """`(step, state, extra)`: the library's jitted step, its initial state, extra args."""
+    import jax
+
+    from ldct_jax import models, parallel
+    from ldct_jax.models import vgg as vgg_lib
+    from ldct_jax.models import wgan_vgg
+    from ldct_jax.train import supervised, wgan
+
+    mesh = parallel.make_mesh()
+    parallel.check_batch_divisible(batch, mesh, "batch")
+    key = jax.random.key(seed)
+    d = models.create(model, jax.random.fold_in(key, 0))
+    opt = supervised.adam(LR, B1, B2)
+    if model == "cnn10":
+        state = supervised.init_state(d, opt, seed)
+        step = parallel.data_parallel_step(supervised.make_step(d, opt), mesh)
+        return d, step, parallel.replicate(state, mesh), (), mesh, {}
+    critic, cparams = wgan_vgg.init_critic(jax.random.fold_in(key, 1), patch)
+    vgg = vgg_lib.random_init("vgg19", jax.random.fold_in(key, 2), imagenet_norm=False)
+    copt = supervised.adam(LR, B1, B2)
+    settings = wgan.WGANSettings(n_critic=n_critic, gp_weight=GP_WEIGHT,
+                                 perceptual_weight=PERCEPTUAL_WEIGHT, tap=TAP)
+    state = wgan.init_state(d, cparams, opt, copt, seed)
+    step = parallel.data_parallel_step(wgan.make_step(d, critic, vgg, opt, copt, settings),
+                                       mesh, extra_args=1)
+    extra = (parallel.replicate(vgg.params, mesh),)
+    return d, step, parallel.replicate(state, mesh), extra, mesh, {"critic": cparams,
+                                                                     "vgg": vgg}
+
+
+def jax_runner(model: str, batch_np: dict, fixed: bool = False) -> Callable[[], Any]:
+    """One blocking call of the library's jitted step per call (traced and compiled here)."""
+    import jax
+
+    from ldct_jax import parallel
+    b = batch_np["low"].shape[0]
+    _, step, state, extra, mesh, _ = jax_setup(model, FLAGS.patch, b, FLAGS.n_critic)
+    batch = parallel.global_batch(batch_np, mesh)
+    holder = [state]
+
+    def one():
+        holder[0], metrics = step(holder[0], batch, *extra)
+        jax.block_until_ready(metrics)
+
+    with proposed_fixes() if fixed else contextlib.nullcontext():
+        one()
+    return one
+
+
+# ---------------------------------------------------------------------------------------------
+# PyTorch
+
+
+class TorchCNN10Step:
+    """Adam on the MSE in network units, as `supervised.make_step`."""
+
+    def __init__(self, denoiser, device: str = "cpu"):
+        import torch
+        self.d, self.device = denoiser, device
+        self.net = common.torch_denoiser(denoiser.name, denoiser.params).to(device)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=LR, betas=(B1, B2))
+
+    def loss(self, low, full):
+        import torch
+        x, y = self.d.to_net(low)[:, None], self.d.to_net(full)[:, None]
+        return torch.mean(torch.square(self.net(x) - y))
+
+    def __call__(self, batch) -> dict:
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.loss(batch["low"], batch["full"])
+        loss.backward()
+        self.opt.step()
+        return {"loss": loss.detach()}
+
+
+class TorchWGANStep:
+    """`n_critic` WGAN-GP critic updates, then the generator update, as `wgan.make_step`."""
+
+    def __init__(self, generator, critic_params, vgg, patch: int, device: str = "cpu",
+                 seed: int = 0):
+        import torch
+        self.d, self.device = generator, device
+        self.g = common.torch_denoiser(generator.name, generator.params).to(device)
+        self.c = common.torch_critic(critic_params, patch).to(device)
+        self.vgg = common.torch_vgg_to("vgg19", vgg.params, TAP).to(device)
+        for p in self.vgg.parameters():
+            p.requires_grad_(False)
+        self.g_opt = torch.optim.Adam(self.g.parameters(), lr=LR, betas=(B1, B2))
+        self.c_opt = torch.optim.Adam(self.c.parameters(), lr=LR, betas=(B1, B2))
+        self.gen = torch.Generator(device=device).manual_seed(seed)
+
+    def critic_loss(self, real, fake, alpha):
+        """Wasserstein term + GP at `alpha real + (1 - alpha) fake`; all `[B, 1, p, p]`."""
+        import torch
+        wasserstein = self.c(fake).mean() - self.c(real).mean()
+        x_hat = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+        (grad,) = torch.autograd.grad(self.c(x_hat).sum(), x_hat, create_graph=True)
+        norm = torch.sqrt(torch.sum(torch.square(grad.flatten(1)), dim=1) + 1e-12)
+        gp = torch.mean(torch.square(norm - 1.0))
+        return wasserstein + GP_WEIGHT * gp, wasserstein, gp
+
+    def generator_loss(self, x, y):
+        import torch
+        fake = self.g(x)
+        adversarial = -self.c(fake).mean()
+        fa = self.vgg(fake.expand(-1, 3, -1, -1))
+        with torch.no_grad():
+            fb = self.vgg(y.expand(-1, 3, -1, -1))
+        perceptual = torch.mean(torch.abs(fa - fb))
+        return PERCEPTUAL_WEIGHT * perceptual + adversarial, adversarial, perceptual
+
+    def __call__(self, batch) -> dict:
+        import torch
+        x = self.d.to_net(batch["low"])[:, :, None]    # [B, n_critic, 1, p, p]
+        y = self.d.to_net(batch["full"])[:, :, None]
+        for i in range(x.shape[1]):
+            with torch.no_grad():
+                fake = self.g(x[:, i])
+            alpha = torch.rand((x.shape[0], 1, 1, 1), generator=self.gen, device=self.device)
+            self.c_opt.zero_grad(set_to_none=True)
+            c_loss, w, gp = self.critic_loss(y[:, i], fake, alpha)
+            c_loss.backward()
+            self.c_opt.step()
+        for p in self.c.parameters():
+            p.requires_grad_(False)
+        self.g_opt.zero_grad(set_to_none=True)
+        g_loss, adv, perc = self.generator_loss(x[:, -1], y[:, -1])
+        g_loss.backward()
+        self.g_opt.step()
+        for p in self.c.parameters():
+            p.requires_grad_(True)
+        return {"loss": g_loss.detach(), "critic_loss": c_loss.detach()}
+
+
+def torch_runner(model: str, batch_np: dict, device: str) -> Callable[[], Any]:
+    """One blocking PyTorch step per call (after one warm-up step here)."""
+    import torch
+    b = batch_np["low"].shape[0]
+    d, _, _, _, _, extra = jax_setup(model, FLAGS.patch, b, FLAGS.n_critic)
+    if model == "cnn10":
+        step = TorchCNN10Step(d, device)
+    else:
+        step = TorchWGANStep(d, extra["critic"], extra["vgg"], FLAGS.patch, device)
+    batch = {k: torch.from_numpy(v).to(device) for k, v in batch_np.items()}
+
+    def one():
+        step(batch)
+        if device != "cpu":
+            torch.cuda.synchronize()
+
+    one()
+    return one
+
+
+def interleaved_best(runners: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Best seconds per call of each runner, the runners taking turns (A B C A B C ...), so
+    that a burst of load from other processes hits all of them alike."""
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    for _ in range(repeats):
+        for name, fn in runners.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {k: min(v) for k, v in times.items()}
+
+
+def main(_):
+    import jax
+    import torch
+
+    impls = [i for i in IMPLS if i in FLAGS.impls]
+    if sorted(set(FLAGS.impls) - set(impls)):
+        raise app.UsageError(f"--impls: expected some of {IMPLS}, got {FLAGS.impls}")
+    threads = FLAGS.threads or common.cpu_threads()
+    common.set_torch_threads(threads)
+    dev = jax.devices()[0]
+    gpu = dev.platform == "gpu" and torch.cuda.is_available()
+    tdev = "cuda" if gpu else "cpu"
+    print(f"JAX {jax.__version__} on {jax.device_count()} x {dev.device_kind}; PyTorch "
+          f"{torch.__version__} on {tdev}" + ("" if gpu else f", {torch.get_num_threads()} "
+                                                         "threads"))
+    jmm = common.jax_matmul_gflops()
+    tmm = common.torch_matmul_gflops(device=tdev)
+    print(f"float32 2048^3 matmul: JAX {jmm:.1f} GFLOP/s, PyTorch {tmm:.1f} GFLOP/s")
+    rng = np.random.default_rng(0)
+    head = "| model | patch | batch | impl | step s | patches/s | vs PyTorch |"
+    rows = []
+    for model in FLAGS.models:
+        if model == "cnn10":
+            shape, per_step = (FLAGS.batch, FLAGS.patch, FLAGS.patch), FLAGS.batch
+            model_impls = [i for i in impls if i != "jax_fixed"]
+        elif model == "wgan_vgg":
+            shape = (FLAGS.batch, FLAGS.n_critic, FLAGS.patch, FLAGS.patch)
+            per_step, model_impls = FLAGS.batch * FLAGS.n_critic, impls
+        else:
+            raise app.UsageError(f"--models: unknown {model!r}; expected cnn10, wgan_vgg")
+        batch_np = random_patches(rng, shape)
+        runners = {}
+        for impl in model_impls:
+            runners[impl] = (torch_runner(model, batch_np, tdev) if impl == "torch" else
+                             jax_runner(model, batch_np, fixed=impl == "jax_fixed"))
+        result = interleaved_best(runners, FLAGS.repeats)
+        print("  " + ", ".join(f"{model} {k}: {v:.3f} s/step" for k, v in result.items()),
+              flush=True)
+        for impl, sec in result.items():
+            vs = f"{result['torch'] / sec:.2f}x" if "torch" in result and impl != "torch" else ""
+            rows.append(f"| {model} | {FLAGS.patch} | {FLAGS.batch} | {impl} | {sec:.3f} | "
+                        f"{common.fmt_rate(per_step / sec)} | {vs} |")
+    note = f"; WGAN-VGG: {FLAGS.n_critic} critic updates + 1 generator update per step"
+    print(f"\nbest of {FLAGS.repeats} steps after a warm-up{note}")
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

@@ -1,1 +1,177 @@
-"""Placeholder: benchmark smoke tests (owner: benchmarks helper)."""
+"""The benchmarks measure the right thing: FLOP formulas against XLA's cost analysis and a brute
+count, PyTorch twins against the JAX networks, the PyTorch search objective and train steps
+against the library's, and the proposed faster variants against the library's results."""
+
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from scipy import signal
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "benchmarks"))
+
+import bench_search  # noqa: E402
+import bench_train  # noqa: E402
+import common  # noqa: E402
+
+from ldct_jax import losses, models, parallel  # noqa: E402
+from ldct_jax.invariance import search as search_lib  # noqa: E402
+from ldct_jax.models import vgg as vgg_lib  # noqa: E402
+from ldct_jax.models import wgan_vgg  # noqa: E402
+
+
+
+def rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12)
+
+
+@pytest.mark.parametrize("n,k", [(64, 9), (512, 9), (33, 3), (17, 5)])
+def test_same_taps_brute_force(n, k):
+    count = signal.convolve2d(np.ones((n, 1)), np.ones((k, 1)), mode="same").sum()
+    assert common.same_taps(n, k) == count
+
+
+def test_conv_flops_by_hand():
+    # CNN-10 on 512^2: (9*9*64 + 3*3*64*32 + 5*5*32) multiply-adds per pixel, 2 FLOPs each.
+    assert common.forward_flops("cnn10", 512, 512) == 2 * 512 * 512 * (5184 + 18432 + 800)
+    assert common.search_iteration_flops("wgan_vgg", 8, 8) == 2 * 2 * 64 * 9 * (32 + 6 * 32 * 32
+                                                                                 + 32)
+
+
+@pytest.mark.parametrize("name", ["cnn10", "wgan_vgg"])
+def test_search_flops_match_xla(name):
+    size = 48
+    d = models.create(name, jax.random.key(0))
+    xla = bench_search.xla_step_flops(d, size)
+    exact = common.search_iteration_flops(name, size, size, exact=True)
+    # XLA counts the taps inside the image (and elementwise work, well under 1 %).
+    assert abs(xla - exact) / exact < 0.01
+    assert exact < common.search_iteration_flops(name, size, size)
+
+
+def test_train_flops_match_xla():
+    size = 40
+    d = models.create("cnn10", jax.random.key(0))
+    x = jnp.zeros((2, size, size), jnp.float32)
+    grad = jax.jit(jax.grad(lambda p, x: losses.mse(d.apply_net(p, x), x)))
+    cost = grad.lower(d.params, x).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    exact = 2 * common.train_step_flops("cnn10", size, size, exact=True)
+    assert abs(cost["flops"] - exact) / exact < 0.02
+
+
+@pytest.mark.parametrize("name", ["cnn10", "wgan_vgg"])
+def test_torch_denoiser_matches_jax(name):
+    d = models.create(name, jax.random.key(1))
+    x = np.random.default_rng(0).normal(0, 1, (2, 24, 20)).astype(np.float32)
+    want = np.asarray(d.apply_net(d.params, x))
+    with torch.no_grad():
+        got = common.torch_denoiser(name, d.params)(torch.from_numpy(x)[:, None])[:, 0].numpy()
+    assert rel(got, want) < 1e-4
+
+
+def test_torch_critic_matches_jax():
+    critic, cparams = wgan_vgg.init_critic(jax.random.key(2), 32)
+    x = np.random.default_rng(1).normal(0, 1, (3, 32, 32)).astype(np.float32)
+    want = np.asarray(critic.apply({"params": cparams}, x[..., None]))
+    with torch.no_grad():
+        got = common.torch_critic(cparams, 32)(torch.from_numpy(x)[:, None]).numpy()
+    assert got.shape == (3,) and rel(got, want) < 1e-4
+
+
+@pytest.mark.slow
+def test_torch_vgg19_matches_jax():
+    x = np.random.default_rng(1).normal(0, 1, (3, 32, 32)).astype(np.float32)
+    vgg = vgg_lib.random_init("vgg19", jax.random.key(3), imagenet_norm=False)
+    want = np.asarray(vgg.features(vgg.params, x, "conv5_4")["conv5_4"])  # [B, h, w, C]
+    with torch.no_grad():
+        got = common.torch_vgg_to("vgg19", vgg.params, "conv5_4")(
+            torch.from_numpy(x)[:, None].expand(-1, 3, -1, -1)).numpy()
+    assert rel(got.transpose(0, 2, 3, 1), want) < 1e-4
+
+
+def _search(cls, d, x, iterations):
+    options = search_lib.SearchOptions(iterations=iterations, chunk=1, learning_rate=1e-2)
+    rows = search_lib.make_rows(len(x), len(x), lambdas=[1e-2, 0.5], distances="mse",
+                                seeds=[0, 1])
+    return cls(d, ["mse"], options).run(d.params, x, rows)
+
+
+@pytest.mark.slow
+def test_torch_search_objective_matches_library_and_loop_variant():
+    d = models.create("cnn10", jax.random.key(4))
+    x = np.random.default_rng(2).normal(40, 300, (2, 24, 24)).astype(np.float32)
+    two = _search(search_lib.Searcher, d, x, 2)
+    three = _search(search_lib.Searcher, d, x, 3)
+    # The curves hold L at the iterate before each update: three's entry 2 is L(two's result).
+    delta = torch.from_numpy(two.perturbation / d.scale)
+    xn = torch.from_numpy(np.asarray(d.to_net(x), np.float32))
+    net = common.torch_denoiser("cnn10", d.params)
+    with torch.no_grad():
+        loss, d_out, d_in = bench_search.torch_objective(net, xn, net(xn[:, None])[:, 0], delta,
+                                                         torch.tensor([1e-2, 0.5]))
+    np.testing.assert_allclose(loss.numpy(), three.curves["loss"][:, 2], rtol=1e-3, atol=1e-7)
+    np.testing.assert_allclose(d_out.numpy(), three.curves["d_out"][:, 2], rtol=1e-3, atol=1e-9)
+    np.testing.assert_allclose(d_in.numpy(), three.curves["d_in"][:, 2], rtol=1e-3, atol=1e-9)
+    # The proposed Python-loop chunk computes the library's perturbations.
+    loop = _search(bench_search.make_loop_searcher(), d, x, 3)
+    np.testing.assert_allclose(loop.perturbation, three.perturbation, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(loop.curves["loss"], three.curves["loss"], rtol=1e-5, atol=1e-8)
+
+
+def test_torch_cnn10_step_matches_library():
+    rng = np.random.default_rng(3)
+    batch = bench_train.random_patches(rng, (4, 24, 24))
+    d, step, state, extra, mesh, _ = bench_train.jax_setup("cnn10", 24, 4, 1)
+    t = bench_train.TorchCNN10Step(d)  # before the step, which donates (deletes) d.params
+    _, metrics = step(state, parallel.global_batch(batch, mesh), *extra)
+    out = t({k: torch.from_numpy(v) for k, v in batch.items()})
+    grad_norm = torch.sqrt(sum(torch.sum(p.grad ** 2) for p in t.net.parameters()))
+    np.testing.assert_allclose(float(out["loss"]), float(metrics["loss"]), rtol=1e-4)
+    np.testing.assert_allclose(float(grad_norm), float(metrics["grad_norm"]), rtol=1e-3)
+
+
+@pytest.mark.slow
+def test_torch_wgan_step_matches_library_and_fixed_variant():
+    patch, n = 32, 4
+    rng = np.random.default_rng(4)
+    batch = bench_train.random_patches(rng, (n, 1, patch, patch))
+    d, step, state, extra, mesh, parts = bench_train.jax_setup("wgan_vgg", patch, n, 1)
+    gbatch = parallel.global_batch(batch, mesh)
+    t = bench_train.TorchWGANStep(d, parts["critic"], parts["vgg"], patch)  # before donation
+    new, metrics = step(state, gbatch, *extra)
+    x = torch.from_numpy(np.asarray(d.to_net(batch["low"][:, 0]), np.float32))[:, None]
+    y = torch.from_numpy(np.asarray(d.to_net(batch["full"][:, 0]), np.float32))[:, None]
+    with torch.no_grad():
+        fake = t.g(x)
+        w = t.c(fake).mean() - t.c(y).mean()  # the critic before its update
+    np.testing.assert_allclose(float(w), -float(metrics["wasserstein_distance"]), rtol=1e-3,
+                               atol=1e-6)
+    # The generator loss is taken with the updated critic and the generator before its update.
+    t.c = common.torch_critic(jax.device_get(new.critic_params), patch)
+    g_loss, adv, perc = t.generator_loss(x, y)
+    np.testing.assert_allclose(float(adv), float(metrics["adversarial"]), rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(float(perc), float(metrics["perceptual"]), rtol=1e-3)
+    np.testing.assert_allclose(float(g_loss), float(metrics["loss"]), rtol=1e-3, atol=1e-6)
+    # The penalty against the library's, at the same interpolates.
+    alpha = torch.rand((n, 1, 1, 1), generator=torch.Generator().manual_seed(0))
+    _, _, gp = t.critic_loss(y, fake, alpha)
+    x_hat = (alpha * y + (1 - alpha) * fake)[:, 0].numpy()
+    cparams = jax.device_get(new.critic_params)
+    want = losses.gradient_norm_penalty(
+        lambda z: wgan_vgg.Critic().apply({"params": cparams}, z[..., None]), x_hat)
+    np.testing.assert_allclose(float(gp), float(want), rtol=1e-3, atol=1e-7)
+    # The proposed variant (scan unrolled, perceptual split) computes the same step.
+    _, fixed_step, state2, extra2, _, _ = bench_train.jax_setup("wgan_vgg", patch, n, 1)
+    with bench_train.proposed_fixes():
+        new2, metrics2 = fixed_step(state2, gbatch, *extra2)
+    for k in metrics:
+        np.testing.assert_allclose(float(metrics2[k]), float(metrics[k]), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(jax.tree.leaves(new2.params)[0], jax.tree.leaves(new.params)[0],
+                               rtol=1e-5, atol=1e-7)
