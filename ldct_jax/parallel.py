@@ -7,7 +7,7 @@ the compiler inserts the gradient reduction. The same code runs on 1 CPU, N GPUs
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import numpy as np
@@ -88,3 +88,16 @@ def global_batch(local: Any, mesh: Mesh) -> Any:
     sharding = batch_sharding(mesh)
     return jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local)
+
+
+def data_parallel_step(step_fn: Callable[..., Any], mesh: Mesh, *, extra_args: int = 0,
+                       donate: bool = True) -> Callable[..., Any]:
+    """Jits `step_fn(state, batch, *extra) -> (state, metrics)` for data parallelism on `mesh`.
+
+    The state (donated), the metrics and the `extra_args` trailing arguments (e.g. frozen VGG
+    params) are replicated; every leaf of the batch is split along its leading axis. Gradients
+    of a loss averaged over the batch are then reduced across devices by the compiler.
+    """
+    rep, batch = replicated(mesh), batch_sharding(mesh)
+    return jax.jit(step_fn, in_shardings=(rep, batch) + (rep,) * extra_args,
+                   out_shardings=(rep, rep), donate_argnums=(0,) if donate else ())
