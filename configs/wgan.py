@@ -1,0 +1,73 @@
+"""Train WGAN-VGG (Yang et al. 2018): `python launch/main.py --config=configs/wgan.py[:preset]`.
+
+Presets:
+  (none)      synthetic data built into <workdir>/data; finishes in minutes on a 2-core CPU.
+              Without --config.vgg.weights the VGG19 is RANDOM INIT (logged, and written into
+              eval.json): fine for a smoke run, not for a study.
+  paper       Mayo data (--config.data.root=...), the published settings: patches 64x64, batch
+              128, Adam 1e-5 with betas 0.5/0.9 for generator and critic, 4 critic steps per
+              generator step, perceptual weight 0.1, gradient penalty weight 10.
+  ldctbench   ldct-benchmark's tuned values (configs/wganvgg.yaml of eeulig/ldct-benchmark):
+              patches 77, batch 77, Adam 7.1e-5 (0.326, 0.999) for both, 1 critic step,
+              perceptual weight 0.689, 67306 iterations, Mayo data.
+
+VGG19 weights: a torchvision .pth/.safetensors or a converted directory (see
+ldct_jax.models.vgg), fed network units without ImageNet normalisation, as ldct-benchmark does.
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg=None):
+    preset = arg or "default"
+    c = ml_collections.ConfigDict()
+    c.job = "train"
+    c.model = "wgan_vgg"
+    c.model_config = ml_collections.ConfigDict(dict(features=32, depth=8))
+    c.seed = 0
+    c.num_steps = 300
+    c.batch_size = 8
+    c.patch_size = 32
+    c.optimizer = ml_collections.ConfigDict(dict(lr=1e-4, b1=0.5, b2=0.9))          # generator
+    c.critic_optimizer = ml_collections.ConfigDict(dict(lr=1e-4, b1=0.5, b2=0.9))
+    c.wgan = ml_collections.ConfigDict(dict(n_critic=2, gp_weight=10.0, perceptual_weight=1.0))
+    c.vgg = ml_collections.ConfigDict(dict(weights="", arch="vgg19", tap="conv5_4",
+                                           imagenet_norm=False))
+    c.log_every_steps = 10
+    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=100, keep=3))
+    c.eval = ml_collections.ConfigDict(dict(every_steps=0, slices_per_patient=4, batch_size=4))
+    c.data = common.data_config()
+    c.distributed = "auto"   # 'auto' | 'on' | 'off': jax.distributed.initialize()
+    c.num_devices = 0        # 0: every device
+    c.progress_bar = True
+
+    if preset == "paper":
+        c.data.source = "mayo"
+        c.num_steps = 100_000
+        c.batch_size = 128
+        c.patch_size = 64
+        c.optimizer.update(lr=1e-5, b1=0.5, b2=0.9)
+        c.critic_optimizer.update(lr=1e-5, b1=0.5, b2=0.9)
+        c.wgan.update(n_critic=4, gp_weight=10.0, perceptual_weight=0.1)
+        c.checkpoint.every_steps = 2000
+        c.eval.every_steps = 5000
+        c.log_every_steps = 100
+    elif preset == "ldctbench":
+        c.data.source = "mayo"
+        c.seed = 1344
+        c.num_steps = 67306
+        c.batch_size = 77
+        c.patch_size = 77
+        c.optimizer.update(lr=7.096903581620458e-05, b1=0.3260552006030955, b2=0.999)
+        c.critic_optimizer.update(lr=7.096903581620458e-05, b1=0.3260552006030955, b2=0.999)
+        c.wgan.update(n_critic=1, gp_weight=10.0, perceptual_weight=0.6893269329076448)
+        c.checkpoint.every_steps = 2000
+        c.eval.every_steps = 5000
+        c.log_every_steps = 100
+    elif preset != "default":
+        raise ValueError(f"configs/wgan.py: unknown preset {preset!r}; expected '', 'paper' "
+                         "or 'ldctbench'")
+    c.lock()
+    return c

@@ -1,0 +1,180 @@
+"""Checkpoints (orbax) that survive preemption and corruption, and the stop-signal flag.
+
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=3)
+    state, step = ckpt.restore_latest(state)    # falls back past unreadable checkpoints
+    ckpt.save(state)                            # synchronous and atomic (orbax)
+
+Each checkpoint holds the train state and a JSON record with the step and a fingerprint (the
+sum of |leaf| over the state); a checkpoint that fails to restore or whose restored state does
+not match its fingerprint is moved to `<directory>_corrupt/` and the previous one is used.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+import time
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+_FINGERPRINT_RTOL = 1e-5
+
+
+@jax.jit
+def _fingerprint(tree) -> jax.Array:
+    leaves = [jnp.sum(jnp.abs(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)]
+    return jnp.sum(jnp.stack(leaves)) if leaves else jnp.zeros(())
+
+
+def fingerprint(tree: Any) -> float:
+    """Sum of |leaf| over every leaf, as a float: a cheap check that a restore read back data."""
+    return float(_fingerprint(tree))
+
+
+class Checkpointer:
+    """Saves and restores a train state under `directory`, one orbax step directory per save.
+
+    Args:
+      directory: where the step directories go (created if needed).
+      keep: how many of the newest checkpoints to keep (at least 2 leaves a fallback).
+    """
+
+    def __init__(self, directory: str, keep: int = 3):
+        if keep < 1:
+            raise ValueError(f"config.checkpoint.keep={keep}: keep at least 1 checkpoint")
+        self.directory = os.path.abspath(directory)
+        self.corrupt_directory = self.directory + "_corrupt"
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                               enable_async_checkpointing=False)
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        # Checkpoints `restore_latest` could not use: {'step', 'error', 'moved_to'} each.
+        self.skipped: list[dict[str, Any]] = []
+
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> Optional[int]:
+        steps = self.all_steps()
+        return steps[-1] if steps else None
+
+    def save(self, state: Any, extra: Optional[dict] = None) -> bool:
+        """Saves `state` at `int(state.step)` unless that step is already saved.
+
+        Returns:
+          Whether it wrote a checkpoint.
+        """
+        step = int(state.step)
+        if step in self._manager.all_steps():
+            return False
+        check = fingerprint(state)
+        if not np.isfinite(check):
+            raise FloatingPointError(f"refusing to save the state of step {step}: it holds "
+                                     "non-finite values")
+        meta = {"step": step, "fingerprint": check, "time": time.time()}
+        meta.update(extra or {})
+        self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                         meta=ocp.args.JsonSave(meta)))
+        self._manager.wait_until_finished()
+        return True
+
+    def restore_latest(self, target: Any) -> tuple[Optional[Any], Optional[int]]:
+        """The newest checkpoint that restores cleanly, placed like `target`.
+
+        Args:
+          target: a state with the structure, shapes, dtypes and shardings to restore into
+            (e.g. the freshly initialised state).
+
+        Returns:
+          `(state, step)`, or `(None, None)` when there is no usable checkpoint.
+        """
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        for step in reversed(self.all_steps()):
+            try:
+                restored = self._manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+                state, meta = restored.state, restored.meta
+                got, want = fingerprint(state), float(meta["fingerprint"])
+                if int(state.step) != step or not np.isclose(got, want, rtol=_FINGERPRINT_RTOL):
+                    raise ValueError(f"restored state (step {int(state.step)}, fingerprint "
+                                     f"{got:.9g}) does not match the saved record (step {step}, "
+                                     f"fingerprint {want:.9g})")
+            except Exception as e:  # noqa: BLE001 - any failure means this checkpoint is unusable
+                moved = self._quarantine(step)
+                error = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+                self.skipped.append({"step": step, "error": error, "moved_to": moved})
+                logging.warning("checkpoint at step %d is corrupt or unreadable (%s); moved it to "
+                                "%s and using the previous checkpoint", step, error, moved)
+                continue
+            return state, step
+        return None, None
+
+    def _quarantine(self, step: int) -> str:
+        src = os.path.join(self.directory, str(step))
+        dst = os.path.join(self.corrupt_directory, f"{step}-{int(time.time())}")
+        if jax.process_index() == 0 and os.path.exists(src):
+            os.makedirs(self.corrupt_directory, exist_ok=True)
+            shutil.move(src, dst)
+        _sync("ldct_jax.checkpoint.quarantine")
+        self._manager.reload()
+        return dst
+
+    def close(self) -> None:
+        self._manager.close()
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
+
+
+class StopSignals:
+    """Context manager: SIGTERM and SIGINT set `.requested` instead of killing the process.
+
+    The training loop checks the flag after each step, saves a checkpoint and returns. A second
+    SIGINT raises KeyboardInterrupt, for a user who really wants out. Outside the main thread
+    (where Python cannot install handlers) it does nothing.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.received: Optional[str] = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.received is not None
+
+    def _handle(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = name
+        logging.warning("%s received: saving a checkpoint after this step, then stopping", name)
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous.clear()
+
+    def any_process_requested(self) -> bool:
+        """Whether any process got a stop signal (all processes must stop at the same step)."""
+        if jax.process_count() == 1:
+            return self.requested
+        from jax.experimental import multihost_utils
+        flags = multihost_utils.process_allgather(np.asarray(self.requested, np.int32))
+        return bool(np.any(flags))

@@ -1,0 +1,84 @@
+"""Metrics as JSON lines (`<workdir>/metrics.jsonl`) and TensorBoard events (tensorboardX).
+
+Only process 0 writes; on every other process a `MetricsLog` is a no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any, Mapping, Optional
+
+import jax
+import numpy as np
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, (np.generic, np.ndarray)) or hasattr(v, "__array__"):
+        v = np.asarray(v)
+        return v.item() if v.ndim == 0 else v.tolist()
+    return v
+
+
+class MetricsLog:
+    """Appends `{"step", "split", "time", **metrics}` records; scalars also go to TensorBoard.
+
+    Args:
+      workdir: the run's directory; writes `metrics.jsonl` and `tensorboard/` there.
+      enabled: whether to write (default: only on process 0).
+    """
+
+    def __init__(self, workdir: str, enabled: Optional[bool] = None):
+        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._file = None
+        self._tb = None
+        if self.enabled:
+            os.makedirs(workdir, exist_ok=True)
+            self._file = open(self.path, "a")
+            from tensorboardX import SummaryWriter  # no TensorFlow needed
+            self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"), flush_secs=30)
+
+    def write(self, step: int, metrics: Mapping[str, Any], split: str = "train") -> None:
+        if not self.enabled:
+            return
+        record = {"step": int(step), "split": split, "time": round(time.time(), 3)}
+        record.update({k: _plain(v) for k, v in metrics.items()})
+        self._file.write(json.dumps(record, allow_nan=True) + "\n")
+        self._file.flush()
+        for k, v in record.items():
+            if k in ("step", "split", "time") or isinstance(v, (bool, str)):
+                continue
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                self._tb.add_scalar(f"{split}/{k}", v, global_step=int(step))
+
+    def event(self, step: int, what: str, **info: Any) -> None:
+        """A non-metric record (resumed, stopped, ...) in the JSON lines only."""
+        if not self.enabled:
+            return
+        record = {"step": int(step), "event": what, "time": round(time.time(), 3)}
+        record.update({k: _plain(v) for k, v in info.items()})
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+    def __enter__(self) -> "MetricsLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read(path: str) -> list[dict]:
+    """All records of a metrics.jsonl file."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]

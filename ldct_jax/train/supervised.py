@@ -1,0 +1,61 @@
+"""Supervised training of a denoiser (CNN-10): MSE against routine dose in network units."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import numpy as np
+import optax
+
+from ldct_jax import losses
+from ldct_jax.models import Denoiser
+from ldct_jax.train import state as state_lib
+from ldct_jax.train.state import TrainState
+
+Batch = dict[str, Any]
+Metrics = dict[str, jax.Array]
+StepFn = Callable[[TrainState, Batch], tuple[TrainState, Metrics]]
+
+
+def adam(lr: float, b1: float, b2: float) -> optax.GradientTransformation:
+    return optax.adam(lr, b1=b1, b2=b2)
+
+
+def init_state(denoiser: Denoiser, optimizer: optax.GradientTransformation,
+               seed: int) -> TrainState:
+    """Step 0 from the denoiser's initial params."""
+    return state_lib.create(denoiser.params, optimizer, seed)
+
+
+def make_step(denoiser: Denoiser, optimizer: optax.GradientTransformation) -> StepFn:
+    """`step(state, batch) -> (state, metrics)`, one Adam update on the MSE.
+
+    `batch` is `{'low': [B, p, p], 'full': [B, p, p]}` in HU; the loss is the MSE in the
+    denoiser's network units. Pure: jit it (see `parallel.data_parallel_step`).
+    """
+
+    def loss_fn(params, x, y):
+        return losses.mse(denoiser.apply_net(params, x), y)
+
+    def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        x, y = denoiser.to_net(batch["low"]), denoiser.to_net(batch["full"])
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, x, y)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        return new, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+
+    return step
+
+
+def local_batch(sample: Callable[..., Batch], scans, step: int, *, batch_size: int,
+                patch_size: int, seed: int, process_index: int = 0,
+                process_count: int = 1) -> Batch:
+    """This process's rows of the global batch of `step`: `{'low', 'full'}` `[b, p, p]` HU.
+
+    `sample` is `ldct_jax.data.sampling.sample_batch` (an argument so tests can pass another).
+    """
+    b = sample(scans, step, global_batch=batch_size, patch_size=patch_size, seed=seed,
+               process_index=process_index, process_count=process_count)
+    return {"low": np.asarray(b["low"], np.float32), "full": np.asarray(b["full"], np.float32)}

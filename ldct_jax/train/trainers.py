@@ -1,0 +1,207 @@
+"""From a config to a ready trainer: checked values, initial state, jitted data-parallel step.
+
+`check_config(config)` fails early, naming the key, for values that would only break later
+(after the data build or the compile); `build(config, mesh, train_scans)` returns a `Trainer`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ldct_jax import data as data_lib
+from ldct_jax import models, parallel
+from ldct_jax.data.scan import Scan
+from ldct_jax.models import vgg as vgg_lib
+from ldct_jax.models import wgan_vgg
+from ldct_jax.train import supervised, wgan
+from ldct_jax.train.state import TrainState
+
+MODELS = ("cnn10", "wgan_vgg")
+# VGG19 pools 4 times before conv5_4.
+_MIN_PERCEPTUAL_PATCH = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+    """What the training loop needs, independent of the model.
+
+    Attributes:
+      denoiser: the network being trained (architecture, normalisation, initial params).
+      init_state: step-0 state, replicated over the mesh.
+      step: `step(state, batch) -> (state, metrics)`, jitted with the state donated; the batch
+        is global arrays sharded along the batch axis.
+      jitted: the underlying jitted function (for compile-count checks).
+      local_batch: `local_batch(step) -> dict of numpy` this process's rows of step's batch.
+      patches_per_step: patches the step consumes (batch x n_critic for WGAN-VGG).
+      notes: facts to log and write into results (e.g. the VGG's description).
+    """
+
+    denoiser: models.Denoiser
+    init_state: TrainState
+    step: Callable[..., tuple[TrainState, dict]]
+    jitted: Any
+    local_batch: Callable[[int], dict[str, np.ndarray]]
+    patches_per_step: int
+    notes: dict[str, str]
+
+
+def _positive(config, key: str, value, *, allow_zero: bool = False) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or (
+            value == 0 and not allow_zero):
+        raise ValueError(f"config.{key}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
+
+
+def _check_adam(config, key: str) -> None:
+    opt = config[key]
+    _positive(config, f"{key}.lr", opt.lr)
+    for b in ("b1", "b2"):
+        if not 0.0 <= opt[b] < 1.0:
+            raise ValueError(f"config.{key}.{b}={opt[b]!r} must be in [0, 1)")
+
+
+def check_config(config) -> None:
+    """Raises ValueError naming the key for any value that cannot work, before any heavy work."""
+    if config.model not in MODELS:
+        raise ValueError(f"config.model={config.model!r}; expected one of {MODELS}")
+    for key in ("num_steps", "batch_size", "patch_size", "log_every_steps",
+                "checkpoint.every_steps", "checkpoint.keep", "eval.slices_per_patient",
+                "eval.batch_size"):
+        _positive(config, key, _get(config, key))
+    _positive(config, "eval.every_steps", config.eval.every_steps, allow_zero=True)
+    _positive(config, "num_devices", config.num_devices, allow_zero=True)
+    _check_adam(config, "optimizer")
+    if config.model == "wgan_vgg":
+        _check_adam(config, "critic_optimizer")
+        _positive(config, "wgan.n_critic", config.wgan.n_critic)
+        _positive(config, "wgan.gp_weight", config.wgan.gp_weight, allow_zero=True)
+        _positive(config, "wgan.perceptual_weight", config.wgan.perceptual_weight,
+                  allow_zero=True)
+        try:
+            wgan_vgg.critic_output_size(config.patch_size)
+        except ValueError as e:
+            raise ValueError(f"config.patch_size={config.patch_size}: {e}") from None
+        if config.patch_size < _MIN_PERCEPTUAL_PATCH:
+            raise ValueError(f"config.patch_size={config.patch_size}: the VGG19 conv5_4 "
+                             f"perceptual loss needs patches of at least "
+                             f"{_MIN_PERCEPTUAL_PATCH} pixels")
+        if config.vgg.tap not in vgg_lib.tap_names(config.vgg.arch):
+            raise ValueError(f"config.vgg.tap={config.vgg.tap!r} is not a tap of "
+                             f"{config.vgg.arch}")
+        if config.vgg.weights and not os.path.exists(config.vgg.weights):
+            raise ValueError(f"config.vgg.weights={config.vgg.weights!r} does not exist (leave "
+                             "it empty for a random-init VGG)")
+    data = config.data
+    if data.source not in data_lib.SOURCES:
+        raise ValueError(f"config.data.source={data.source!r}; expected one of "
+                         f"{data_lib.SOURCES}")
+    if data.source in ("mayo", "dicom") and not (data.root or (data.get("full_dir") and
+                                                               data.get("low_dir"))):
+        raise ValueError(f"config.data.root is empty, but config.data.source={data.source!r} "
+                         "needs it: pass --config.data.root=/path/to/the/data")
+    for key in ("root", "full_dir", "low_dir"):
+        path = data.get(key)
+        if data.source != "synthetic" and path and not os.path.isdir(path):
+            raise ValueError(f"config.data.{key}={path!r} is not a directory")
+    if data.source == "synthetic" and config.patch_size > data.synthetic.size:
+        raise ValueError(f"config.patch_size={config.patch_size} is larger than the synthetic "
+                         f"images (config.data.synthetic.size={data.synthetic.size})")
+
+
+def check_patch_fits(config, scans: Sequence[Scan]) -> None:
+    """The patch size against the smallest image of the loaded scans."""
+    smallest = min(scans, key=lambda s: min(s.full.shape[1:]))
+    h, w = smallest.full.shape[1:]
+    if config.patch_size > min(h, w):
+        raise ValueError(f"config.patch_size={config.patch_size} is larger than the images of "
+                         f"patient {smallest.patient} ({h}x{w})")
+
+
+def _get(config, dotted: str):
+    value = config
+    for part in dotted.split("."):
+        value = value[part]
+    return value
+
+
+def _init_params(module, key: jax.Array, size: int):
+    """Fresh params for `module` on `[1, size, size, 1]` inputs, drawn with numpy.
+
+    The distributions of Flax's defaults for Conv and Dense, which these modules use: kernels
+    LeCun normal (truncated at 2 sigma, std sqrt(1 / fan_in) / .8796), biases 0. Drawn with
+    numpy from `key` (deterministic) because compiling JAX's RNG for every kernel shape takes
+    tens of seconds on a busy 2-core CPU; the shapes come from `jax.eval_shape` (no compile).
+    """
+    x = jax.ShapeDtypeStruct((1, size, size, 1), jnp.float32)
+    shapes = jax.eval_shape(lambda k, x: module.init(k, x)["params"], key, x)
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
+
+    def draw(path, leaf):
+        name = getattr(path[-1], "key", None)
+        if name == "bias":
+            return jnp.zeros(leaf.shape, leaf.dtype)
+        if name != "kernel":
+            raise ValueError(f"{type(module).__name__}: no numpy initialiser for "
+                             f"{jax.tree_util.keystr(path)}")
+        z = rng.standard_normal(leaf.shape)
+        while np.any(bad := np.abs(z) > 2.0):
+            z[bad] = rng.standard_normal(int(bad.sum()))
+        std = np.sqrt(1.0 / np.prod(leaf.shape[:-1])) / .87962566103423978
+        return jnp.asarray(z * std, leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def _keys(seed: int) -> dict[str, jax.Array]:
+    root = jax.random.PRNGKey(seed)
+    return {name: jax.random.fold_in(root, i) for i, name in enumerate(("model", "critic", "vgg"))}
+
+
+def build(config, mesh, train_scans: Sequence[Scan],
+          sample: Optional[Callable[..., dict]] = None) -> Trainer:
+    """The trainer `config.model` names, on `mesh`, sampling from `train_scans`.
+
+    Args:
+      sample: the patch sampler (default `ldct_jax.data.sampling.sample_batch`).
+    """
+    if sample is None:
+        from ldct_jax.data.sampling import sample_batch as sample
+    keys = _keys(config.seed)
+    model_config = dict(config.model_config)
+    module = models.architecture(config.model).module(**model_config)
+    denoiser = models.build(config.model, _init_params(module, keys["model"], 32), **model_config)
+    opt = config.optimizer
+    optimizer = supervised.adam(opt.lr, opt.b1, opt.b2)
+    common = dict(batch_size=config.batch_size, patch_size=config.patch_size, seed=config.seed,
+                  process_index=jax.process_index(), process_count=jax.process_count())
+    if config.model == "cnn10":
+        state = supervised.init_state(denoiser, optimizer, config.seed)
+        jitted = parallel.data_parallel_step(supervised.make_step(denoiser, optimizer), mesh)
+        return Trainer(denoiser, parallel.replicate(state, mesh), jitted, jitted,
+                       lambda step: supervised.local_batch(sample, train_scans, step, **common),
+                       config.batch_size, {})
+
+    copt = config.critic_optimizer
+    critic_optimizer = supervised.adam(copt.lr, copt.b1, copt.b2)
+    wgan_vgg.critic_output_size(config.patch_size)
+    critic = wgan_vgg.Critic()
+    critic_params = _init_params(critic, keys["critic"], config.patch_size)
+    vgg = vgg_lib.from_config(config.vgg.weights, config.vgg.arch, keys["vgg"],
+                              imagenet_norm=config.vgg.imagenet_norm)
+    settings = wgan.WGANSettings(n_critic=config.wgan.n_critic, gp_weight=config.wgan.gp_weight,
+                                 perceptual_weight=config.wgan.perceptual_weight,
+                                 tap=config.vgg.tap)
+    state = wgan.init_state(denoiser, critic_params, optimizer, critic_optimizer, config.seed)
+    step_fn = wgan.make_step(denoiser, critic, vgg, optimizer, critic_optimizer, settings)
+    jitted = parallel.data_parallel_step(step_fn, mesh, extra_args=1)
+    vgg_params = parallel.replicate(vgg.params, mesh)
+    n = settings.n_critic
+    return Trainer(denoiser, parallel.replicate(state, mesh),
+                   lambda state, batch: jitted(state, batch, vgg_params), jitted,
+                   lambda step: wgan.local_batch(sample, train_scans, step, n_critic=n, **common),
+                   config.batch_size * n, {"vgg": vgg.describe()})
