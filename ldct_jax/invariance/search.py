@@ -27,6 +27,7 @@ uses image i, or image 0 when N is 1); lambdas, distances and seeds are scalars 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import time
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
@@ -169,23 +170,25 @@ class Searcher:
         # into the next chunk has the sharding the program was compiled for.
         rows = parallel.batch_sharding(self.mesh)
         self._init = jax.jit(self._init_impl, out_shardings=rows)
-        self._chunk = jax.jit(self._chunk_impl, static_argnums=(3,), donate_argnums=(2,),
+        self._chunk = jax.jit(self._chunk_impl, static_argnums=(3, 4), donate_argnums=(2,),
                               out_shardings=rows)
         loop = options.loop
         if loop == "auto":
             loop = "python" if self.mesh.devices.flat[0].platform == "cpu" else "scan"
         self.loop = loop
-        self._metrics = jax.jit(self._metrics_impl, out_shardings=rows)
+        self._metrics = jax.jit(self._metrics_impl, static_argnums=(3,), out_shardings=rows)
 
     # -- per-row pieces (unbatched: x is [H, W] in network units) --------------------------
 
-    def _d_in(self, vgg_params, a, b, weight):
-        return sum(weight[k] * fn(a, b, vgg_params) for k, fn in enumerate(self._fns))
+    def _d_in(self, vgg_params, a, b, weight, present):
+        # Only the distances some row of the batch uses (`present`, static): a batch of 'mse'
+        # rows does not pay for VGG16 features with weight 0.
+        return sum(weight[k] * self._fns[k](a, b, vgg_params) for k in present)
 
-    def _objective(self, delta, params, vgg_params, x, y0, lam, weight):
+    def _objective(self, delta, params, vgg_params, x, y0, lam, weight, present):
         xp = x + delta
         d_out = jnp.mean(jnp.square(self.denoiser.apply_net(params, xp) - y0))
-        d_in = self._d_in(vgg_params, xp, x, weight)
+        d_in = self._d_in(vgg_params, xp, x, weight, present)
         loss = d_out - lam * d_in
         if self.options.sensitivity:
             loss = -loss
@@ -196,9 +199,9 @@ class Searcher:
             delta = jnp.clip(x + delta, self.lo, self.hi) - x
         return delta * mask
 
-    def _step(self, params, vgg_params, delta, opt, x, y0, mask, lam, weight):
+    def _step(self, present, params, vgg_params, delta, opt, x, y0, mask, lam, weight):
         (loss, (d_out, d_in)), g = jax.value_and_grad(self._objective, has_aux=True)(
-            delta, params, vgg_params, x, y0, lam, weight)
+            delta, params, vgg_params, x, y0, lam, weight, present)
         # The gradient of the per-pixel sum (see SearchOptions.eps).
         g = g * (mask * (x.shape[-2] * x.shape[-1]))
         updates, opt = self.optimizer.update(g, opt, delta)
@@ -214,9 +217,11 @@ class Searcher:
                                         x, mask)
         return State(x, y0, delta, mask, lam, weight, jax.vmap(self.optimizer.init)(delta))
 
-    def _chunk_impl(self, params, vgg_params, state: State, length: int):
+    def _chunk_impl(self, params, vgg_params, state: State, length: int,
+                    present: tuple[int, ...]):
         """`length` steps: a `lax.scan`, or with length 1 a single step and no loop."""
-        step = jax.vmap(self._step, in_axes=(None, None, 0, 0, 0, 0, 0, 0, 0))
+        step = jax.vmap(functools.partial(self._step, present),
+                        in_axes=(None, None, 0, 0, 0, 0, 0, 0, 0))
 
         def body(carry, _):
             delta, opt = carry
@@ -230,7 +235,7 @@ class Searcher:
         (delta, opt), curves = jax.lax.scan(body, (state.delta, state.opt), length=length)
         return state._replace(delta=delta, opt=opt), jnp.moveaxis(curves, 0, 1)  # [B, T, 3]
 
-    def _metrics_impl(self, params, vgg_params, state: State):
+    def _metrics_impl(self, params, vgg_params, state: State, present: tuple[int, ...]):
         d, s = self.denoiser, self.denoiser.scale
         y = d.apply_net(params, state.x + state.delta)
         dx, dy = state.delta * s, (y - state.y0) * s
@@ -241,8 +246,8 @@ class Searcher:
             input_rms_hu=in_rms,
             input_max_hu=jnp.max(jnp.abs(dx), axis=(-2, -1)),
             input_ssim=losses.ssim(x_hu, x_hu + dx, ct.HU_MAX - ct.HU_MIN),
-            d_in=jax.vmap(self._d_in, in_axes=(None, 0, 0, 0))(
-                vgg_params, state.x + state.delta, state.x, state.weight),
+            d_in=jax.vmap(self._d_in, in_axes=(None, 0, 0, 0, None))(
+                vgg_params, state.x + state.delta, state.x, state.weight, present),
             output_rms_hu=out_rms,
             output_max_hu=jnp.max(jnp.abs(dy), axis=(-2, -1)),
             ratio=in_rms / out_rms,  # inf where the output did not change at all
@@ -286,6 +291,7 @@ class Searcher:
             raise ValueError(f"search: lambdas must be finite and >= 0, got {lam}")
         weight = np.stack([np.array([nm == k for k in self.distances], np.float32)
                            for nm in names])
+        present = tuple(k for k, name in enumerate(self.distances) if name in set(names))
         keys = np.stack([np.asarray(jax.random.key_data(jax.random.key(int(s))))
                          for s in rows.seed])
         size = max(batching.padded_size(n, self.mesh),
@@ -306,11 +312,11 @@ class Searcher:
         while done < total:
             length = min(self.options.chunk, total - done)
             if self.loop == "scan":
-                state, c = self._chunk(params, vgg_params, state, length)
+                state, c = self._chunk(params, vgg_params, state, length, present)
             else:
                 parts = []
                 for _ in range(length):
-                    state, c = self._chunk(params, vgg_params, state, 1)
+                    state, c = self._chunk(params, vgg_params, state, 1, present)
                     parts.append(c)
                 c = jnp.concatenate(parts, axis=1)
             curves.append(c)
@@ -318,7 +324,7 @@ class Searcher:
             if progress is not None:
                 jax.block_until_ready(c)
                 progress(done)
-        metrics, dx = self._metrics(params, vgg_params, state)
+        metrics, dx = self._metrics(params, vgg_params, state, present)
         metrics, dx, curves = batching.gather((metrics, dx, curves), n)
         seconds = time.perf_counter() - start
         curves = np.concatenate(curves, axis=1)
