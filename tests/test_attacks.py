@@ -1,4 +1,4 @@
-"""Adversarial attacks: FGSM against an independent jax.grad, BIM/FGSM identity, budgets, HU range."""
+"""Adversarial attacks: FGSM against an independent jax.grad, BIM == FGSM, budgets, HU range."""
 
 import jax
 import jax.numpy as jnp
