@@ -2,31 +2,32 @@
 
     python benchmarks/bench_search.py                          # 512x512, batch 1 and 8
     python benchmarks/bench_search.py --size=256 --batches=1,2,4 --models=cnn10
-    python benchmarks/bench_search.py --impls=loop,torch       # skip the library's scan
+    python benchmarks/bench_search.py --impls=scan,python,torch --size=256 --batches=1
 
 One iteration per image is the forward pass of the denoiser on x + x_inv and the gradient of
 L = D_out(f(x + x_inv), f(x)) - lambda min(MSE(x + x_inv, x), 1) with respect to x_inv, then
 Adam and the projection to the valid HU range. Implementations, timed in the same run on the
 same random-init weights:
 
-  library  `ldct_jax.invariance.search.Searcher` as it is: a vmapped step in a `lax.scan`
-           over `--chunk` iterations; timed between its progress callbacks (after the first,
-           compiling, chunk).
-  loop     the same Searcher and step, its chunk run as a Python loop over one jitted vmapped
-           step instead of a `lax.scan` (the change this benchmark proposes; see below).
+  scan     `ldct_jax.invariance.search.Searcher` with `SearchOptions(loop='scan')`: a vmapped
+           step inside a `lax.scan` over each chunk (the accelerator path).
+  python   the same with `loop='python'`: one jitted vmapped step per iteration, no loop in
+           the program (what `loop='auto'` picks on CPU).
   torch    plain PyTorch: the same network in NCHW with the weights copied, `torch.optim.Adam`
-           on x_inv `[B, H, W]`, the sum of the per-image objectives, the same clip.
+           on x_inv `[B, H, W]` fed the gradient of H W sum_i L_i (as the library's Adam), the
+           same clip.
+
+The JAX implementations are timed between the search's progress callbacks, after the first
+(compiling) chunk; PyTorch after one warm-up chunk. The best chunk counts.
 
 FLOPs are the conv FLOPs `2 H W k^2 Cin Cout` of the forward pass, twice (forward + input
 gradient; no weight gradient; f(x) is computed before the loop); XLA's cost analysis of the
 step is printed next to the formula. The ceiling is the best float32 2048^3 matmul of JAX and
 PyTorch in this run (the larger); a 3x3 32->32 conv rate is shown for reference.
 
-Why `loop`: XLA:CPU (jaxlib 0.10) runs the input-gradient convolutions that JAX's conv
-transpose rule emits (kernel `rev` + dimension numbers `01oi`) with a slow generic kernel when
-they sit inside a while loop (a `lax.scan`); outside a loop the same program gets YNNPACK
-kernels. The step is ~1 s of work per 512x512 image, so a Python loop of jitted steps costs
-nothing in dispatch and avoids the slow path.
+Why two JAX paths: XLA:CPU (jaxlib 0.10) runs the gradient convolutions that JAX's conv
+transpose rules emit (kernel `rev` + swapped dimension numbers) with a slow generic kernel when
+they sit inside a while loop; outside a loop they get YNNPACK kernels (jax#12868).
 """
 
 from __future__ import annotations
@@ -51,56 +52,33 @@ def define_flags() -> None:
     flags.DEFINE_integer("size", 512, "image side, pixels")
     flags.DEFINE_list("batches", ["1", "8"], "perturbations per step")
     flags.DEFINE_list("models", ["cnn10", "wgan_vgg"], "denoisers")
-    flags.DEFINE_list("impls", ["library", "loop", "torch"], "implementations to time")
-    flags.DEFINE_integer("chunk", 1, "iterations per timed chunk (per compiled call of `library`)")
+    flags.DEFINE_list("impls", ["python", "torch"], f"implementations to time, of {IMPLS} "
+                      "('scan' is ~10x slower on CPU: add it to see how much)")
+    flags.DEFINE_integer("chunk", 1, "iterations per timed chunk (one compiled call of `scan`)")
     flags.DEFINE_integer("repeats", 2, "timed chunks per implementation (the best one counts)")
     flags.DEFINE_float("lam", 1e-2, "lambda of every perturbation")
     flags.DEFINE_integer("threads", 0, "PyTorch threads (0: the cores this process may use)")
     flags.DEFINE_integer("matmul_n", 2048, "side of the ceiling matmul")
-    flags.DEFINE_float("max_seconds", 60.0, "skip an implementation at a larger batch when its "
+    flags.DEFINE_float("max_seconds", 120.0, "skip an implementation at a larger batch when its "
                        "smaller-batch time predicts more than this many seconds per chunk")
 
 
 LR = 1e-2
+IMPLS = ("scan", "python", "torch")
 
 
-def make_loop_searcher():
-    """A `Searcher` whose chunk is a Python loop over one jitted vmapped step (see docstring)."""
-    import jax
-    import jax.numpy as jnp
+def chunk_of(impl: str) -> int:
+    # The library runs a chunk of 1 as a single step without a loop: 'scan' needs 2.
+    return max(FLAGS.chunk, 2) if impl == "scan" else FLAGS.chunk
 
-    from ldct_jax import parallel
+
+def jax_seconds(loop: str, denoiser, images: np.ndarray) -> float:
+    """Best seconds per chunk of the library's search with `loop`, after one compiling chunk."""
     from ldct_jax.invariance import search as search_lib
-
-    class LoopSearcher(search_lib.Searcher):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self._one = jax.jit(self._one_impl, donate_argnums=(2, 3),
-                                out_shardings=parallel.batch_sharding(self.mesh))
-            self._chunk = self._loop_chunk
-
-        def _one_impl(self, params, vgg_params, delta, opt, x, y0, mask, lam, weight):
-            step = jax.vmap(self._step, in_axes=(None, None, 0, 0, 0, 0, 0, 0, 0))
-            return step(params, vgg_params, delta, opt, x, y0, mask, lam, weight)
-
-        def _loop_chunk(self, params, vgg_params, state, length):
-            delta, opt, curves = state.delta, state.opt, []
-            for _ in range(length):
-                delta, opt, c = self._one(params, vgg_params, delta, opt, state.x, state.y0,
-                                          state.mask, state.lam, state.weight)
-                curves.append(c)
-            return state._replace(delta=delta, opt=opt), jnp.stack(curves, axis=1)
-
-    return LoopSearcher
-
-
-def jax_seconds(searcher_cls, denoiser, images: np.ndarray) -> float:
-    """Best seconds per chunk of `searcher_cls` on `images`, after one compiling chunk."""
-    from ldct_jax.invariance import search as search_lib
-    n = len(images)
-    options = search_lib.SearchOptions(iterations=(1 + FLAGS.repeats) * FLAGS.chunk,
-                                       chunk=FLAGS.chunk, learning_rate=LR)
-    searcher = searcher_cls(denoiser, ["mse"], options)
+    n, chunk = len(images), chunk_of(loop)
+    options = search_lib.SearchOptions(iterations=(1 + FLAGS.repeats) * chunk, chunk=chunk,
+                                       learning_rate=LR, loop=loop)
+    searcher = search_lib.Searcher(denoiser, ["mse"], options)
     rows = search_lib.make_rows(n, n, lambdas=FLAGS.lam, distances="mse", seeds=list(range(n)))
     stamps = []
     searcher.run(denoiser.params, images, rows,
@@ -133,12 +111,14 @@ def torch_seconds(denoiser, images: np.ndarray) -> float:
     delta = (torch.randn(x.shape, generator=g) / denoiser.scale).requires_grad_(True)
     mask = torch.ones_like(x)
     lam = torch.full((len(x),), FLAGS.lam)
+    pixels = float(x.shape[-2] * x.shape[-1])
     opt = torch.optim.Adam([delta], lr=LR, betas=(0.9, 0.999), eps=1e-8)
 
     def iteration():
         opt.zero_grad(set_to_none=True)
-        # The images are independent: the gradient of the sum is each image's own gradient.
-        torch.sum(torch_objective(net, x, y0, delta, lam)[0]).backward()
+        # The images are independent: the gradient of the sum is each image's own gradient;
+        # H W: the per-pixel sum, as the library feeds Adam.
+        (torch.sum(torch_objective(net, x, y0, delta, lam)[0]) * pixels).backward()
         delta.grad.mul_(mask)
         opt.step()
         with torch.no_grad():
@@ -178,10 +158,10 @@ def main(_):
 
     threads = FLAGS.threads or common.cpu_threads()
     common.set_torch_threads(threads)
-    impls = [i for i in ("library", "loop", "torch") if i in FLAGS.impls]
+    impls = [i for i in IMPLS if i in FLAGS.impls]
     unknown = sorted(set(FLAGS.impls) - set(impls))
     if unknown:
-        raise app.UsageError(f"--impls: unknown {unknown}; expected library, loop, torch")
+        raise app.UsageError(f"--impls: unknown {unknown}; expected some of {IMPLS}")
     dev = jax.devices()[0]
     print(f"JAX {jax.__version__} on {jax.device_count()} x {dev.device_kind} ({dev.platform}); "
           f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads; {threads} cores")
@@ -194,9 +174,7 @@ def main(_):
 
     s = FLAGS.size
     rng = np.random.default_rng(0)
-    loop_cls = make_loop_searcher()
-    from ldct_jax.invariance.search import Searcher
-    head = ("| model | batch | impl | image-it/s | s/chunk | GFLOP/s | of ceiling | "
+    head = ("| model | batch | impl | image-it/s | s/iteration | GFLOP/s | of ceiling | "
             "vs PyTorch |")
     rows_out = []
     for name in FLAGS.models:
@@ -206,12 +184,12 @@ def main(_):
         print(f"{name} {s}x{s}: {flops / 1e9:.2f} GFLOP per image-iteration (2 x forward convs; "
               f"{exact / 1e9:.2f} counting only taps inside the image); XLA cost analysis of the "
               f"step: {xla_step_flops(d, s) / 1e9:.2f}", flush=True)
-        per_image = {}  # impl -> seconds per image-chunk at the last batch
+        per_image = {}  # impl -> seconds per image-iteration at the last batch
         for b in (int(v) for v in FLAGS.batches):
             images = rng.normal(40.0, 300.0, (b, s, s)).astype(np.float32)
             result = {}
             for impl in impls:
-                guess = per_image.get(impl, 0.0) * b
+                guess = per_image.get(impl, 0.0) * b * chunk_of(impl)
                 if guess > FLAGS.max_seconds:
                     print(f"  {name} batch {b} {impl}: skipped (about {guess:.0f} s per chunk "
                           f"predicted; raise --max_seconds)", flush=True)
@@ -219,11 +197,11 @@ def main(_):
                 if impl == "torch":
                     sec = torch_seconds(d, images)
                 else:
-                    sec = jax_seconds(Searcher if impl == "library" else loop_cls, d, images)
-                per_image[impl] = sec / b
-                result[impl] = sec
+                    sec = jax_seconds(impl, d, images)
+                result[impl] = sec / chunk_of(impl)  # seconds per iteration
+                per_image[impl] = result[impl] / b
             for impl, sec in result.items():
-                rate = b * FLAGS.chunk / sec
+                rate = b / sec
                 gflops = rate * flops / 1e9
                 vs = (f"{result['torch'] / sec:.2f}x" if "torch" in result and impl != "torch"
                       else "")

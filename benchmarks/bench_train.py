@@ -9,11 +9,10 @@ Implementations, timed in the same run on the same random weights and random HU 
   jax        the library's step, as the trainer builds it: `ldct_jax.train.supervised` /
              `ldct_jax.train.wgan` `make_step`, jitted by `parallel.data_parallel_step`
              (state donated, batch sharded over all local devices).
-  jax_fixed  WGAN-VGG only: the same step traced with two changes this benchmark proposes:
-             the critic's `lax.scan` unrolled (XLA:CPU runs convolution gradients inside a while
-             loop with a slow generic kernel) and the perceptual loss running the VGG on the
-             generator output and on the (constant) target separately, so that the backward
-             pass does not carry the target's half of a stacked batch.
+  jax_fixed  WGAN-VGG only: the same step traced with the change this benchmark proposes:
+             the perceptual loss runs the VGG on the generator output and on the (constant)
+             target separately, so that the backward pass does not carry the target's half of
+             `losses.perceptual_l1`'s stacked batch.
   torch      the same step in plain PyTorch (NCHW, weights copied from the JAX params, Adam with
              the same settings; the WGAN-GP critic updates with a double-backward penalty, then
              the generator update with VGG19 conv5_4 L1, the critic frozen for it).
@@ -27,7 +26,6 @@ The VGG19 is random-init (timing only). On a GPU (JAX's default device a GPU and
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import sys
 import time
@@ -72,11 +70,11 @@ def random_patches(rng, shape) -> dict[str, np.ndarray]:
 
 @contextlib.contextmanager
 def proposed_fixes():
-    """While tracing: `lax.scan` unrolled, perceptual L1 with the target's VGG pass apart."""
+    """While tracing: the perceptual L1 runs the VGG on the target apart, without gradient."""
     import jax
 
     from ldct_jax import losses
-    scan, perceptual = jax.lax.scan, losses.perceptual_l1
+    perceptual = losses.perceptual_l1
 
     def split_perceptual(vgg, a, b, tap="conv5_4", params=None):
         params = vgg.params if params is None else params
@@ -84,12 +82,11 @@ def proposed_fixes():
         fb = jax.lax.stop_gradient(vgg.features(params, b, tap)[tap])
         return jax.numpy.mean(jax.numpy.abs(fa - fb))
 
-    jax.lax.scan = functools.partial(scan, unroll=True)
     losses.perceptual_l1 = split_perceptual
     try:
         yield
     finally:
-        jax.lax.scan, losses.perceptual_l1 = scan, perceptual
+        losses.perceptual_l1 = perceptual
 
 
 def jax_setup(model: str, patch: int, batch: int, n_critic: int, seed: int = 0):

@@ -1,6 +1,6 @@
 """The benchmarks measure the right thing: FLOP formulas against XLA's cost analysis and a brute
 count, PyTorch twins against the JAX networks, the PyTorch search objective and train steps
-against the library's, and the proposed faster variants against the library's results."""
+against the library's, and the proposed faster WGAN step against the library's results."""
 
 import os
 import sys
@@ -96,19 +96,19 @@ def test_torch_vgg19_matches_jax():
     assert rel(got.transpose(0, 2, 3, 1), want) < 1e-4
 
 
-def _search(cls, d, x, iterations):
+def _search(d, x, iterations):
     options = search_lib.SearchOptions(iterations=iterations, chunk=1, learning_rate=1e-2)
     rows = search_lib.make_rows(len(x), len(x), lambdas=[1e-2, 0.5], distances="mse",
                                 seeds=[0, 1])
-    return cls(d, ["mse"], options).run(d.params, x, rows)
+    return search_lib.Searcher(d, ["mse"], options).run(d.params, x, rows)
 
 
 @pytest.mark.slow
-def test_torch_search_objective_matches_library_and_loop_variant():
+def test_torch_search_objective_matches_library():
     d = models.create("cnn10", jax.random.key(4))
     x = np.random.default_rng(2).normal(40, 300, (2, 24, 24)).astype(np.float32)
-    two = _search(search_lib.Searcher, d, x, 2)
-    three = _search(search_lib.Searcher, d, x, 3)
+    two = _search(d, x, 2)
+    three = _search(d, x, 3)
     # The curves hold L at the iterate before each update: three's entry 2 is L(two's result).
     delta = torch.from_numpy(two.perturbation / d.scale)
     xn = torch.from_numpy(np.asarray(d.to_net(x), np.float32))
@@ -119,10 +119,6 @@ def test_torch_search_objective_matches_library_and_loop_variant():
     np.testing.assert_allclose(loss.numpy(), three.curves["loss"][:, 2], rtol=1e-3, atol=1e-7)
     np.testing.assert_allclose(d_out.numpy(), three.curves["d_out"][:, 2], rtol=1e-3, atol=1e-9)
     np.testing.assert_allclose(d_in.numpy(), three.curves["d_in"][:, 2], rtol=1e-3, atol=1e-9)
-    # The proposed Python-loop chunk computes the library's perturbations.
-    loop = _search(bench_search.make_loop_searcher(), d, x, 3)
-    np.testing.assert_allclose(loop.perturbation, three.perturbation, rtol=1e-5, atol=1e-4)
-    np.testing.assert_allclose(loop.curves["loss"], three.curves["loss"], rtol=1e-5, atol=1e-8)
 
 
 def test_torch_cnn10_step_matches_library():
@@ -155,7 +151,7 @@ def test_torch_wgan_step_matches_library_and_fixed_variant():
                                atol=1e-6)
     # The generator loss is taken with the updated critic and the generator before its update.
     t.c = common.torch_critic(jax.device_get(new.critic_params), patch)
-    g_loss, adv, perc = t.generator_loss(x, y)
+    g_loss, adv, perc = (v.detach() for v in t.generator_loss(x, y))
     np.testing.assert_allclose(float(adv), float(metrics["adversarial"]), rtol=1e-3, atol=1e-6)
     np.testing.assert_allclose(float(perc), float(metrics["perceptual"]), rtol=1e-3)
     np.testing.assert_allclose(float(g_loss), float(metrics["loss"]), rtol=1e-3, atol=1e-6)
