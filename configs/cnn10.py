@@ -23,10 +23,11 @@ def get_config(arg=None):
     c.model = "cnn10"
     c.model_config = ml_collections.ConfigDict(dict(features=(64, 32)))
     c.seed = 0
-    c.num_steps = 600
+    c.num_steps = 500
     c.batch_size = 16
     c.patch_size = 48
-    c.optimizer = ml_collections.ConfigDict(dict(lr=1e-3, b1=0.9, b2=0.999))
+    c.optimizer = ml_collections.ConfigDict(dict(lr=1e-3, b1=0.9, b2=0.999,
+                                                 schedule="cosine"))
     c.log_every_steps = 10
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=200, keep=3))
     c.eval = ml_collections.ConfigDict(dict(every_steps=0, slices_per_patient=4, batch_size=4))
@@ -40,7 +41,7 @@ def get_config(arg=None):
         c.num_steps = 100_000
         c.batch_size = 128
         c.patch_size = 64
-        c.optimizer.update(lr=1e-5, b1=0.5, b2=0.9)
+        c.optimizer.update(lr=1e-5, b1=0.5, b2=0.9, schedule="constant")
         c.checkpoint.every_steps = 2000
         c.eval.every_steps = 5000
         c.log_every_steps = 100
@@ -50,7 +51,8 @@ def get_config(arg=None):
         c.num_steps = 86188
         c.batch_size = 68
         c.patch_size = 92
-        c.optimizer.update(lr=0.00015837006124497214, b1=0.9, b2=0.999)
+        c.optimizer.update(lr=0.00015837006124497214, b1=0.9, b2=0.999,
+                           schedule="constant")
         c.checkpoint.every_steps = 2000
         c.eval.every_steps = 5000
         c.log_every_steps = 100

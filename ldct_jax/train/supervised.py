@@ -18,8 +18,19 @@ Metrics = dict[str, jax.Array]
 StepFn = Callable[[TrainState, Batch], tuple[TrainState, Metrics]]
 
 
-def adam(lr: float, b1: float, b2: float) -> optax.GradientTransformation:
-    return optax.adam(lr, b1=b1, b2=b2)
+SCHEDULES = ("constant", "cosine")
+
+
+def adam(lr: float, b1: float, b2: float, *, schedule: str = "constant",
+         num_steps: int = 0, final_fraction: float = 0.05) -> optax.GradientTransformation:
+    """Adam with a constant learning rate, or one that decays along a half cosine from `lr` to
+    `final_fraction * lr` over `num_steps` updates (short runs converge further with it)."""
+    if schedule == "constant":
+        return optax.adam(lr, b1=b1, b2=b2)
+    if schedule == "cosine":
+        return optax.adam(optax.cosine_decay_schedule(lr, max(num_steps, 1), final_fraction),
+                          b1=b1, b2=b2)
+    raise ValueError(f"optimizer schedule {schedule!r}; expected one of {SCHEDULES}")
 
 
 def init_state(denoiser: Denoiser, optimizer: optax.GradientTransformation,

@@ -63,6 +63,9 @@ def _check_adam(config, key: str) -> None:
     for b in ("b1", "b2"):
         if not 0.0 <= opt[b] < 1.0:
             raise ValueError(f"config.{key}.{b}={opt[b]!r} must be in [0, 1)")
+    if opt.get("schedule", "constant") not in supervised.SCHEDULES:
+        raise ValueError(f"config.{key}.schedule={opt.schedule!r}; expected one of "
+                         f"{supervised.SCHEDULES}")
 
 
 def check_config(config) -> None:
@@ -82,6 +85,7 @@ def check_config(config) -> None:
         _positive(config, "wgan.gp_weight", config.wgan.gp_weight, allow_zero=True)
         _positive(config, "wgan.perceptual_weight", config.wgan.perceptual_weight,
                   allow_zero=True)
+        _positive(config, "wgan.mse_weight", config.wgan.get("mse_weight", 0.0), allow_zero=True)
         try:
             wgan_vgg.critic_output_size(config.patch_size)
         except ValueError as e:
@@ -157,6 +161,11 @@ def _init_params(module, key: jax.Array, size: int):
     return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
+def _adam(opt, num_steps: int):
+    return supervised.adam(opt.lr, opt.b1, opt.b2, schedule=opt.get("schedule", "constant"),
+                           num_steps=num_steps)
+
+
 def _keys(seed: int) -> dict[str, jax.Array]:
     root = jax.random.PRNGKey(seed)
     return {name: jax.random.fold_in(root, i) for i, name in enumerate(("model", "critic", "vgg"))}
@@ -176,7 +185,7 @@ def build(config, mesh, train_scans: Sequence[Scan],
     module = models.architecture(config.model).module(**model_config)
     denoiser = models.build(config.model, _init_params(module, keys["model"], 32), **model_config)
     opt = config.optimizer
-    optimizer = supervised.adam(opt.lr, opt.b1, opt.b2)
+    optimizer = _adam(opt, config.num_steps)
     common = dict(batch_size=config.batch_size, patch_size=config.patch_size, seed=config.seed,
                   process_index=jax.process_index(), process_count=jax.process_count())
     if config.model == "cnn10":
@@ -187,7 +196,7 @@ def build(config, mesh, train_scans: Sequence[Scan],
                        config.batch_size, {})
 
     copt = config.critic_optimizer
-    critic_optimizer = supervised.adam(copt.lr, copt.b1, copt.b2)
+    critic_optimizer = _adam(copt, config.num_steps)
     wgan_vgg.critic_output_size(config.patch_size)
     critic = wgan_vgg.Critic()
     critic_params = _init_params(critic, keys["critic"], config.patch_size)
@@ -195,7 +204,8 @@ def build(config, mesh, train_scans: Sequence[Scan],
                               imagenet_norm=config.vgg.imagenet_norm)
     settings = wgan.WGANSettings(n_critic=config.wgan.n_critic, gp_weight=config.wgan.gp_weight,
                                  perceptual_weight=config.wgan.perceptual_weight,
-                                 tap=config.vgg.tap)
+                                 tap=config.vgg.tap,
+                                 mse_weight=config.wgan.get("mse_weight", 0.0))
     state = wgan.init_state(denoiser, critic_params, optimizer, critic_optimizer, config.seed)
     step_fn = wgan.make_step(denoiser, critic, vgg, optimizer, critic_optimizer, settings)
     jitted = parallel.data_parallel_step(step_fn, mesh, extra_args=1)

@@ -9,6 +9,7 @@ the data sampler's batch number `s * n_critic + i`, so the data order depends on
 Losses, in network units:
   critic:    mean C(G(x)) - mean C(y) + gp_weight * GP    (GP at random interpolates)
   generator: perceptual_weight * L1(VGG19 conv5_4 of G(x), of y) - mean C(G(x))
+             [+ mse_weight * MSE(G(x), y), only when mse_weight > 0; not in the paper]
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class WGANSettings:
     gp_weight: float = 10.0
     perceptual_weight: float = 0.1
     tap: str = "conv5_4"
+    # Weight of an extra pixel MSE term in the generator loss; 0 (the paper's loss) by default.
+    mse_weight: float = 0.0
 
 
 def init_state(generator: Denoiser, critic_params, g_optimizer: optax.GradientTransformation,
@@ -67,7 +70,11 @@ def make_step(generator: Denoiser, critic: nn.Module, vgg, g_optimizer, c_optimi
         fake = generator.apply_net(params, x)
         adversarial = losses.generator_adversarial_loss(critic_fn(cparams)(fake))
         perceptual = losses.perceptual_l1(vgg, fake, y, settings.tap, params=vgg_params)
-        return settings.perceptual_weight * perceptual + adversarial, (adversarial, perceptual)
+        mse = losses.mse(fake, y)
+        loss = settings.perceptual_weight * perceptual + adversarial
+        if settings.mse_weight:
+            loss = loss + settings.mse_weight * mse
+        return loss, (adversarial, perceptual, mse)
 
     def step(state: TrainState, batch: Batch, vgg_params) -> tuple[TrainState, Metrics]:
         x = jnp.swapaxes(generator.to_net(batch["low"]), 0, 1)   # [n_critic, B, p, p]
@@ -93,12 +100,12 @@ def make_step(generator: Denoiser, critic: nn.Module, vgg, g_optimizer, c_optimi
             critic_update, (state.critic_params, state.critic_opt_state), (x, y, keys),
             unroll=True)
 
-        (g_loss, (adv, perc)), grads = jax.value_and_grad(generator_loss_fn, has_aux=True)(
+        (g_loss, (adv, perc, mse)), grads = jax.value_and_grad(generator_loss_fn, has_aux=True)(
             state.params, cparams, vgg_params, x[-1], y[-1])
         updates, opt_state = g_optimizer.update(grads, state.opt_state, state.params)
         new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                             opt_state=opt_state, critic_params=cparams, critic_opt_state=copt)
-        metrics = {"loss": g_loss, "perceptual": perc, "adversarial": adv,
+        metrics = {"loss": g_loss, "perceptual": perc, "adversarial": adv, "mse": mse,
                    "critic_loss": c_loss[-1], "wasserstein_distance": -w[-1],
                    "gradient_penalty": gp[-1], "grad_norm": optax.tree.norm(grads),
                    # The mean over the critic updates, so a non-finite one shows.
