@@ -1,6 +1,7 @@
 """Invariance-search throughput (image-iterations/s) of ldct_jax against a PyTorch Adam loop.
 
     python benchmarks/bench_search.py                          # 512x512, batch 1 and 8
+    python benchmarks/bench_search.py --repeats=3              # best of 3 (shared machines)
     python benchmarks/bench_search.py --size=256 --batches=1,2,4 --models=cnn10
     python benchmarks/bench_search.py --impls=scan,python,torch --size=256 --batches=1
 
@@ -55,7 +56,8 @@ def define_flags() -> None:
     flags.DEFINE_list("impls", ["python", "torch"], f"implementations to time, of {IMPLS} "
                       "('scan' is ~10x slower on CPU: add it to see how much)")
     flags.DEFINE_integer("chunk", 1, "iterations per timed chunk (one compiled call of `scan`)")
-    flags.DEFINE_integer("repeats", 2, "timed chunks per implementation (the best one counts)")
+    flags.DEFINE_integer("repeats", 1, "timed chunks per implementation after the warm-up one "
+                         "(the best one counts)")
     flags.DEFINE_float("lam", 1e-2, "lambda of every perturbation")
     flags.DEFINE_integer("threads", 0, "PyTorch threads (0: the cores this process may use)")
     flags.DEFINE_integer("matmul_n", 2048, "side of the ceiling matmul")

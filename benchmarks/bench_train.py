@@ -1,8 +1,8 @@
 """Train-step throughput (patches/s) of ldct_jax's CNN-10 and WGAN-VGG steps against PyTorch.
 
-    python benchmarks/bench_train.py                               # patch 64, batch 16, CPU
+    python benchmarks/bench_train.py                               # patch 64, batch 8, CPU
     python benchmarks/bench_train.py --batch=128 --repeats=5       # the paper's batch
-    python benchmarks/bench_train.py --models=wgan_vgg --impls=jax,torch
+    python benchmarks/bench_train.py --models=wgan_vgg --impls=jax,jax_fixed,torch
 
 Implementations, timed in the same run on the same random weights and random HU patches:
 
@@ -45,11 +45,11 @@ def define_flags() -> None:
     """The command-line flags (defined only when run as a script, so that tests can
     import every benchmark into one process)."""
     flags.DEFINE_integer("patch", 64, "patch side (paper: 64)")
-    flags.DEFINE_integer("batch", 16, "patches per (sub-)batch (paper: 128)")
+    flags.DEFINE_integer("batch", 8, "patches per (sub-)batch (paper: 128)")
     flags.DEFINE_integer("n_critic", 4, "critic updates per WGAN-VGG step (paper: 4)")
     flags.DEFINE_list("models", ["cnn10", "wgan_vgg"], "models")
-    flags.DEFINE_list("impls", ["jax", "jax_fixed", "torch"], "implementations to time")
-    flags.DEFINE_integer("repeats", 3, "timed steps per implementation after a warm-up step, "
+    flags.DEFINE_list("impls", ["jax", "torch"], f"implementations to time, of {IMPLS}")
+    flags.DEFINE_integer("repeats", 2, "timed steps per implementation after a warm-up step, "
                          "taken in turns (the best one counts)")
     flags.DEFINE_integer("threads", 0, "PyTorch CPU threads (0: the cores this process may use)")
 
