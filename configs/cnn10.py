@@ -23,11 +23,12 @@ def get_config(arg=None):
     c.model = "cnn10"
     c.model_config = ml_collections.ConfigDict(dict(features=(64, 32)))
     c.seed = 0
-    c.num_steps = 500
+    c.num_steps = 600
     c.batch_size = 16
     c.patch_size = 48
+    # schedule: 'constant' or 'cosine' (decay to 5 % of lr over num_steps).
     c.optimizer = ml_collections.ConfigDict(dict(lr=1e-3, b1=0.9, b2=0.999,
-                                                 schedule="cosine"))
+                                                 schedule="constant"))
     c.log_every_steps = 10
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=200, keep=3))
     c.eval = ml_collections.ConfigDict(dict(every_steps=0, slices_per_patient=4, batch_size=4))
