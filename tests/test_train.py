@@ -78,8 +78,10 @@ def phantom_scans(size=32, slices=3, patients=2, anatomies=("abdomen", "head"), 
 def cnn10_cfg(**over):
     c = cnn10_config.get_config()
     c.model_config.features = (8, 4)
-    c.num_steps, c.batch_size, c.patch_size = 4, 4, 16
-    c.optimizer.lr = 1e-3
+    # num_steps sets the cosine schedule, so the same value in every test that can use it
+    # gives the same compiled step (served by the compilation cache).
+    c.num_steps, c.batch_size, c.patch_size = 6, 4, 16
+    c.optimizer.lr, c.optimizer.schedule = 1e-3, "cosine"   # resume must restore the schedule
     c.checkpoint.every_steps = 2
     c.log_every_steps = 1
     c.eval.slices_per_patient = 1
@@ -91,7 +93,7 @@ def cnn10_cfg(**over):
 def wgan_cfg(**over):
     c = wgan_config.get_config()
     c.model_config.features, c.model_config.depth = 4, 3
-    c.num_steps, c.batch_size, c.patch_size = 2, 4, 32
+    c.num_steps, c.batch_size, c.patch_size = 4, 4, 32   # 4: as in test_resume (schedule)
     c.wgan.n_critic = 2
     # Adam's first updates are ~lr * sign(gradient): where a gradient is as small as the rounding
     # of the cross-device sum, 1 and 4 devices may step in opposite directions, ~2 lr apart.
@@ -239,7 +241,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, caplog):
     straight = job.run(cfg, str(tmp_path / "straight"), scans=scans)
 
     wd = str(tmp_path / "run")
-    job.run(cnn10_cfg(num_steps=4, checkpoint__every_steps=2), wd, scans=scans)
+    job.run(cfg, wd, scans=scans, on_step=_sigterm_at(4))
     ckpt_dir = os.path.join(wd, "checkpoints")
     assert Checkpointer(ckpt_dir).all_steps() == [2, 4]
     _garble(os.path.join(ckpt_dir, "4"))
@@ -248,7 +250,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, caplog):
     assert "checkpoint at step 4 is corrupt or unreadable" in caplog.text
     assert "using the previous checkpoint" in caplog.text
     events = [(e["event"], e["step"]) for e in _events(wd)]
-    assert events == [("checkpoint_corrupt", 4), ("resumed", 2)]
+    assert events == [("stopped", 4), ("checkpoint_corrupt", 4), ("resumed", 2)]
     assert os.listdir(ckpt_dir + "_corrupt")[0].startswith("4-")
     # Resuming from step 2 replays steps 3..6 exactly.
     _assert_trees_close(jax.device_get(straight["state"]), jax.device_get(resumed["state"]),
@@ -257,7 +259,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, caplog):
 
 def test_outputs_in_workdir(tmp_path, capsys):
     wd = str(tmp_path / "run")
-    result = job.run(cnn10_cfg(num_steps=2), wd, scans=phantom_scans())
+    result = job.run(cnn10_cfg(), wd, scans=phantom_scans())
     names = set(os.listdir(wd))
     assert {"config.json", "metrics.jsonl", "tensorboard", "checkpoints", "eval.json",
             "eval.png", "model"} <= names
@@ -274,10 +276,9 @@ def test_outputs_in_workdir(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "RMSE reduction" in out and "eval.json" in out
     train = [r for r in read(os.path.join(wd, "metrics.jsonl")) if r.get("split") == "train"]
-    assert [r["step"] for r in train] == [1, 2]
+    assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]
     tb = _read_tensorboard(os.path.join(wd, "tensorboard"))
-    assert tb["train/loss"] == [(1, pytest.approx(train[0]["loss"], rel=1e-6)),
-                                (2, pytest.approx(train[1]["loss"], rel=1e-6))]
+    assert tb["train/loss"] == [(r["step"], pytest.approx(r["loss"], rel=1e-6)) for r in train]
     assert tb["eval/network/rmse_hu"][0][1] == pytest.approx(ev["network"]["rmse_hu"], rel=1e-6)
 
 
@@ -332,7 +333,11 @@ def test_unknown_key_is_rejected_by_the_locked_config():
     (lambda: cnn10_cfg(optimizer__b1=1.0), r"config.optimizer.b1=1.0 must be in \[0, 1\)"),
     (lambda: wgan_cfg(patch_size=24), r"config.patch_size=24: .*too small"),
     (lambda: wgan_cfg(vgg__tap="conv6_1"), r"config.vgg.tap='conv6_1'"),
-], ids=["patch", "batch", "no-root", "missing-root", "source", "steps", "beta", "critic", "tap"])
+    (lambda: wgan_cfg(critic_optimizer__schedule="step"),
+     r"config.critic_optimizer.schedule='step'"),
+    (lambda: wgan_cfg(wgan__mse_weight=-1.0), r"config.wgan.mse_weight=-1.0 must be >= 0"),
+], ids=["patch", "batch", "no-root", "missing-root", "source", "steps", "beta", "critic", "tap",
+        "schedule", "mse"])
 def test_bad_config_fails_at_start(cfg, message, tmp_path):
     wd = tmp_path / "run"
     with pytest.raises(ValueError, match=message):
@@ -345,3 +350,20 @@ def test_patch_larger_than_given_scans(tmp_path):
     with pytest.raises(ValueError, match=r"config.patch_size=48 is larger than the images of "
                                          r"patient abdomen-0 \(32x32\)"):
         job.run(cnn10_cfg(patch_size=48), str(tmp_path), scans=phantom_scans(size=32))
+
+
+def test_paper_preset_has_the_published_settings(tmp_path):
+    """Yang et al. 2018 (as the issue lists them): patches 64, batch 128, Adam 1e-5 with betas
+    0.5/0.9, 4 critic steps, perceptual weight 0.1, gradient penalty 10, VGG19 conv5_4."""
+    c = wgan_config.get_config("paper")
+    assert (c.patch_size, c.batch_size, c.wgan.n_critic) == (64, 128, 4)
+    for opt in (c.optimizer, c.critic_optimizer):
+        assert (opt.lr, opt.b1, opt.b2, opt.schedule) == (1e-5, 0.5, 0.9, "constant")
+    assert (c.wgan.perceptual_weight, c.wgan.gp_weight, c.wgan.mse_weight) == (0.1, 10.0, 0.0)
+    assert (c.vgg.arch, c.vgg.tap, c.data.source) == ("vgg19", "conv5_4", "mayo")
+    for module in (cnn10_config, wgan_config):
+        for preset in ("paper", "ldctbench"):
+            c = module.get_config(preset)
+            c.data.root = str(tmp_path)
+            trainers.check_config(c)
+            assert c.optimizer.schedule == "constant"
