@@ -9,7 +9,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
+import logging as std_logging  # noqa: E402
+
+from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from ldct_jax import jobs  # noqa: E402
@@ -20,7 +22,15 @@ _WORKDIR = flags.DEFINE_string(
 flags.mark_flags_as_required(["config"])
 
 
+class _OrbaxInfoFilter(std_logging.Filter):
+    """Drops orbax's INFO lines (a dozen per checkpoint) so the progress bar stays readable."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
+
+
 def main(argv):
+    logging.get_absl_handler().addFilter(_OrbaxInfoFilter())
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     workdir = _WORKDIR.value or jobs.default_workdir(flags.FLAGS["config"].config_filename)
