@@ -23,3 +23,35 @@ def data_config(**synthetic_overrides) -> ml_collections.ConfigDict:
         held_out_patients=1,   # per anatomy, whole patients kept for evaluation
         synthetic=synthetic,
     ))
+
+
+def train_config(model: str, model_config: dict, *, checkpoint_every: int,
+                 slices_per_patient: int) -> ml_collections.ConfigDict:
+    """The fields every training config has (configs/cnn10.py, configs/wgan.py); the caller
+    adds its model's steps, batch, patch and optimisers."""
+    c = ml_collections.ConfigDict()
+    c.job = "train"
+    c.model = model
+    c.model_config = ml_collections.ConfigDict(model_config)
+    c.seed = 0
+    c.log_every_steps = 10
+    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=checkpoint_every, keep=3))
+    c.eval = ml_collections.ConfigDict(dict(every_steps=0, slices_per_patient=slices_per_patient,
+                                            batch_size=4))
+    c.data = data_config()
+    c.distributed = "auto"   # 'auto' | 'on' | 'off': jax.distributed.initialize()
+    c.num_devices = 0        # 0: every device
+    c.progress_bar = True
+    return c
+
+
+def mayo_run(c: ml_collections.ConfigDict, *, num_steps: int, batch_size: int,
+             patch_size: int) -> None:
+    """Turns a training config into a long run on the Mayo data (the paper/ldctbench presets)."""
+    c.data.source = "mayo"
+    c.num_steps = num_steps
+    c.batch_size = batch_size
+    c.patch_size = patch_size
+    c.checkpoint.every_steps = 2000
+    c.eval.every_steps = 5000
+    c.log_every_steps = 100

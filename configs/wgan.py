@@ -24,11 +24,8 @@ from configs import common
 
 def get_config(arg=None):
     preset = arg or "default"
-    c = ml_collections.ConfigDict()
-    c.job = "train"
-    c.model = "wgan_vgg"
-    c.model_config = ml_collections.ConfigDict(dict(features=32, depth=8))
-    c.seed = 0
+    c = common.train_config("wgan_vgg", dict(features=32, depth=8), checkpoint_every=100,
+                            slices_per_patient=2)
     c.num_steps = 250
     c.batch_size = 4
     c.patch_size = 32
@@ -44,39 +41,20 @@ def get_config(arg=None):
                                             mse_weight=1000.0))
     c.vgg = ml_collections.ConfigDict(dict(weights="", arch="vgg19", tap="conv5_4",
                                            imagenet_norm=False))
-    c.log_every_steps = 10
-    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=100, keep=3))
-    c.eval = ml_collections.ConfigDict(dict(every_steps=0, slices_per_patient=2, batch_size=4))
-    c.data = common.data_config()
-    c.distributed = "auto"   # 'auto' | 'on' | 'off': jax.distributed.initialize()
-    c.num_devices = 0        # 0: every device
-    c.progress_bar = True
 
     if preset == "paper":
-        c.data.source = "mayo"
-        c.num_steps = 100_000
-        c.batch_size = 128
-        c.patch_size = 64
+        common.mayo_run(c, num_steps=100_000, batch_size=128, patch_size=64)
         c.optimizer.update(lr=1e-5, b1=0.5, b2=0.9, schedule="constant")
         c.critic_optimizer.update(lr=1e-5, b1=0.5, b2=0.9, schedule="constant")
         c.wgan.update(n_critic=4, gp_weight=10.0, perceptual_weight=0.1, mse_weight=0.0)
-        c.checkpoint.every_steps = 2000
-        c.eval.every_steps = 5000
-        c.log_every_steps = 100
     elif preset == "ldctbench":
-        c.data.source = "mayo"
+        common.mayo_run(c, num_steps=67306, batch_size=77, patch_size=77)
         c.seed = 1344
-        c.num_steps = 67306
-        c.batch_size = 77
-        c.patch_size = 77
         c.optimizer.update(lr=7.096903581620458e-05, b1=0.3260552006030955, b2=0.999,
                            schedule="constant")
         c.critic_optimizer.update(lr=7.096903581620458e-05, b1=0.3260552006030955, b2=0.999)
         c.wgan.update(n_critic=1, gp_weight=10.0, perceptual_weight=0.6893269329076448,
                       mse_weight=0.0)
-        c.checkpoint.every_steps = 2000
-        c.eval.every_steps = 5000
-        c.log_every_steps = 100
     elif preset != "default":
         raise ValueError(f"configs/wgan.py: unknown preset {preset!r}; expected '', 'paper' "
                          "or 'ldctbench'")
