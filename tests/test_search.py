@@ -9,19 +9,10 @@ import pytest
 from ldct_jax import ct, models, parallel
 from ldct_jax.invariance import search as S
 from ldct_jax.models.gauss_ri import central_square
+from tests.nets import small_cnn10
 
 H = 64
 LAMBDAS = (1e-4, 1e-2, 1e-1)
-
-
-def small_cnn10(seed=1, features=(8, 8)):
-    """A random cnn10 with He-initialised numpy weights (no Flax init: faster to build)."""
-    rng = np.random.default_rng(seed)
-    shapes = {"conv1": (9, 9, 1, features[0]), "conv2": (3, 3, features[0], features[1]),
-              "conv3": (5, 5, features[1], 1)}
-    params = {k: {"kernel": (rng.normal(size=s) * np.sqrt(2.0 / np.prod(s[:3]))).astype("f4"),
-                  "bias": (0.01 * rng.normal(size=s[-1])).astype("f4")} for k, s in shapes.items()}
-    return models.build("cnn10", params, features=features)
 
 
 def phantom(h=H, shift=0.0):
