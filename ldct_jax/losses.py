@@ -200,11 +200,17 @@ def perceptual_l1(vgg, a: Array, b: Array, tap: str = "conv5_4",
 
     `a`, `b` are `[..., H, W]` in the VGG's input units (ldct-benchmark: network units with
     `imagenet_norm=False`). Pass `params` under jit (defaults to `vgg.params`, closed over).
+    `b` is the target: no gradient flows to it (its features are computed apart, which makes
+    the backward pass through `a` alone cheaper).
     """
     a, b = jnp.asarray(a), jnp.asarray(b)
     _check_same_shape(a, b, "perceptual_l1")
-    feats = vgg.features(vgg.params if params is None else params, jnp.stack([a, b]), tap)[tap]
-    return jnp.mean(jnp.abs(feats[0] - feats[1]))
+    params = vgg.params if params is None else params
+    # The target's features apart and without gradient: the backward pass then carries only
+    # `a`'s VGG pass (no gradient flows to `b` either way when it is a constant target).
+    fa = vgg.features(params, a, tap)[tap]
+    fb = jax.lax.stop_gradient(vgg.features(params, b, tap)[tap])
+    return jnp.mean(jnp.abs(fa - fb))
 
 
 def critic_loss(real_scores: Array, fake_scores: Array) -> Array:
