@@ -97,11 +97,7 @@ def data_parallel_step(step_fn: Callable[..., Any], mesh: Mesh, *, extra_args: i
     The state (donated), the metrics and the `extra_args` trailing arguments (e.g. frozen VGG
     params) are replicated; every leaf of the batch is split along its leading axis. Gradients
     of a loss averaged over the batch are then reduced across devices by the compiler.
-    A `step_fn` with a `jit_data_parallel(replicated, batch_sharding, donate)` attribute
-    (e.g. `train.wgan.make_step`'s) is jitted in parts by that function instead.
     """
     rep, batch = replicated(mesh), batch_sharding(mesh)
-    if hasattr(step_fn, "jit_data_parallel"):
-        return step_fn.jit_data_parallel(rep, batch, donate)
     return jax.jit(step_fn, in_shardings=(rep, batch) + (rep,) * extra_args,
                    out_shardings=(rep, rep), donate_argnums=(0,) if donate else ())

@@ -76,25 +76,32 @@ def make_step(generator: Denoiser, critic: nn.Module, vgg, g_optimizer, c_optimi
             loss = loss + settings.mse_weight * mse
         return loss, (adversarial, perceptual, mse)
 
-    def sub_batches(batch: Batch) -> tuple[jax.Array, jax.Array]:
+    def step(state: TrainState, batch: Batch, vgg_params) -> tuple[TrainState, Metrics]:
         x = jnp.swapaxes(generator.to_net(batch["low"]), 0, 1)   # [n_critic, B, p, p]
         y = jnp.swapaxes(generator.to_net(batch["full"]), 0, 1)
         if x.shape[0] != settings.n_critic:
             raise ValueError(f"WGAN step: batch has {x.shape[0]} sub-batches, expected "
                              f"n_critic={settings.n_critic}")
-        return x, y
+        keys = jax.random.split(state_lib.step_key(state), settings.n_critic)
 
-    def critic_update(cparams, copt, params, xi, yi, key):
-        fake = jax.lax.stop_gradient(generator.apply_net(params, xi))
-        (loss, (w, gp)), grads = jax.value_and_grad(critic_loss_fn, has_aux=True)(
-            cparams, yi, fake, key)
-        updates, copt = c_optimizer.update(grads, copt, cparams)
-        return optax.apply_updates(cparams, updates), copt, (loss, w, gp, optax.tree.norm(grads))
+        def critic_update(carry, inputs):
+            cparams, copt = carry
+            xi, yi, key = inputs
+            fake = jax.lax.stop_gradient(generator.apply_net(state.params, xi))
+            (loss, (w, gp)), grads = jax.value_and_grad(critic_loss_fn, has_aux=True)(
+                cparams, yi, fake, key)
+            updates, copt = c_optimizer.update(grads, copt, cparams)
+            return (optax.apply_updates(cparams, updates), copt), (loss, w, gp,
+                                                                   optax.tree.norm(grads))
 
-    def generator_update(state: TrainState, cparams, copt, vgg_params, x, y, critic_metrics):
-        c_loss, w, gp, c_grad_norm = critic_metrics
+        # Unrolled: XLA:CPU runs convolutions inside a loop body several times slower
+        # (jax#12868), and n_critic is small.
+        (cparams, copt), (c_loss, w, gp, c_grad_norm) = jax.lax.scan(
+            critic_update, (state.critic_params, state.critic_opt_state), (x, y, keys),
+            unroll=True)
+
         (g_loss, (adv, perc, mse)), grads = jax.value_and_grad(generator_loss_fn, has_aux=True)(
-            state.params, cparams, vgg_params, x, y)
+            state.params, cparams, vgg_params, x[-1], y[-1])
         updates, opt_state = g_optimizer.update(grads, state.opt_state, state.params)
         new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                             opt_state=opt_state, critic_params=cparams, critic_opt_state=copt)
@@ -105,67 +112,7 @@ def make_step(generator: Denoiser, critic: nn.Module, vgg, g_optimizer, c_optimi
                    "critic_grad_norm": jnp.mean(c_grad_norm)}
         return new, metrics
 
-    def step(state: TrainState, batch: Batch, vgg_params) -> tuple[TrainState, Metrics]:
-        x, y = sub_batches(batch)
-        keys = jax.random.split(state_lib.step_key(state), settings.n_critic)
-        cparams, copt, out = state.critic_params, state.critic_opt_state, []
-        # Unrolled: XLA:CPU runs convolutions inside a loop body several times slower
-        # (jax#12868), and n_critic is small.
-        for i in range(settings.n_critic):
-            cparams, copt, m = critic_update(cparams, copt, state.params, x[i], y[i], keys[i])
-            out.append(m)
-        critic_metrics = tuple(jnp.stack(v) for v in zip(*out))
-        return generator_update(state, cparams, copt, vgg_params, x[-1], y[-1], critic_metrics)
-
-    def jit_data_parallel(rep, batch_sharding, donate: bool) -> Callable[..., Any]:
-        """`step` jitted in parts for `parallel.data_parallel_step`: one critic update (called
-        n_critic times) and the generator update, same results as `step`. XLA:CPU compiles the
-        fused step into a much slower program (it leaves many of the critic's gradient
-        convolutions in a layout its fast conv kernels do not take): on 2 CPU cores, patch 64,
-        batch 8, the fused step took 20.1 s and these parts 11-15 s (benchmarks/bench_train.py)."""
-
-        def critic_part(cparams, copt, params, rng, step_count, batch: Batch, i):
-            x, y = sub_batches(batch)
-            key = jax.random.split(jax.random.fold_in(rng, step_count), settings.n_critic)[i]
-            return critic_update(cparams, copt, params, x[i], y[i], key)
-
-        def generator_part(state: TrainState, batch: Batch, vgg_params, critic_out):
-            x, y = sub_batches(batch)
-            critic_metrics = tuple(jnp.stack(v) for v in zip(*critic_out))
-            return generator_update(state, state.critic_params, state.critic_opt_state,
-                                    vgg_params, x[-1], y[-1], critic_metrics)
-
-        critic_jit = jax.jit(critic_part,
-                             in_shardings=(rep,) * 5 + (batch_sharding, rep),
-                             out_shardings=rep, donate_argnums=(0, 1) if donate else ())
-        generator_jit = jax.jit(generator_part,
-                                in_shardings=(rep, batch_sharding, rep, rep),
-                                out_shardings=(rep, rep), donate_argnums=(0,) if donate else ())
-
-        return _StagedStep(critic_jit, generator_jit, settings.n_critic)
-
-    step.jit_data_parallel = jit_data_parallel
     return step
-
-
-class _StagedStep:
-    """The WGAN step as `n_critic` calls of the jitted critic update, then the jitted generator
-    update; `_cache_size()` is the most compiled variants of either part (as `jax.jit`'s)."""
-
-    def __init__(self, critic_jit, generator_jit, n_critic: int):
-        self._critic, self._generator, self._n_critic = critic_jit, generator_jit, n_critic
-
-    def __call__(self, state: TrainState, batch: Batch, vgg_params) -> tuple[TrainState, Metrics]:
-        cparams, copt, out = state.critic_params, state.critic_opt_state, []
-        for i in range(self._n_critic):
-            cparams, copt, m = self._critic(cparams, copt, state.params, state.rng, state.step,
-                                            batch, np.int32(i))
-            out.append(m)
-        return self._generator(state.replace(critic_params=cparams, critic_opt_state=copt),
-                               batch, vgg_params, out)
-
-    def _cache_size(self) -> int:
-        return max(self._critic._cache_size(), self._generator._cache_size())
 
 
 def local_batch(sample: Callable[..., Batch], scans, step: int, *, batch_size: int,
