@@ -2,17 +2,13 @@
 
     python benchmarks/bench_train.py                               # patch 64, batch 8, CPU
     python benchmarks/bench_train.py --batch=128 --repeats=5       # the paper's batch
-    python benchmarks/bench_train.py --models=wgan_vgg --impls=jax,jax_fixed,torch
+    python benchmarks/bench_train.py --models=wgan_vgg --n_critic=1
 
 Implementations, timed in the same run on the same random weights and random HU patches:
 
   jax        the library's step, as the trainer builds it: `ldct_jax.train.supervised` /
              `ldct_jax.train.wgan` `make_step`, jitted by `parallel.data_parallel_step`
              (state donated, batch sharded over all local devices).
-  jax_fixed  WGAN-VGG only: the same step traced with the change this benchmark proposes:
-             the perceptual loss runs the VGG on the generator output and on the (constant)
-             target separately, so that the backward pass does not carry the target's half of
-             `losses.perceptual_l1`'s stacked batch.
   torch      the same step in plain PyTorch (NCHW, weights copied from the JAX params, Adam with
              the same settings; the WGAN-GP critic updates with a double-backward penalty, then
              the generator update with VGG19 conv5_4 L1, the critic frozen for it).
@@ -25,7 +21,6 @@ The VGG19 is random-init (timing only). On a GPU (JAX's default device a GPU and
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import time
@@ -56,7 +51,7 @@ def define_flags() -> None:
 
 LR, B1, B2 = 1e-5, 0.5, 0.9          # the paper preset (Adam for generator and critic)
 GP_WEIGHT, PERCEPTUAL_WEIGHT, TAP = 10.0, 0.1, "conv5_4"
-IMPLS = ("jax", "jax_fixed", "torch")
+IMPLS = ("jax", "torch")
 
 
 def random_patches(rng, shape) -> dict[str, np.ndarray]:
@@ -66,27 +61,6 @@ def random_patches(rng, shape) -> dict[str, np.ndarray]:
 
 # ---------------------------------------------------------------------------------------------
 # JAX
-
-
-@contextlib.contextmanager
-def proposed_fixes():
-    """While tracing: the perceptual L1 runs the VGG on the target apart, without gradient."""
-    import jax
-
-    from ldct_jax import losses
-    perceptual = losses.perceptual_l1
-
-    def split_perceptual(vgg, a, b, tap="conv5_4", params=None):
-        params = vgg.params if params is None else params
-        fa = vgg.features(params, a, tap)[tap]
-        fb = jax.lax.stop_gradient(vgg.features(params, b, tap)[tap])
-        return jax.numpy.mean(jax.numpy.abs(fa - fb))
-
-    losses.perceptual_l1 = split_perceptual
-    try:
-        yield
-    finally:
-        losses.perceptual_l1 = perceptual
 
 
 def jax_setup(model: str, patch: int, batch: int, n_critic: int, seed: int = 0):
@@ -120,7 +94,7 @@ def jax_setup(model: str, patch: int, batch: int, n_critic: int, seed: int = 0):
                                                                      "vgg": vgg}
 
 
-def jax_runner(model: str, batch_np: dict, fixed: bool = False) -> Callable[[], Any]:
+def jax_runner(model: str, batch_np: dict) -> Callable[[], Any]:
     """One blocking call of the library's jitted step per call (traced and compiled here)."""
     import jax
 
@@ -134,8 +108,7 @@ def jax_runner(model: str, batch_np: dict, fixed: bool = False) -> Callable[[], 
         holder[0], metrics = step(holder[0], batch, *extra)
         jax.block_until_ready(metrics)
 
-    with proposed_fixes() if fixed else contextlib.nullcontext():
-        one()
+    one()
     return one
 
 
@@ -280,7 +253,7 @@ def main(_):
     for model in FLAGS.models:
         if model == "cnn10":
             shape, per_step = (FLAGS.batch, FLAGS.patch, FLAGS.patch), FLAGS.batch
-            model_impls = [i for i in impls if i != "jax_fixed"]
+            model_impls = impls
         elif model == "wgan_vgg":
             shape = (FLAGS.batch, FLAGS.n_critic, FLAGS.patch, FLAGS.patch)
             per_step, model_impls = FLAGS.batch * FLAGS.n_critic, impls
@@ -290,7 +263,7 @@ def main(_):
         runners = {}
         for impl in model_impls:
             runners[impl] = (torch_runner(model, batch_np, tdev) if impl == "torch" else
-                             jax_runner(model, batch_np, fixed=impl == "jax_fixed"))
+                             jax_runner(model, batch_np))
         result = interleaved_best(runners, FLAGS.repeats)
         print("  " + ", ".join(f"{model} {k}: {v:.3f} s/step" for k, v in result.items()),
               flush=True)

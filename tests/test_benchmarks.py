@@ -136,7 +136,7 @@ def test_torch_cnn10_step_matches_library():
 
 
 @pytest.mark.slow
-def test_torch_wgan_step_matches_library_and_fixed_variant():
+def test_torch_wgan_step_matches_library():
     patch, n = 32, 4
     rng = np.random.default_rng(4)
     batch = bench_train.random_patches(rng, (n, 1, patch, patch))
@@ -165,11 +165,3 @@ def test_torch_wgan_step_matches_library_and_fixed_variant():
     want = losses.gradient_norm_penalty(
         lambda z: wgan_vgg.Critic().apply({"params": cparams}, z[..., None]), x_hat)
     np.testing.assert_allclose(float(gp), float(want), rtol=1e-3, atol=1e-7)
-    # The proposed variant (scan unrolled, perceptual split) computes the same step.
-    _, fixed_step, state2, extra2, _, _ = bench_train.jax_setup("wgan_vgg", patch, n, 1)
-    with bench_train.proposed_fixes():
-        new2, metrics2 = fixed_step(state2, gbatch, *extra2)
-    for k in metrics:
-        np.testing.assert_allclose(float(metrics2[k]), float(metrics[k]), rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(jax.tree.leaves(new2.params)[0], jax.tree.leaves(new.params)[0],
-                               rtol=1e-5, atol=1e-7)
