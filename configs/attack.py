@@ -24,32 +24,13 @@ import ml_collections
 
 from configs import common
 
-MODELS = ("gauss_ri", "cnn10", "wgan_vgg")
+MODELS = common.SWEEP_MODELS
 VARIANTS = ("default", "targeted", "paper")
 
 
 def get_config(arg=None):
-    model, _, variant = (arg or "gauss_ri").partition(",")
-    variant = variant or "default"
-    if model not in MODELS or variant not in VARIANTS:
-        raise ValueError(f"configs/attack.py: unknown preset {arg!r}; expected "
-                         f"<model>[,<variant>] with model in {MODELS} and variant in "
-                         f"{VARIANTS[1:]}")
-    c = ml_collections.ConfigDict()
-    c.job = "attack"
-    c.model = model
-    c.checkpoint = ""          # '' -> runs/cnn10/model or runs/wgan/model (unused by gauss_ri)
-    c.model_config = ml_collections.ConfigDict()
-
-    c.images = ""              # .npy [H, W] or [N, H, W] HU; '' -> slices from config.data
-    c.anatomy = "abdomen"
-    c.num_images = 2
-    c.image_seed = 0
-    c.crop = 0
-    c.data = common.data_config(patients_per_anatomy=1, slices=2, size=256,
-                                anatomies=("chest", "abdomen"))
-    c.data.anatomies = ("chest", "abdomen")
-    c.data.held_out_patients = 0
+    model, variant = common.sweep_preset("configs/attack.py", arg, VARIANTS)
+    c = common.sweep_config("attack", model)
 
     # The grid: methods x images (each chunk one method, all budgets).
     c.methods = ("fgsm", "bim", "pgd")
@@ -63,30 +44,13 @@ def get_config(arg=None):
     c.images_per_chunk = 2
 
     c.report = ml_collections.ConfigDict(dict(figures=True, compare=()))
-    c.seed = 0
-    c.distributed = "auto"
-    c.num_devices = 0
-    c.progress_bar = True
 
     if model == "gauss_ri":
         c.target_radius_px = 24  # reaches past the zeroed 30x30 square (inside it f is 0)
-        c.data.synthetic.size = 128
-        c.data.synthetic.slices = 1
-        c.data.anatomies = ("abdomen", "chest")
-    else:
-        # Slices of the size (pixel size) the training jobs use, centre-cropped for a CPU.
-        c.data = common.data_config(patients_per_anatomy=1, slices=2,
-                                    anatomies=("chest", "abdomen"))
-        c.data.anatomies = ("chest", "abdomen")
-        c.data.held_out_patients = 0
-        c.crop = 128
     if variant == "targeted":
         c.target = "remove_center"
     elif variant == "paper":
-        c.data = common.data_config()
-        c.data.source = "mayo"
-        c.data.held_out_patients = 0
-        c.crop = 0
+        common.mayo_sweep_data(c)
         c.epsilons_hu = (1.0, 2.0, 5.0, 10.0, 20.0)
         c.steps = 20
     c.lock()

@@ -32,34 +32,14 @@ import ml_collections
 
 from configs import common
 
-MODELS = ("gauss_ri", "cnn10", "wgan_vgg")
+MODELS = common.SWEEP_MODELS
 VARIANTS = ("default", "quick", "paper")
 
 
 def get_config(arg=None):
-    model, _, variant = (arg or "gauss_ri").partition(",")
-    variant = variant or "default"
-    if model not in MODELS or variant not in VARIANTS:
-        raise ValueError(f"configs/invariance.py: unknown preset {arg!r}; expected "
-                         f"<model>[,<variant>] with model in {MODELS} and variant in "
-                         f"{VARIANTS[1:]}")
-    c = ml_collections.ConfigDict()
-    c.job = "invariance"
-    c.model = model
-    c.checkpoint = ""          # '' -> runs/cnn10/model or runs/wgan/model (unused by gauss_ri)
-    c.model_config = ml_collections.ConfigDict()  # module arguments for gauss_ri (sigma, square)
-
-    # Images.
-    c.images = ""              # .npy [H, W] or [N, H, W] HU; '' -> slices from config.data
-    c.anatomy = "abdomen"      # anatomy of .npy images (picks the display window)
-    c.num_images = 2
-    c.image_seed = 0
-    c.crop = 0                 # centre crop to crop x crop px; 0 keeps whole slices
+    model, variant = common.sweep_preset("configs/invariance.py", arg, VARIANTS)
+    c = common.sweep_config("invariance", model)
     c.mask = ""                # .npy [H, W] or [N, H, W] in [0, 1]; '' -> everywhere
-    c.data = common.data_config(patients_per_anatomy=1, slices=2, size=256,
-                                anatomies=("chest", "abdomen"))
-    c.data.anatomies = ("chest", "abdomen")
-    c.data.held_out_patients = 0
 
     # The grid: distances x lambdas x images x seeds, cut into chunks of rows.
     c.distances = ("mse", "dssim")
@@ -77,27 +57,13 @@ def get_config(arg=None):
         figure_seed=-1,        # the seed shown in figures; -1: the first of config.seeds
         compare=(),            # other sweep workdirs whose summaries join the table
     ))
-    c.seed = 0                 # model init (gauss_ri has no params) and VGG random init
-    c.distributed = "auto"
-    c.num_devices = 0          # 0: every device
-    c.progress_bar = True
 
-    if model != "gauss_ri":
-        # Synthetic slices of the size (so the pixel size) the training jobs use, built in
-        # <workdir>/data, centre-cropped so that a CPU finishes in reasonable time.
-        c.data = common.data_config(patients_per_anatomy=1, slices=2,
-                                    anatomies=("chest", "abdomen"))
-        c.data.anatomies = ("chest", "abdomen")
-        c.data.held_out_patients = 0
-        c.crop = 128
-        c.search.iterations = 500
     if model == "gauss_ri":
-        c.data.synthetic.size = 128
-        c.data.synthetic.slices = 1
-        c.data.anatomies = ("abdomen", "chest")
         c.search.iterations = 300
         c.search.chunk = 50
         c.search.learning_rate = 0.05
+    else:
+        c.search.iterations = 500
     if variant == "quick":
         c.crop = 0 if model == "gauss_ri" else 64
         c.num_images = 1
@@ -105,10 +71,7 @@ def get_config(arg=None):
         c.search.chunk = 25
         c.lambdas = (1e-2,)
     elif variant == "paper":
-        c.data = common.data_config()
-        c.data.source = "mayo"
-        c.data.held_out_patients = 0
-        c.crop = 0
+        common.mayo_sweep_data(c)
         c.data.anatomies = ("chest", "abdomen")
         c.num_images = 2
         c.distances = ("mse", "dssim", "vgg16")
