@@ -77,3 +77,30 @@ def test_unsupported_cpu_compiler_options_fall_back_to_none(caplog):
     assert "xla_no_such_option" in caplog.text
     bad_value = {"xla_cpu_experimental_ynn_fusion_type": "NOT_A_FUSION_TYPE"}
     assert parallel.supported_cpu_options(bad_value) == {}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU properties")
+def test_wgan_train_step_program_has_no_loop_and_no_window_reversal():
+    """The WGAN step as the trainer compiles it (1 critic update, patch 48): no convolution in
+    a loop body (XLA:CPU runs those with a slow generic kernel) and none window-reversed."""
+    from ldct_jax import models
+    from ldct_jax.models import vgg as vgg_lib
+    from ldct_jax.train import supervised, wgan
+
+    key, patch, n_critic = jax.random.key(0), 48, 1
+    generator = models.create("wgan_vgg", key)
+    critic, cparams = wgan_vgg.init_critic(key, patch)
+    vgg = vgg_lib.random_init("vgg19", key, imagenet_norm=False)
+    opt = supervised.adam(1e-4, 0.5, 0.9)
+    mesh = parallel.make_mesh(1)
+    step = parallel.data_parallel_step(
+        wgan.make_step(generator, critic, vgg, opt, opt, wgan.WGANSettings(n_critic=n_critic)),
+        mesh, extra_args=1)
+    state = wgan.init_state(generator, cparams, opt, opt, seed=0)
+    batch = {k: jnp.zeros((2, n_critic, patch, patch)) for k in ("low", "full")}
+    hlo = step.lower(state, batch, vgg.params).compile().as_text()
+    convolutions = [line for line in hlo.splitlines() if " convolution(" in line]
+    assert len(convolutions) > 20
+    assert not [c for c in convolutions if "rhs_reversal" in c]
+    assert not [c for c in convolutions if "/while/" in c]

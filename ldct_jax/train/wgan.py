@@ -84,21 +84,21 @@ def make_step(generator: Denoiser, critic: nn.Module, vgg, g_optimizer, c_optimi
                              f"n_critic={settings.n_critic}")
         keys = jax.random.split(state_lib.step_key(state), settings.n_critic)
 
-        def critic_update(carry, inputs):
-            cparams, copt = carry
-            xi, yi, key = inputs
+        def critic_update(cparams, copt, xi, yi, key):
             fake = jax.lax.stop_gradient(generator.apply_net(state.params, xi))
             (loss, (w, gp)), grads = jax.value_and_grad(critic_loss_fn, has_aux=True)(
                 cparams, yi, fake, key)
             updates, copt = c_optimizer.update(grads, copt, cparams)
-            return (optax.apply_updates(cparams, updates), copt), (loss, w, gp,
-                                                                   optax.tree.norm(grads))
+            return optax.apply_updates(cparams, updates), copt, (loss, w, gp,
+                                                                 optax.tree.norm(grads))
 
-        # Unrolled: XLA:CPU runs convolutions inside a loop body several times slower
-        # (jax#12868), and n_critic is small.
-        (cparams, copt), (c_loss, w, gp, c_grad_norm) = jax.lax.scan(
-            critic_update, (state.critic_params, state.critic_opt_state), (x, y, keys),
-            unroll=True)
+        # A Python loop, not lax.scan: XLA:CPU runs convolutions inside a loop body (even a
+        # scan of length 1) with a slow generic kernel (jax#12868), and n_critic is small.
+        cparams, copt, stats = state.critic_params, state.critic_opt_state, []
+        for i in range(settings.n_critic):
+            cparams, copt, s = critic_update(cparams, copt, x[i], y[i], keys[i])
+            stats.append(s)
+        c_loss, w, gp, c_grad_norm = (jnp.stack(v) for v in zip(*stats))
 
         (g_loss, (adv, perc, mse)), grads = jax.value_and_grad(generator_loss_fn, has_aux=True)(
             state.params, cparams, vgg_params, x[-1], y[-1])
