@@ -91,13 +91,15 @@ def global_batch(local: Any, mesh: Mesh) -> Any:
         lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local)
 
 
-# XLA:CPU compiler options for training steps: XLA's default YNNPACK fusion types (individual
-# dots, individual convolutions, reductions) less the convolutions, which then run in Eigen,
-# their weight gradients above all faster. On 2 cores, patch 64, batch 8: a CNN-10 step 0.175 ->
-# 0.114 s, a WGAN-VGG step 4.7 -> 4.0 s (`python benchmarks/bench_train.py`). The invariance
-# search's 512x512 input gradients gain nothing from it, so the search keeps the default.
+# XLA:CPU compiler options for training steps: of XLA's default YNNPACK fusion types (individual
+# dots, individual convolutions, reductions) only the dots. Eigen then runs the convolutions,
+# their weight gradients above all, faster, and small VGG feature maps are not fused into one
+# slow YNNPACK region. On 2 cores (`python benchmarks/bench_train.py`): CNN-10 at patch 64,
+# batch 8, 0.175 -> 0.12 s/step; WGAN-VGG 4.7 -> 4.0 s; WGAN-VGG at patch 32, batch 4, one
+# critic update 0.95 -> 0.84 s. The invariance search's 512x512 input gradients gain nothing
+# from it, so the search keeps the default.
 CPU_TRAIN_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
-                              "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+                              "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 
 
 def supported_cpu_options(options: dict[str, str]) -> dict[str, str]:
