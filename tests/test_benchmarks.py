@@ -46,12 +46,13 @@ def test_conv_flops_by_hand():
 
 @pytest.mark.parametrize("name", ["cnn10", "wgan_vgg"])
 def test_search_flops_match_xla(name):
-    size = 48
+    size = 512  # the benchmark's size (cost analysis compiles, it does not run)
     d = models.create(name, jax.random.key(0))
     xla = bench_search.xla_step_flops(d, size)
     exact = common.search_iteration_flops(name, size, size, exact=True)
-    # XLA counts the taps inside the image (and elementwise work, well under 1 %).
-    assert abs(xla - exact) / exact < 0.01
+    # XLA counts the taps inside the image, elementwise work (about 0.5 %) and, for cnn10,
+    # col2im_conv's matmul over conv1's padded border (0.3 %): nothing missing, little extra.
+    assert 1.0 <= xla / exact < 1.015
     assert exact < common.search_iteration_flops(name, size, size)
 
 
