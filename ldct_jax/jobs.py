@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 
 import ml_collections
 
@@ -22,9 +23,12 @@ JOBS: dict[str, str] = {
 
 
 def default_workdir(config_arg: str) -> str:
-    """`configs/wgan.py:paper` -> `runs/wgan_paper`."""
+    """`configs/wgan.py:paper` -> `runs/wgan_paper`; `configs/invariance.py:cnn10,paper` ->
+    `runs/invariance_cnn10_paper` (a preset's separators become `_`, so the name is safe in
+    shells and CSV files)."""
     path, _, preset = config_arg.partition(":")
     name = os.path.splitext(os.path.basename(path))[0]
+    preset = re.sub(r"[^A-Za-z0-9.-]+", "_", preset).strip("_")
     return os.path.join("runs", f"{name}_{preset}" if preset else name)
 
 

@@ -29,6 +29,14 @@ def test_presets():
         data_config.get_config("huge")
 
 
+@pytest.mark.parametrize("arg,workdir", [
+    ("configs/wgan.py", "runs/wgan"), ("configs/wgan.py:paper", "runs/wgan_paper"),
+    ("configs/invariance.py:cnn10,paper", "runs/invariance_cnn10_paper"),
+    ("/abs/configs/attack.py:wgan_vgg", "runs/attack_wgan_vgg")])
+def test_default_workdir(arg, workdir):
+    assert jobs.default_workdir(arg) == os.path.join(*workdir.split("/"))
+
+
 @pytest.mark.slow
 def test_job_builds_into_workdir_and_writes_preview(tmp_path):
     config = _tiny(data_config.get_config("small"))
