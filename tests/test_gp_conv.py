@@ -81,14 +81,16 @@ def test_unsupported_cpu_compiler_options_fall_back_to_none(caplog):
 
 @pytest.mark.slow
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU properties")
-def test_wgan_train_step_program_has_no_loop_and_no_window_reversal():
-    """The WGAN step as the trainer compiles it (1 critic update, patch 48): no convolution in
-    a loop body (XLA:CPU runs those with a slow generic kernel) and none window-reversed."""
+@pytest.mark.parametrize("patch", [48, 32])
+def test_wgan_train_step_program_has_no_loop_and_no_window_reversal(patch):
+    """The WGAN step as the trainer compiles it (1 critic update): no convolution in a loop
+    body (XLA:CPU runs those with a slow generic kernel) and none window-reversed. At patch 32,
+    VGG19's block 5 works on 2x2 maps, smaller than its kernels (`vgg.Conv3x3`)."""
     from ldct_jax import models
     from ldct_jax.models import vgg as vgg_lib
     from ldct_jax.train import supervised, wgan
 
-    key, patch, n_critic = jax.random.key(0), 48, 1
+    key, n_critic = jax.random.key(0), 1
     generator = models.create("wgan_vgg", key)
     critic, cparams = wgan_vgg.init_critic(key, patch)
     vgg = vgg_lib.random_init("vgg19", key, imagenet_norm=False)

@@ -170,3 +170,18 @@ def test_features_jit_vmap_grad_and_pytree():
     assert grad.shape == x.shape and bool(jnp.all(jnp.isfinite(grad)))
     assert float(jnp.abs(grad).max()) > 0
     assert len(jax.tree.leaves(vgg)) == 2 * 13
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 3), (5, 4)])
+def test_conv3x3_is_nn_conv_on_maps_smaller_and_larger_than_the_kernel(size):
+    from flax import linen as nn
+    x = jax.random.normal(jax.random.key(0), (2, *size, 6))
+    init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+    ours = vgg_lib.Conv3x3(5, kernel_init=init)
+    ref = nn.Conv(5, (3, 3), padding=((1, 1), (1, 1)), kernel_init=init)
+    p, q = ours.init(jax.random.key(1), x), ref.init(jax.random.key(1), x)
+    jax.tree.map(np.testing.assert_array_equal, p, q)   # same tree, same init
+    q = jax.tree.map(lambda a: a + 0.1, q)              # a nonzero bias too
+    np.testing.assert_allclose(ours.apply(q, x), ref.apply(q, x), rtol=1e-5, atol=1e-5)
+    grads = [jax.grad(lambda u, m=m: jnp.sum(jnp.sin(m.apply(q, u))))(x) for m in (ours, ref)]
+    np.testing.assert_allclose(*grads, rtol=1e-5, atol=1e-5)
