@@ -27,8 +27,7 @@ def get_config(arg=None):
     c = common.train_config("wgan_vgg", dict(features=32, depth=8), checkpoint_every=100,
                             slices_per_patient=2)
     # 39.4 % RMSE reduction on the held-out synthetic slices (abdomen 37.9, chest 47.6, head
-    # 28.8 %) in 5:10 of training on 2 cores. Patches of 32 were slower per step on XLA:CPU
-    # (VGG19's conv5 maps of 2x2 are smaller than its kernels) and 250 steps of them gave 15.5 %.
+    # 28.8 %) in 5:10 of training on 2 cores; 250 steps on patches of 32 gave 15.5 %.
     c.num_steps = 400
     c.batch_size = 4
     c.patch_size = 48
