@@ -19,8 +19,10 @@ def lax_conv(x, w, padding):
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
+# Pads up to kernel - 1: lax's own transpose is wrong for larger ones on XLA:CPU.
 CASES = [((9, 9), 1, 4, "SAME"), ((4, 3), 2, 3, "SAME"), ((3, 3), 2, 5, "VALID"),
          ((5, 2), 3, 2, ((1, 3), (0, 2))), ((3, 3), 1, 2, ((2, 0), (0, 2)))]
+SLOW_FIRST = [pytest.param(*CASES[0], marks=pytest.mark.slow), *CASES[1:]]
 
 
 @pytest.mark.parametrize("kernel,cin,cout,padding", CASES)
@@ -36,7 +38,7 @@ def test_col2im_input_grad_is_the_transposed_convolution(kernel, cin, cout, padd
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(want))))
 
 
-@pytest.mark.parametrize("kernel,cin,cout,padding", CASES)
+@pytest.mark.parametrize("kernel,cin,cout,padding", SLOW_FIRST)  # 9x9 to second order: ~13 s
 def test_values_and_derivatives_match_lax(kernel, cin, cout, padding):
     kx, kw, kr = jax.random.split(jax.random.key(3), 3)
     x = jax.random.normal(kx, (2, 10, 12, cin))
@@ -69,6 +71,38 @@ def test_vmapped_input_gradient_matches_lax():
     np.testing.assert_allclose(*grads, rtol=1e-5, atol=1e-5)
 
 
+def test_input_gradient_inside_shard_map():
+    """Under shard_map the cotangent's type carries the mapped axis; both platform branches
+    are traced, so the non-CPU one must accept it too."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    mesh = jax.make_mesh((len(jax.devices()),), ("data",))
+    x = jax.device_put(jax.random.normal(jax.random.key(9), (len(jax.devices()), 8, 8, 1)),
+                       NamedSharding(mesh, P("data")))
+    w = jax.random.normal(jax.random.key(10), (3, 3, 1, 4))
+
+    def grad(conv):
+        per_shard = jax.grad(lambda u: jnp.sum(jnp.sin(conv(u, w, "SAME"))))
+        return jax.jit(jax.shard_map(per_shard, mesh=mesh, in_specs=P("data"),
+                                     out_specs=P("data")))(x)
+
+    np.testing.assert_allclose(grad(col2im_conv.conv), grad(lax_conv), rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_input_gradient_is_as_accurate_as_lax():
+    x = jax.random.normal(jax.random.key(11), (1, 32, 32, 1))
+    w = jax.random.normal(jax.random.key(12), (9, 9, 1, 64)) * 0.1
+    g = jax.random.normal(jax.random.key(13), (1, 32, 32, 64))
+    exact = jax.linear_transpose(lambda u: lax_conv(u, w, "SAME"), x)(g)[0]
+    bf = jnp.bfloat16
+    ours = col2im_conv.col2im_input_grad(g.astype(bf), w.astype(bf), ((4, 4), (4, 4)))
+    ref = jax.linear_transpose(lambda u: lax_conv(u, w.astype(bf), "SAME"), x.astype(bf))(
+        g.astype(bf))[0]
+    assert ours.dtype == bf
+    err = [float(jnp.sqrt(jnp.mean(jnp.square(a.astype(jnp.float32) - exact))
+                          / jnp.mean(jnp.square(exact)))) for a in (ours, ref)]
+    assert err[0] < 2 * err[1] + 1e-3, err
+
+
 def test_negative_padding_is_refused():
     x, w = jnp.zeros((1, 8, 8, 1)), jnp.zeros((3, 3, 1, 2))
     with pytest.raises(ValueError, match=r"non-negative.*\(-1, 1\)"):
@@ -83,6 +117,8 @@ def test_module_has_nn_conv_params_and_values():
     jax.tree.map(np.testing.assert_array_equal, p, q)   # same tree, same init
     q = jax.tree.map(lambda a: a + 0.1, q)              # a nonzero bias too
     np.testing.assert_allclose(ours.apply(q, x), ref.apply(q, x), rtol=1e-6, atol=1e-6)
+    low = x.astype(jnp.bfloat16)   # promoted to the params' float32, as nn.Conv does
+    assert ours.apply(q, low).dtype == ref.apply(q, low).dtype == jnp.float32
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU property")

@@ -185,3 +185,5 @@ def test_conv3x3_is_nn_conv_on_maps_smaller_and_larger_than_the_kernel(size):
     np.testing.assert_allclose(ours.apply(q, x), ref.apply(q, x), rtol=1e-5, atol=1e-5)
     grads = [jax.grad(lambda u, m=m: jnp.sum(jnp.sin(m.apply(q, u))))(x) for m in (ours, ref)]
     np.testing.assert_allclose(*grads, rtol=1e-5, atol=1e-5)
+    low = x.astype(jnp.bfloat16)   # promoted to the params' float32, as nn.Conv does
+    assert ours.apply(q, low).dtype == ref.apply(q, low).dtype == jnp.float32

@@ -55,13 +55,17 @@ def col2im_input_grad(g: jax.Array, w: jax.Array, pads: Pads) -> jax.Array:
     # one loop fusion straight from the matmul's output.
     g = lax.pad(g, jnp.zeros((), g.dtype), ((0, 0, 0), (kh - 1 - top, kh - 1 - bottom, 0),
                                             (kw - 1 - left, kw - 1 - right, 0), (0, 0, 0)))
-    columns = (g @ w.reshape(kh * kw * cin, cout).T).reshape(*g.shape[:3], kh, kw, cin)
-    return sum(columns[:, kh - 1 - i:kh - 1 - i + height, kw - 1 - j:kw - 1 - j + width, i, j]
-               for i in range(kh) for j in range(kw))
+    # Summed in float32 (81 terms for conv1), so that bfloat16 keeps lax's accuracy.
+    columns = jnp.matmul(g, w.reshape(kh * kw * cin, cout).T, preferred_element_type=jnp.float32)
+    columns = columns.reshape(*g.shape[:3], kh, kw, cin)
+    x_grad = sum(columns[:, kh - 1 - i:kh - 1 - i + height, kw - 1 - j:kw - 1 - j + width, i, j]
+                 for i in range(kh) for j in range(kw))
+    return x_grad.astype(g.dtype)
 
 
-def _lax_input_grad(g: jax.Array, w: jax.Array, x_spec: jax.ShapeDtypeStruct, pads: Pads):
-    return jax.linear_transpose(lambda u: _lax_conv(u, w, pads), x_spec)(g)[0]
+def _lax_input_grad(g: jax.Array, w: jax.Array, x: jax.Array, pads: Pads):
+    # x itself, not a ShapeDtypeStruct: inside shard_map its type carries the mapped axes.
+    return jax.linear_transpose(lambda u: _lax_conv(u, w, pads), x)(g)[0]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -75,10 +79,9 @@ def _conv_fwd(x, w, pads):
 
 def _conv_bwd(pads, residuals, g):
     x, w = residuals
-    x_spec = jax.ShapeDtypeStruct(x.shape, x.dtype)
     dx = lax.platform_dependent(
-        g, w, cpu=functools.partial(col2im_input_grad, pads=pads),
-        default=functools.partial(_lax_input_grad, x_spec=x_spec, pads=pads))
+        g, w, x, cpu=lambda g, w, x: col2im_input_grad(g, w, pads),
+        default=functools.partial(_lax_input_grad, pads=pads))
     dw = jax.linear_transpose(lambda v: _lax_conv(x, v, pads), w)(g)[0]
     return dx, dw
 
@@ -105,7 +108,8 @@ def conv(x: jax.Array, w: jax.Array, padding: str | Sequence[tuple[int, int]] = 
 
 
 class Conv(nn.Module):
-    """`nn.Conv` with stride 1 through `conv`: same params (`kernel` HWIO, `bias`), same init."""
+    """`nn.Conv` with stride 1 through `conv` on `[B, H, W, C]`: same params (`kernel` HWIO,
+    `bias`), same init, same dtype promotion."""
 
     features: int
     kernel_size: tuple[int, int] = (3, 3)
@@ -116,4 +120,5 @@ class Conv(nn.Module):
         kernel = self.param("kernel", nn.initializers.lecun_normal(),
                             (*self.kernel_size, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias)
         return conv(x, kernel, self.padding) + bias

@@ -88,7 +88,8 @@ def _normalise_taps(arch: str, taps: Union[str, Iterable[str]]) -> tuple[str, ..
 
 
 class Conv3x3(nn.Module):
-    """`nn.Conv(features, (3, 3), padding=1)`: the same params, init and values.
+    """`nn.Conv(features, (3, 3), padding=1)` on `[B, H, W, C]`: the same params, init, values
+    and dtype promotion.
 
     On maps smaller than the kernel (VGG's block 5 on patches under 48 px) XLA swaps the
     convolution's operands and adds window reversal, which XLA:CPU runs in a naive loop (a
@@ -104,6 +105,7 @@ class Conv3x3(nn.Module):
     def __call__(self, x):
         kernel = self.param("kernel", self.kernel_init, (3, 3, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias)
         height, width = x.shape[1:3]
         if min(height, width) >= 3:
             y = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
