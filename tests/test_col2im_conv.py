@@ -12,6 +12,7 @@ import pytest
 from jax import lax
 
 from ldct_jax.models import cnn10, col2im_conv
+from tests import nets
 
 
 def lax_conv(x, w, padding):
@@ -111,14 +112,8 @@ def test_negative_padding_is_refused():
 
 def test_module_has_nn_conv_params_and_values():
     x = jax.random.normal(jax.random.key(6), (2, 12, 12, 1))
-    ours = col2im_conv.Conv(5, (9, 9), padding="SAME")
-    ref = nn.Conv(5, (9, 9), padding="SAME")
-    p, q = ours.init(jax.random.key(7), x), ref.init(jax.random.key(7), x)
-    jax.tree.map(np.testing.assert_array_equal, p, q)   # same tree, same init
-    q = jax.tree.map(lambda a: a + 0.1, q)              # a nonzero bias too
-    np.testing.assert_allclose(ours.apply(q, x), ref.apply(q, x), rtol=1e-6, atol=1e-6)
-    low = x.astype(jnp.bfloat16)   # promoted to the params' float32, as nn.Conv does
-    assert ours.apply(q, low).dtype == ref.apply(q, low).dtype == jnp.float32
+    nets.assert_is_nn_conv(col2im_conv.Conv(5, (9, 9), padding="SAME"),
+                           nn.Conv(5, (9, 9), padding="SAME"), x)
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU property")

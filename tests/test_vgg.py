@@ -11,6 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from ldct_jax.models import vgg as vgg_lib  # noqa: E402
+from tests import nets  # noqa: E402
 from tests.torch_vgg import TorchVGG  # noqa: E402
 
 
@@ -179,11 +180,6 @@ def test_conv3x3_is_nn_conv_on_maps_smaller_and_larger_than_the_kernel(size):
     init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
     ours = vgg_lib.Conv3x3(5, kernel_init=init)
     ref = nn.Conv(5, (3, 3), padding=((1, 1), (1, 1)), kernel_init=init)
-    p, q = ours.init(jax.random.key(1), x), ref.init(jax.random.key(1), x)
-    jax.tree.map(np.testing.assert_array_equal, p, q)   # same tree, same init
-    q = jax.tree.map(lambda a: a + 0.1, q)              # a nonzero bias too
-    np.testing.assert_allclose(ours.apply(q, x), ref.apply(q, x), rtol=1e-5, atol=1e-5)
+    q = nets.assert_is_nn_conv(ours, ref, x, rtol=1e-5)
     grads = [jax.grad(lambda u, m=m: jnp.sum(jnp.sin(m.apply(q, u))))(x) for m in (ours, ref)]
     np.testing.assert_allclose(*grads, rtol=1e-5, atol=1e-5)
-    low = x.astype(jnp.bfloat16)   # promoted to the params' float32, as nn.Conv does
-    assert ours.apply(q, low).dtype == ref.apply(q, low).dtype == jnp.float32

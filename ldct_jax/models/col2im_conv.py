@@ -27,12 +27,13 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-_DIMENSIONS = ("NHWC", "HWIO", "NHWC")
+from ldct_jax.models import conv_params
+
 Pads = tuple[tuple[int, int], tuple[int, int]]
 
 
 def _lax_conv(x: jax.Array, w: jax.Array, pads: Pads) -> jax.Array:
-    return lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=_DIMENSIONS)
+    return lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=conv_params.NHWC)
 
 
 def col2im_input_grad(g: jax.Array, w: jax.Array, pads: Pads) -> jax.Array:
@@ -48,7 +49,7 @@ def col2im_input_grad(g: jax.Array, w: jax.Array, pads: Pads) -> jax.Array:
     """
     kh, kw, cin, cout = w.shape
     (top, bottom), (left, right) = pads
-    batch, ho, wo, _ = g.shape
+    _, ho, wo, _ = g.shape
     height, width = ho + kh - 1 - top - bottom, wo + kw - 1 - left - right
     # x[h, w] receives (g @ W^T)[h + top - i, w + left - j, (i, j)] for every tap (i, j).
     # Padding g rather than the columns keeps the slices in bounds, so that XLA sums them in
@@ -117,8 +118,5 @@ class Conv(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                            (*self.kernel_size, x.shape[-1], self.features))
-        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias)
+        x, kernel, bias = conv_params.declare(self, x, self.features, self.kernel_size)
         return conv(x, kernel, self.padding) + bias

@@ -22,7 +22,8 @@ import flax.linen as nn
 import jax
 from jax import lax
 
-_DIMENSIONS = ("NHWC", "HWIO", "NHWC")
+from ldct_jax.models import conv_params
+
 
 
 def conv(x: jax.Array, w: jax.Array, strides: Sequence[int] = (1, 1),
@@ -33,7 +34,7 @@ def conv(x: jax.Array, w: jax.Array, strides: Sequence[int] = (1, 1),
     Reverse mode only (`jax.jvp` through it raises).
     """
     linear = functools.partial(lax.conv_general_dilated, window_strides=tuple(strides),
-                               padding=padding, dimension_numbers=_DIMENSIONS)
+                               padding=padding, dimension_numbers=conv_params.NHWC)
     x_spec = jax.ShapeDtypeStruct(x.shape, x.dtype)
     w_spec = jax.ShapeDtypeStruct(w.shape, w.dtype)
 
@@ -69,7 +70,8 @@ def conv(x: jax.Array, w: jax.Array, strides: Sequence[int] = (1, 1),
 
 
 class Conv(nn.Module):
-    """`nn.Conv` for NHWC images through `conv`: same params (`kernel` HWIO, `bias`), same init."""
+    """`nn.Conv` for NHWC images through `conv`: same params (`kernel` HWIO, `bias`), same init,
+    same dtype promotion."""
 
     features: int
     kernel_size: tuple[int, int] = (3, 3)
@@ -78,7 +80,5 @@ class Conv(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                            (*self.kernel_size, x.shape[-1], self.features))
-        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        x, kernel, bias = conv_params.declare(self, x, self.features, self.kernel_size)
         return conv(x, kernel, self.strides, self.padding) + bias

@@ -38,6 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from ldct_jax.models import conv_params
+
 Params = Any
 
 # Convolutions per block and their channels.
@@ -103,13 +105,11 @@ class Conv3x3(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        kernel = self.param("kernel", self.kernel_init, (3, 3, x.shape[-1], self.features))
-        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias)
+        x, kernel, bias = conv_params.declare(self, x, self.features, (3, 3), self.kernel_init)
         height, width = x.shape[1:3]
         if min(height, width) >= 3:
             y = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
-                                             dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                             dimension_numbers=conv_params.NHWC,
                                              precision=self.precision)
         else:
             padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
