@@ -1,29 +1,28 @@
 """Patches per second of the patch sampler, next to what a train step consumes.
 
-    python benchmarks/bench_sampling.py                       # synthetic set in /tmp, built once
-    python benchmarks/bench_sampling.py --root=DIR            # a synthetic set built at DIR
-    python benchmarks/bench_sampling.py --source=memmap       # random 512x512 memmaps (no build)
-    python benchmarks/bench_sampling.py --mayo=ROOT           # cached Mayo data
+    python -m benchmarks.bench_sampling                       # synthetic set in /tmp, built once
+    python -m benchmarks.bench_sampling --root=DIR            # a synthetic set built at DIR
+    python -m benchmarks.bench_sampling --source=memmap       # random 512x512 memmaps (no build)
+    python -m benchmarks.bench_sampling --mayo=ROOT           # cached Mayo data
 
 The sampler reads from the cached memory maps (page cache warm after the first pass, as in a
-training run whose data set fits in RAM). The train-step column times a jitted CNN-10 step
-(Adam, MSE in network units) at the same batch and patch size on the default JAX backend,
-data-parallel over all local devices; `--train_step_ms=X` uses a given number instead.
+training run whose data set fits in RAM). The train-step column times the trainer's CNN-10 step
+(`ldct_jax.train.supervised`, Adam on the MSE in network units) at the same batch and patch size
+on the default JAX backend, data-parallel over all local devices; `--train_step_ms=X` uses a
+given number instead.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+from absl import app, flags
 
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
-
-from ldct_jax.data import Scan, sampling  # noqa: E402
+from ldct_jax.data import Scan, sampling
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("source", "synthetic", ["synthetic", "memmap"], "data when --mayo is unset")
@@ -34,7 +33,7 @@ flags.DEFINE_integer("patients_per_anatomy", 2, "synthetic/memmap size")
 flags.DEFINE_integer("slices", 8, "synthetic/memmap slices per patient")
 flags.DEFINE_float("seconds", 2.0, "time spent per configuration")
 flags.DEFINE_float("train_step_ms", -1.0, "train step time to compare with; < 0: time CNN-10")
-flags.DEFINE_integer("prefetch", 0, "also time Sampler.iterate with this many prefetched batches")
+flags.DEFINE_integer("prefetch", 0, "also time sampling.prefetch with this many batches ahead")
 flags.DEFINE_integer("workers", 1, "threads preparing prefetched batches")
 
 CONFIGS = ((64, 128), (64, 16), (80, 128), (80, 16))  # (patch, global batch)
@@ -80,33 +79,22 @@ def rate(fn, batch: int) -> float:
 
 
 def cnn10_step_rate(patch: int, batch: int) -> float:
-    """Patches per second of a jitted, data-parallel CNN-10 Adam step."""
+    """Patches per second of the trainer's jitted, data-parallel CNN-10 Adam step."""
     import jax
-    import jax.numpy as jnp
-    import optax
 
     from ldct_jax import models, parallel
+    from ldct_jax.train import supervised
     d = models.create("cnn10", jax.random.key(0))
-    opt = optax.adam(1e-4)
+    opt = supervised.adam(1e-4, 0.9, 0.999)
     mesh = parallel.make_mesh()
-    params = parallel.replicate(d.params, mesh)
-    opt_state = parallel.replicate(opt.init(d.params), mesh)
-
-    @jax.jit
-    def step(params, opt_state, low, full):
-        loss_fn = lambda p: jnp.mean((d.apply_net(p, d.to_net(low)) - d.to_net(full)) ** 2)  # noqa
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = opt.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    rng = np.random.default_rng(0)
-    x = rng.normal(0, 300, (batch, patch, patch)).astype(np.float32)
-    low, full = parallel.global_batch((x, x), mesh)
-    state = [params, opt_state]
+    step = parallel.data_parallel_step(supervised.make_step(d.spec, opt), mesh)
+    state = [parallel.replicate(supervised.init_state(d, opt, 0), mesh)]
+    x = np.random.default_rng(0).normal(0, 300, (batch, patch, patch)).astype(np.float32)
+    data = parallel.global_batch({"low": x, "full": x}, mesh)
 
     def one(_):
-        state[0], state[1], loss = step(state[0], state[1], low, full)
-        loss.block_until_ready()
+        state[0], metrics = step(state[0], data)
+        jax.block_until_ready(metrics)
 
     return rate(one, batch)
 
@@ -129,8 +117,8 @@ def main(_):
             r = rate(lambda step: sampling.sample_batch(scans, step, **kw), batch)
             row = f"| {patch} | {batch} | {r:,.0f} | {1e3 * batch / r:.2f} |"
             if FLAGS.prefetch:
-                it = sampling.Sampler(scans, **kw, process_index=0, process_count=1).iterate(
-                    prefetch=FLAGS.prefetch, workers=FLAGS.workers)
+                it = sampling.prefetch(lambda step: sampling.sample_batch(scans, step, **kw),
+                                       itertools.count(), FLAGS.prefetch, FLAGS.workers)
                 row += f" {rate(lambda _: next(it), batch):,.0f} |"
             t = (cnn10_step_rate(patch, batch) if FLAGS.train_step_ms < 0
                  else 1e3 * batch / FLAGS.train_step_ms)

@@ -1,19 +1,20 @@
 """Invariance-search throughput (image-iterations/s) of ldct_jax against a PyTorch Adam loop.
 
-    python benchmarks/bench_search.py                          # 512x512, batch 1 and 8
-    python benchmarks/bench_search.py --repeats=3              # best of 3 (shared machines)
-    python benchmarks/bench_search.py --size=256 --batches=1,2,4 --models=cnn10
-    python benchmarks/bench_search.py --impls=scan,python,torch --size=256 --batches=1
+    python -m benchmarks.bench_search                          # 512x512, batch 1 and 8
+    python -m benchmarks.bench_search --repeats=3              # best of 3 (shared machines)
+    python -m benchmarks.bench_search --size=256 --batches=1,2,4 --models=cnn10
+    python -m benchmarks.bench_search --impls=scan,python,torch --size=256 --batches=1
 
 One iteration per image is the forward pass of the denoiser on x + x_inv and the gradient of
 L = D_out(f(x + x_inv), f(x)) - lambda min(MSE(x + x_inv, x), 1) with respect to x_inv, then
 Adam and the projection to the valid HU range. Implementations, timed in the same run on the
 same random-init weights:
 
-  scan     `ldct_jax.invariance.search.Searcher` with `SearchOptions(loop='scan')`: a vmapped
-           step inside a `lax.scan` over each chunk (the accelerator path).
-  python   the same with `loop='python'`: one jitted vmapped step per iteration, no loop in
-           the program (what `loop='auto'` picks on CPU).
+  scan     `ldct_jax.analysis.search.Searcher` with the fast paths off
+           (`LDCT_JAX_FAST_PATHS=0`): a vmapped step inside a `lax.scan` over each chunk and
+           plain convolutions (the accelerator path).
+  python   the same with the fast paths on, as on CPU by default: one jitted vmapped step per
+           iteration, no loop in the program, CNN-10's conv1 gradient as a matmul.
   torch    plain PyTorch: the same network in NCHW with the weights copied, `torch.optim.Adam`
            on x_inv `[B, H, W]` fed the gradient of H W sum_i L_i (as the library's Adam), the
            same clip.
@@ -28,21 +29,20 @@ PyTorch in this run (the larger); a 3x3 32->32 conv rate is shown for reference.
 
 Why two JAX paths: XLA:CPU (jaxlib 0.10) runs the gradient convolutions that JAX's conv
 transpose rules emit (kernel `rev` + swapped dimension numbers) with a slow generic kernel when
-they sit inside a while loop; outside a loop they get YNNPACK kernels (jax#12868).
+they sit inside a while loop; outside a loop they get YNNPACK kernels (jax#12868). See
+`ldct_jax.fastpath`.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import time
+from unittest import mock
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import numpy as np
+from absl import app, flags
 
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
-
-import common  # noqa: E402
+from benchmarks import common, torch_twins
 
 FLAGS = flags.FLAGS
 
@@ -74,17 +74,22 @@ def chunk_of(impl: str) -> int:
     return max(FLAGS.chunk, 2) if impl == "scan" else FLAGS.chunk
 
 
-def jax_seconds(loop: str, denoiser, images: np.ndarray) -> float:
-    """Best seconds per chunk of the library's search with `loop`, after one compiling chunk."""
-    from ldct_jax.invariance import search as search_lib
-    n, chunk = len(images), chunk_of(loop)
+def jax_seconds(impl: str, denoiser, images: np.ndarray) -> float:
+    """Best seconds per chunk of the library's search (`impl` 'python': fast paths on, 'scan':
+    off), after one compiling chunk."""
+    from ldct_jax import fastpath
+    from ldct_jax.analysis import search as search_lib
+    n, chunk = len(images), chunk_of(impl)
     options = search_lib.SearchOptions(iterations=(1 + FLAGS.repeats) * chunk, chunk=chunk,
-                                       learning_rate=LR, loop=loop)
-    searcher = search_lib.Searcher(denoiser, ["mse"], options)
-    rows = search_lib.make_rows(n, n, lambdas=FLAGS.lam, distances="mse", seeds=list(range(n)))
-    stamps = []
-    searcher.run(denoiser.params, images, rows,
-                 progress=lambda done: stamps.append(time.perf_counter()))
+                                       learning_rate=LR)
+    switch = "0" if impl == "scan" else os.environ.get(fastpath.ENV, "1")
+    with mock.patch.dict(os.environ, {fastpath.ENV: switch}):
+        searcher = search_lib.Searcher(denoiser.spec, ["mse"], options)
+        rows = search_lib.make_rows(n, n, lambdas=FLAGS.lam, distances="mse",
+                                    seeds=list(range(n)))
+        stamps = []
+        searcher.run(denoiser.params, images, rows,
+                     progress=lambda done: stamps.append(time.perf_counter()))
     return float(np.min(np.diff(stamps)))
 
 
@@ -102,15 +107,16 @@ def torch_seconds(denoiser, images: np.ndarray) -> float:
     import torch
 
     from ldct_jax import ct
-    net = common.torch_denoiser(denoiser.name, denoiser.params)
+    spec = denoiser.spec
+    net = torch_twins.denoiser(spec.name, denoiser.params)
     for p in net.parameters():
         p.requires_grad_(False)
-    lo, hi = (float(denoiser.to_net(v)) for v in (ct.HU_MIN, ct.HU_MAX))
-    x = torch.from_numpy(np.asarray(denoiser.to_net(images), np.float32))
+    lo, hi = (float(spec.to_net(v)) for v in (ct.HU_MIN, ct.HU_MAX))
+    x = torch.from_numpy(np.asarray(spec.to_net(images), np.float32))
     with torch.no_grad():
         y0 = net(x[:, None])[:, 0]
     g = torch.Generator().manual_seed(0)
-    delta = (torch.randn(x.shape, generator=g) / denoiser.scale).requires_grad_(True)
+    delta = (torch.randn(x.shape, generator=g) / spec.scale).requires_grad_(True)
     mask = torch.ones_like(x)
     lam = torch.full((len(x),), FLAGS.lam)
     pixels = float(x.shape[-2] * x.shape[-1])
@@ -134,16 +140,18 @@ def torch_seconds(denoiser, images: np.ndarray) -> float:
 
 
 def xla_step_flops(denoiser, size: int) -> float:
-    """XLA's FLOP count of one search step's value-and-gradient on one image."""
+    """XLA's FLOP count of one search step's value-and-gradient on one image (fast paths on)."""
     import jax
     import jax.numpy as jnp
 
-    from ldct_jax import losses
+    from ldct_jax import distances, fastpath
+
+    apply_net = fastpath.convolutions(denoiser.spec.apply_net)
 
     def objective(delta, params, x, y0, lam):
         xp = x + delta
-        d_out = jnp.mean(jnp.square(denoiser.apply_net(params, xp) - y0))
-        return d_out - lam * losses.bounded_mse(xp, x)
+        d_out = jnp.mean(jnp.square(apply_net(params, xp) - y0))
+        return d_out - lam * distances.bounded_mse(xp, x)
 
     x = jnp.zeros((size, size), jnp.float32)
     fn = jax.jit(jax.value_and_grad(objective))

@@ -1,8 +1,8 @@
 """Train-step throughput (patches/s) of ldct_jax's CNN-10 and WGAN-VGG steps against PyTorch.
 
-    python benchmarks/bench_train.py                               # patch 64, batch 8, CPU
-    python benchmarks/bench_train.py --batch=128 --repeats=5       # the paper's batch
-    python benchmarks/bench_train.py --models=wgan_vgg --n_critic=1
+    python -m benchmarks.bench_train                               # patch 64, batch 8, CPU
+    python -m benchmarks.bench_train --batch=128 --repeats=5       # the paper's batch
+    python -m benchmarks.bench_train --models=wgan_vgg --n_critic=1
 
 Implementations, timed in the same run on the same random weights and random HU patches:
 
@@ -21,17 +21,13 @@ The VGG19 is random-init (timing only). On a GPU (JAX's default device a GPU and
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 from typing import Any, Callable
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import numpy as np
+from absl import app, flags
 
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
-
-import common  # noqa: E402
+from benchmarks import common, torch_twins
 
 FLAGS = flags.FLAGS
 
@@ -68,26 +64,25 @@ def jax_setup(model: str, patch: int, batch: int, n_critic: int, seed: int = 0):
     import jax
 
     from ldct_jax import models, parallel
-    from ldct_jax.models import vgg as vgg_lib
-    from ldct_jax.models import wgan_vgg
+    from ldct_jax.models import vgg_weights, wgan_vgg
     from ldct_jax.train import supervised, wgan
 
     mesh = parallel.make_mesh()
-    parallel.check_batch_divisible(batch, mesh, "batch")
+    parallel.check_batch_divisible(batch, mesh)
     key = jax.random.key(seed)
     d = models.create(model, jax.random.fold_in(key, 0))
     opt = supervised.adam(LR, B1, B2)
     if model == "cnn10":
         state = supervised.init_state(d, opt, seed)
-        step = parallel.data_parallel_step(supervised.make_step(d, opt), mesh)
+        step = parallel.data_parallel_step(supervised.make_step(d.spec, opt), mesh)
         return d, step, parallel.replicate(state, mesh), (), mesh, {}
     critic, cparams = wgan_vgg.init_critic(jax.random.fold_in(key, 1), patch)
-    vgg = vgg_lib.random_init("vgg19", jax.random.fold_in(key, 2), imagenet_norm=False)
+    vgg = vgg_weights.random_init("vgg19", jax.random.fold_in(key, 2), imagenet_norm=False)
     copt = supervised.adam(LR, B1, B2)
     settings = wgan.WGANSettings(n_critic=n_critic, gp_weight=GP_WEIGHT,
                                  perceptual_weight=PERCEPTUAL_WEIGHT, tap=TAP)
     state = wgan.init_state(d, cparams, opt, copt, seed)
-    step = parallel.data_parallel_step(wgan.make_step(d, critic, vgg, opt, copt, settings),
+    step = parallel.data_parallel_step(wgan.make_step(d.spec, critic, vgg, opt, copt, settings),
                                        mesh, extra_args=1)
     extra = (parallel.replicate(vgg.params, mesh),)
     return d, step, parallel.replicate(state, mesh), extra, mesh, {"critic": cparams,
@@ -122,12 +117,12 @@ class TorchCNN10Step:
     def __init__(self, denoiser, device: str = "cpu"):
         import torch
         self.d, self.device = denoiser, device
-        self.net = common.torch_denoiser(denoiser.name, denoiser.params).to(device)
+        self.net = torch_twins.denoiser(denoiser.spec.name, denoiser.params).to(device)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=LR, betas=(B1, B2))
 
     def loss(self, low, full):
         import torch
-        x, y = self.d.to_net(low)[:, None], self.d.to_net(full)[:, None]
+        x, y = self.d.spec.to_net(low)[:, None], self.d.spec.to_net(full)[:, None]
         return torch.mean(torch.square(self.net(x) - y))
 
     def __call__(self, batch) -> dict:
@@ -145,9 +140,9 @@ class TorchWGANStep:
                  seed: int = 0):
         import torch
         self.d, self.device = generator, device
-        self.g = common.torch_denoiser(generator.name, generator.params).to(device)
-        self.c = common.torch_critic(critic_params, patch).to(device)
-        self.vgg = common.torch_vgg_to("vgg19", vgg.params, TAP).to(device)
+        self.g = torch_twins.denoiser(generator.spec.name, generator.params).to(device)
+        self.c = torch_twins.critic(critic_params, patch).to(device)
+        self.vgg = torch_twins.vgg_to("vgg19", vgg.params, TAP).to(device)
         for p in self.vgg.parameters():
             p.requires_grad_(False)
         self.g_opt = torch.optim.Adam(self.g.parameters(), lr=LR, betas=(B1, B2))
@@ -176,8 +171,8 @@ class TorchWGANStep:
 
     def __call__(self, batch) -> dict:
         import torch
-        x = self.d.to_net(batch["low"])[:, :, None]    # [B, n_critic, 1, p, p]
-        y = self.d.to_net(batch["full"])[:, :, None]
+        x = self.d.spec.to_net(batch["low"])[:, :, None]    # [B, n_critic, 1, p, p]
+        y = self.d.spec.to_net(batch["full"])[:, :, None]
         for i in range(x.shape[1]):
             with torch.no_grad():
                 fake = self.g(x[:, i])

@@ -1,22 +1,13 @@
-"""Shared pieces of the side-by-side benchmarks: timing, FLOP counts, ceilings, PyTorch twins.
+"""Shared pieces of the side-by-side benchmarks: timing, FLOP counts, ceilings.
 
-The PyTorch networks here are the project's denoisers and critic written out in plain
-`torch.nn` (NCHW), with weights copied from the JAX params, so that both sides of a benchmark
-compute the same function on the same numbers (tests/test_benchmarks.py checks this).
+The PyTorch side of every benchmark is `benchmarks.torch_twins`, holding the JAX params.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import time
-from typing import Any, Callable, Mapping, Sequence
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import numpy as np  # noqa: E402
-
-Params = Any
+from typing import Any, Callable
 
 # (kernel size, in channels, out channels) of every conv, in order; SAME padding, stride 1.
 CONVS: dict[str, tuple[tuple[int, int, int], ...]] = {
@@ -148,106 +139,6 @@ def jax_conv_gflops(size: int = 512, channels: int = 32, batch: int = 8,
         x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
     t = best_time(lambda: conv(x, k).block_until_ready(), repeats)
     return batch * conv_flops(size, size, 3, channels, channels) / t / 1e9
-
-
-# ---------------------------------------------------------------------------------------------
-# PyTorch twins of the JAX networks (weights copied from Flax params)
-
-
-def tensor(a) -> "torch.Tensor":  # noqa: F821
-    """A float32 torch tensor holding a copy of `a` (JAX arrays are read-only to numpy)."""
-    import torch
-    return torch.from_numpy(np.array(a, dtype=np.float32, order="C", copy=True))
-
-
-def load_conv(conv, p: Mapping[str, Any]) -> None:
-    """Copies a Flax conv's `{'kernel': HWIO, 'bias'}` into a `torch.nn.Conv2d` (OIHW)."""
-    import torch
-    with torch.no_grad():
-        conv.weight.copy_(tensor(np.asarray(p["kernel"]).transpose(3, 2, 0, 1)))
-        conv.bias.copy_(tensor(p["bias"]))
-
-
-def torch_denoiser(name: str, params: Params) -> "torch.nn.Module":  # noqa: F821
-    """`name` ('cnn10' or 'wgan_vgg') as a `torch.nn.Sequential` on `[B, 1, H, W]` network
-    units, with the JAX `params`."""
-    from torch import nn
-    layers: list = []
-    convs = CONVS[name]
-    for i, (k, ci, co) in enumerate(convs):
-        conv = nn.Conv2d(ci, co, k, padding=k // 2)
-        load_conv(conv, params[f"conv{i + 1}"])
-        layers.append(conv)
-        if i < len(convs) - 1:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
-
-
-def torch_critic(params: Params, patch: int,
-                 features: Sequence[int] = (64, 64, 128, 128, 256, 256),
-                 strides: Sequence[int] = (1, 2, 1, 2, 1, 2),
-                 slope: float = 0.01) -> "torch.nn.Module":  # noqa: F821
-    """The WGAN-VGG critic on `[B, 1, p, p]` -> `[B]`, with the JAX `params`.
-
-    Flax flattens the last feature map as (h, w, c), PyTorch as (c, h, w): fc1's rows are
-    permuted once here instead of the activations at every call.
-    """
-    import torch
-    from torch import nn
-    from ldct_jax.models.wgan_vgg import critic_output_size
-
-    layers: list = []
-    cin = 1
-    for i, (f, s) in enumerate(zip(features, strides)):
-        conv = nn.Conv2d(cin, f, 3, stride=s)
-        load_conv(conv, params[f"conv{i + 1}"])
-        layers += [conv, nn.LeakyReLU(slope)]
-        cin = f
-    side = critic_output_size(patch, tuple(strides))
-    k1 = np.asarray(params["fc1"]["kernel"])  # [(h, w, c), hidden]
-    hidden = k1.shape[1]
-    fc1, fc2 = nn.Linear(k1.shape[0], hidden), nn.Linear(hidden, 1)
-    with torch.no_grad():
-        w1 = k1.reshape(side, side, cin, hidden).transpose(3, 2, 0, 1).reshape(hidden, -1)
-        fc1.weight.copy_(tensor(w1))
-        fc1.bias.copy_(tensor(params["fc1"]["bias"]))
-        fc2.weight.copy_(tensor(np.asarray(params["fc2"]["kernel"]).T))
-        fc2.bias.copy_(tensor(params["fc2"]["bias"]))
-    layers += [nn.Flatten(), fc1, nn.LeakyReLU(slope), fc2, nn.Flatten(0)]
-    return nn.Sequential(*layers)
-
-
-# torchvision cfg "E" (VGG19) up to conv5_4; cfg "D" (VGG16).
-VGG_CFGS = {
-    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512],
-    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
-              512, 512, 512, 512],
-}
-
-
-def torch_vgg_to(arch: str, params: Params, tap: str) -> "torch.nn.Module":  # noqa: F821
-    """torchvision VGG `.features` on `[B, 3, H, W]` up to conv tap `tap` (before its ReLU),
-    with the JAX VGG `params`."""
-    from torch import nn
-    if not tap.startswith("conv"):
-        raise ValueError(f"torch_vgg_to: only conv taps are supported, got {tap!r}")
-    layers: list = []
-    cin, block, index = 3, 1, 0
-    for v in VGG_CFGS[arch]:
-        if v == "M":
-            layers.append(nn.MaxPool2d(2, 2))
-            block, index = block + 1, 0
-            continue
-        index += 1
-        conv = nn.Conv2d(cin, v, 3, padding=1)
-        name = f"conv{block}_{index}"
-        load_conv(conv, params[name])
-        layers.append(conv)
-        if name == tap:
-            return nn.Sequential(*layers)
-        layers.append(nn.ReLU())
-        cin = v
-    raise ValueError(f"torch_vgg_to: tap {tap!r} is not in {arch}")
 
 
 def fmt_rate(x: float) -> str:

@@ -14,7 +14,8 @@ Variants (after a comma):
   targeted   towards config.target: 'remove_center' (f(x) with the central disc of
              config.target_radius_px replaced by the median of the ring around it: the output
              with whatever lay there removed) or a .npy of output images in HU.
-  paper      Mayo slices at 512x512 (--config.data.root=...), budgets 1 to 20 HU, 20 steps.
+  paper      Mayo chest and abdomen slices at 512x512 (--config.data.root=...), budgets 1 to
+             20 HU, 20 steps.
 
 Images as in configs/invariance.py: config.images (.npy) or config.num_images slices of
 config.data. Every field can be overridden, e.g. --config.epsilons_hu='(1., 10.)'.
@@ -22,15 +23,15 @@ config.data. Every field can be overridden, e.g. --config.epsilons_hu='(1., 10.)
 
 import ml_collections
 
-from configs import common
+from ldct_jax.jobs import configs
 
-MODELS = common.SWEEP_MODELS
+MODELS = configs.SWEEP_MODELS
 VARIANTS = ("default", "targeted", "paper")
 
 
 def get_config(arg=None):
-    model, variant = common.sweep_preset("configs/attack.py", arg, VARIANTS)
-    c = common.sweep_config("attack", model)
+    model, variant = configs.parse_preset("configs/attack.py", arg, MODELS, VARIANTS)
+    c = configs.sweep_config("attack", model)
 
     # The grid: methods x images (each chunk one method, all budgets).
     c.methods = ("fgsm", "bim", "pgd")
@@ -50,7 +51,7 @@ def get_config(arg=None):
     if variant == "targeted":
         c.target = "remove_center"
     elif variant == "paper":
-        common.mayo_sweep_data(c)
+        configs.mayo_sweep_data(c)
         c.epsilons_hu = (1.0, 2.0, 5.0, 10.0, 20.0)
         c.steps = 20
     c.lock()

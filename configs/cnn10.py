@@ -4,8 +4,8 @@ Presets:
   (none)      synthetic data built into <workdir>/data; about 6 minutes on a 2-core CPU with the
               data build (2000 steps, batch 16, patches 48, Adam 1e-3 with a cosine decay).
   paper       Mayo data (--config.data.root=...), patches 64x64, batch 128, Adam 1e-5 with
-              betas 0.5/0.9: the settings the issue calls published (Yang et al. 2018), used
-              for both networks so that they are trained alike.
+              betas 0.5/0.9: the published WGAN-VGG settings (Yang et al. 2018), used for both
+              networks so that they are trained alike.
   ldctbench   ldct-benchmark's tuned values (configs/cnn10.yaml of eeulig/ldct-benchmark):
               patches 92, batch 68, Adam 1.58e-4 (0.9, 0.999), 86188 iterations, Mayo data.
 
@@ -14,13 +14,15 @@ Every field can be overridden, e.g. --config.num_steps=100 --config.optimizer.lr
 
 import ml_collections
 
-from configs import common
+from ldct_jax.jobs import configs
+
+PRESETS = ("default", "paper", "ldctbench")
 
 
 def get_config(arg=None):
-    preset = arg or "default"
-    c = common.train_config("cnn10", dict(features=(64, 32)), checkpoint_every=200,
-                            slices_per_patient=4)
+    (preset,) = configs.parse_preset("configs/cnn10.py", arg, PRESETS)
+    c = configs.train_config("cnn10", dict(features=(64, 32)), checkpoint_every=200,
+                             slices_per_patient=4)
     # 2000 steps with a cosine decay: 38.5 % RMSE reduction on the held-out synthetic slices in
     # about 5 minutes of training on 2 cores; 600 constant-lr steps gave 30.2 %, 900 gave 27.6 %
     # (the last iterate of a constant lr is noisy), 1200 cosine 32.4 %.
@@ -32,15 +34,11 @@ def get_config(arg=None):
                                                  schedule="cosine"))
 
     if preset == "paper":
-        common.mayo_run(c, num_steps=100_000, batch_size=128, patch_size=64)
-        c.optimizer.update(lr=1e-5, b1=0.5, b2=0.9, schedule="constant")
+        configs.mayo_run(c, num_steps=100_000, batch_size=128, patch_size=64)
+        c.optimizer.update(configs.PAPER_ADAM)
     elif preset == "ldctbench":
-        common.mayo_run(c, num_steps=86188, batch_size=68, patch_size=92)
+        configs.mayo_run(c, num_steps=86188, batch_size=68, patch_size=92)
         c.seed = 1341
-        c.optimizer.update(lr=0.00015837006124497214, b1=0.9, b2=0.999,
-                           schedule="constant")
-    elif preset != "default":
-        raise ValueError(f"configs/cnn10.py: unknown preset {preset!r}; expected '', 'paper' "
-                         "or 'ldctbench'")
+        c.optimizer.update(lr=0.00015837006124497214, schedule="constant")
     c.lock()
     return c

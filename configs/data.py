@@ -6,27 +6,27 @@ Presets:
   small    1 patient per anatomy, 4 slices at 128 x 128: a few seconds, for smoke tests.
   mayo     the Mayo LDCT-and-Projection-data from TCIA: --config.data.root=/path/to/LDCT-data.
 
-Any source works with --config.data.source=... (see configs/common.py:data_config); the job
+Any source works with --config.data.source=... (see ldct_jax.jobs.configs.data_config); the job
 writes <workdir>/preview.png (per anatomy: low dose, routine dose, low - routine, in the
 anatomy's window) and <workdir>/data_summary.txt.
 """
 
 import ml_collections
 
-from configs import common
+from ldct_jax.jobs import configs
+
+PRESETS = ("default", "small", "mayo")
 
 
 def get_config(arg=None):
-    preset = arg or "default"
+    (preset,) = configs.parse_preset("configs/data.py", arg, PRESETS)
     c = ml_collections.ConfigDict()
     c.job = "data"
-    c.data = common.data_config()
+    c.data = configs.data_config()
     c.preview_slice = -1   # slice index shown for each anatomy's first patient; -1: the middle
     if preset == "small":
         c.data.synthetic.update(patients_per_anatomy=1, slices=4, size=128)
     elif preset == "mayo":
         c.data.source = "mayo"
-    elif preset != "default":
-        raise ValueError(f"configs/data.py: unknown preset {preset!r}; expected '', 'small' or "
-                         "'mayo'")
+    c.lock()
     return c

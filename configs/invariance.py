@@ -30,15 +30,15 @@ config.image_seed), optionally centre-cropped to config.crop px. config.mask: a 
 
 import ml_collections
 
-from configs import common
+from ldct_jax.jobs import configs
 
-MODELS = common.SWEEP_MODELS
+MODELS = configs.SWEEP_MODELS
 VARIANTS = ("default", "quick", "paper")
 
 
 def get_config(arg=None):
-    model, variant = common.sweep_preset("configs/invariance.py", arg, VARIANTS)
-    c = common.sweep_config("invariance", model)
+    model, variant = configs.parse_preset("configs/invariance.py", arg, MODELS, VARIANTS)
+    c = configs.sweep_config("invariance", model)
     c.mask = ""                # .npy [H, W] or [N, H, W] in [0, 1]; '' -> everywhere
 
     # The grid: distances x lambdas x images x seeds, cut into chunks of rows.
@@ -49,7 +49,7 @@ def get_config(arg=None):
     c.vgg16_weights = ""       # torchvision VGG16 .pth/.safetensors; '' -> random init (logged)
 
     c.search = ml_collections.ConfigDict(dict(
-        iterations=3000, chunk=100, loop="auto", learning_rate=1e-2, b1=0.9, b2=0.999, eps=1e-8,
+        iterations=3000, chunk=100, learning_rate=1e-2, b1=0.9, b2=0.999, eps=1e-8,
         init_scale_hu=1.0, clip=True, sensitivity=False))
 
     c.report = ml_collections.ConfigDict(dict(
@@ -71,13 +71,9 @@ def get_config(arg=None):
         c.search.chunk = 25
         c.lambdas = (1e-2,)
     elif variant == "paper":
-        common.mayo_sweep_data(c)
-        c.data.anatomies = ("chest", "abdomen")
-        c.num_images = 2
+        configs.mayo_sweep_data(c)
         c.distances = ("mse", "dssim", "vgg16")
         c.lambdas = (1e-4, 1e-3, 1e-2, 1e-1)
-        c.search.iterations = 3000
-        c.search.chunk = 100
-        c.search.learning_rate = 1e-2
+        c.search.update(iterations=3000, chunk=100, learning_rate=1e-2)
     c.lock()
     return c

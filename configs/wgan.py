@@ -14,18 +14,21 @@ Presets:
               perceptual weight 0.689, 67306 iterations, Mayo data.
 
 VGG19 weights: a torchvision .pth/.safetensors or a converted directory (see
-ldct_jax.models.vgg), fed network units without ImageNet normalisation, as ldct-benchmark does.
+ldct_jax.models.vgg_weights), fed network units without ImageNet normalisation, as
+ldct-benchmark does.
 """
 
 import ml_collections
 
-from configs import common
+from ldct_jax.jobs import configs
+
+PRESETS = ("default", "paper", "ldctbench")
 
 
 def get_config(arg=None):
-    preset = arg or "default"
-    c = common.train_config("wgan_vgg", dict(features=32, depth=8), checkpoint_every=100,
-                            slices_per_patient=2)
+    (preset,) = configs.parse_preset("configs/wgan.py", arg, PRESETS)
+    c = configs.train_config("wgan_vgg", dict(features=32, depth=8), checkpoint_every=100,
+                             slices_per_patient=2)
     # 39.4 % RMSE reduction on the held-out synthetic slices (abdomen 37.9, chest 47.6, head
     # 28.8 %) in 5:10 of training on 2 cores; 250 steps on patches of 32 gave 15.5 %.
     c.num_steps = 400
@@ -45,20 +48,16 @@ def get_config(arg=None):
                                            imagenet_norm=False))
 
     if preset == "paper":
-        common.mayo_run(c, num_steps=100_000, batch_size=128, patch_size=64)
-        c.optimizer.update(lr=1e-5, b1=0.5, b2=0.9, schedule="constant")
-        c.critic_optimizer.update(lr=1e-5, b1=0.5, b2=0.9, schedule="constant")
-        c.wgan.update(n_critic=4, gp_weight=10.0, perceptual_weight=0.1, mse_weight=0.0)
+        configs.mayo_run(c, num_steps=100_000, batch_size=128, patch_size=64)
+        c.optimizer.update(configs.PAPER_ADAM)
+        c.critic_optimizer.update(configs.PAPER_ADAM)
+        c.wgan.update(n_critic=4, perceptual_weight=0.1, mse_weight=0.0)
     elif preset == "ldctbench":
-        common.mayo_run(c, num_steps=67306, batch_size=77, patch_size=77)
+        configs.mayo_run(c, num_steps=67306, batch_size=77, patch_size=77)
         c.seed = 1344
-        c.optimizer.update(lr=7.096903581620458e-05, b1=0.3260552006030955, b2=0.999,
-                           schedule="constant")
-        c.critic_optimizer.update(lr=7.096903581620458e-05, b1=0.3260552006030955, b2=0.999)
-        c.wgan.update(n_critic=1, gp_weight=10.0, perceptual_weight=0.6893269329076448,
-                      mse_weight=0.0)
-    elif preset != "default":
-        raise ValueError(f"configs/wgan.py: unknown preset {preset!r}; expected '', 'paper' "
-                         "or 'ldctbench'")
+        adam = dict(lr=7.096903581620458e-05, b1=0.3260552006030955, b2=0.999)
+        c.optimizer.update(adam, schedule="constant")
+        c.critic_optimizer.update(adam)
+        c.wgan.update(perceptual_weight=0.6893269329076448, mse_weight=0.0)
     c.lock()
     return c

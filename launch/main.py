@@ -4,17 +4,12 @@ Every config field can be overridden as `--config.a.b=value`. The config's `job`
 job; all logic lives in `ldct_jax.jobs` and the modules it names.
 """
 
-import os
-import sys
+import logging as std_logging
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app, flags, logging
+from ml_collections import config_flags
 
-import logging as std_logging  # noqa: E402
-
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from ldct_jax import jobs  # noqa: E402
+from ldct_jax import jobs
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Job config: configs/<job>.py[:preset].")
 _WORKDIR = flags.DEFINE_string(

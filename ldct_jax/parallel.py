@@ -6,14 +6,16 @@ the compiler inserts the gradient reduction. The same code runs on 1 CPU, N GPUs
 
 from __future__ import annotations
 
-import functools
 import os
 from typing import Any, Callable, Optional
 
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from ldct_jax import fastpath
 
 BATCH_AXIS = "batch"
 
@@ -60,14 +62,14 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def check_batch_divisible(batch_size: int, mesh: Mesh, key: str = "batch_size") -> None:
-    """Raises a ValueError naming `key` unless `batch_size` splits evenly over the mesh and hosts."""
+def check_batch_divisible(batch_size: int, mesh: Mesh) -> None:
+    """Raises a ValueError unless `batch_size` splits evenly over the mesh and the hosts."""
     n = mesh.size
     if batch_size % n:
-        raise ValueError(f"config.{key}={batch_size} is not divisible by the number of devices "
+        raise ValueError(f"batch size {batch_size} is not divisible by the number of devices "
                          f"({n}); use a multiple of {n}")
     if batch_size % jax.process_count():
-        raise ValueError(f"config.{key}={batch_size} is not divisible by the number of processes "
+        raise ValueError(f"batch size {batch_size} is not divisible by the number of processes "
                          f"({jax.process_count()})")
 
 
@@ -91,37 +93,38 @@ def global_batch(local: Any, mesh: Mesh) -> Any:
         lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local)
 
 
-# XLA:CPU compiler options for training steps: of XLA's default YNNPACK fusion types (individual
-# dots, individual convolutions, reductions) only the dots. Eigen then runs the convolutions,
-# their weight gradients above all, faster, and small VGG feature maps are not fused into one
-# slow YNNPACK region. On 2 cores (`python benchmarks/bench_train.py`): CNN-10 at patch 64,
-# batch 8, 0.175 -> 0.12 s/step; WGAN-VGG 4.7 -> 4.0 s; WGAN-VGG at patch 32, batch 4, one
-# critic update 0.95 -> 0.84 s. The invariance search's 512x512 input gradients gain nothing
-# from it, so the search keeps the default.
-CPU_TRAIN_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
-                              "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+def padded_size(n: int, mesh: Mesh) -> int:
+    """`n` rounded up to a multiple of the mesh size."""
+    return -(-n // mesh.size) * mesh.size
 
 
-def supported_cpu_options(options: dict[str, str]) -> dict[str, str]:
-    """`options` if this jaxlib's CPU compiler accepts them, else `{}` (and a logged warning).
+def pad_rows(tree: Any, size: int) -> Any:
+    """Pads every leaf (numpy, leading axis) to `size` rows by repeating its last row, so that
+    batches of any length run in one compiled program of batch `size`."""
+    def pad(a):
+        a = np.asarray(a)
+        if a.shape[0] == size:
+            return a
+        return np.concatenate([a, np.repeat(a[-1:], size - a.shape[0], axis=0)])
+    return jax.tree.map(pad, tree)
 
-    XLA's debug options come and go between jaxlib versions; an unknown one would make every
-    compile fail.
-    """
-    return _supported_cpu_options(tuple(sorted(options.items())))
+
+def shard_rows(tree: Any, mesh: Mesh) -> Any:
+    """Places a pytree of numpy arrays along `batch`; every process holds the whole batch and
+    contributes its own rows."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, batch_sharding(mesh))
+    n = jax.tree.leaves(tree)[0].shape[0]
+    per = n // jax.process_count()
+    lo = jax.process_index() * per
+    return global_batch(jax.tree.map(lambda a: a[lo:lo + per], tree), mesh)
 
 
-@functools.cache
-def _supported_cpu_options(items: tuple[tuple[str, str], ...]) -> dict[str, str]:
-    options = dict(items)
-    try:
-        with jax.default_device(jax.devices("cpu")[0]):
-            jax.jit(lambda x: x + 1, compiler_options=options).lower(np.float32(0)).compile()
-    except jax.errors.JaxRuntimeError as e:
-        logging.warning("XLA:CPU does not accept compiler options %s (%s); compiling without "
-                        "them", options, str(e).splitlines()[0])
-        return {}
-    return options
+def gather_rows(tree: Any, rows: int) -> Any:
+    """A sharded pytree back as numpy on every process: the first `rows` rows of each leaf."""
+    if jax.process_count() > 1:
+        tree = multihost_utils.process_allgather(tree, tiled=True)
+    return jax.tree.map(lambda a: np.asarray(a)[:rows], tree)
 
 
 def data_parallel_step(step_fn: Callable[..., Any], mesh: Mesh, *, extra_args: int = 0,
@@ -130,12 +133,10 @@ def data_parallel_step(step_fn: Callable[..., Any], mesh: Mesh, *, extra_args: i
 
     The state (donated), the metrics and the `extra_args` trailing arguments (e.g. frozen VGG
     params) are replicated; every leaf of the batch is split along its leading axis. Gradients
-    of a loss averaged over the batch are then reduced across devices by the compiler. On CPU
-    meshes the step compiles with `CPU_TRAIN_COMPILER_OPTIONS` (where supported).
+    of a loss averaged over the batch are then reduced across devices by the compiler. It
+    compiles with `fastpath.compiler_options(mesh)`.
     """
     rep, batch = replicated(mesh), batch_sharding(mesh)
-    cpu = all(d.platform == "cpu" for d in mesh.devices.flat)
     return jax.jit(step_fn, in_shardings=(rep, batch) + (rep,) * extra_args,
                    out_shardings=(rep, rep), donate_argnums=(0,) if donate else (),
-                   compiler_options=supported_cpu_options(CPU_TRAIN_COMPILER_OPTIONS) if cpu
-                   else None)
+                   compiler_options=fastpath.compiler_options(mesh))

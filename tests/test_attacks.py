@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ldct_jax import ct
-from ldct_jax.invariance import attacks
+from ldct_jax import ct, fastpath
+from ldct_jax.analysis import attacks
 from tests.nets import small_cnn10
 
 EPS = [0.0, 2.0, 8.0, 32.0]
@@ -46,8 +46,10 @@ def results(setup):
 
 def reference_gradient(d, at_hu, ref_net):
     """d/dx mean((f_net(x) - ref)^2) in HU, written out again here with jax.grad."""
+    s = d.spec
+
     def loss(z, ref_net):
-        return jnp.mean(jnp.square(d.apply_net(d.params, d.to_net(z)) - ref_net))
+        return jnp.mean(jnp.square(s.apply_net(d.params, s.to_net(z)) - ref_net))
     return np.asarray(jax.jit(jax.vmap(jax.grad(loss)))(jnp.asarray(at_hu), jnp.asarray(ref_net)))
 
 
@@ -59,7 +61,7 @@ def expected_fgsm(x, g, eps, sign):
 def test_fgsm_targeted_is_epsilon_times_sign_of_gradient(setup, results):
     d, x, target = setup
     r = results["fgsm", True]
-    g = reference_gradient(d, x, np.asarray(d.to_net(target)))
+    g = reference_gradient(d, x, np.asarray(d.spec.to_net(target)))
     assert (g != 0).mean() > 0.9
     for row, (i, eps) in enumerate(zip(r.image_index, r.epsilon_hu)):
         np.testing.assert_array_equal(r.perturbation[row], expected_fgsm(x[i], g[i], eps, -1.0))
@@ -69,7 +71,7 @@ def test_fgsm_targeted_is_epsilon_times_sign_of_gradient(setup, results):
 def test_fgsm_untargeted_follows_gradient_at_probe(setup, results):
     d, x, _ = setup
     r = results["fgsm", False]
-    y0 = np.asarray(jax.jit(d.apply_net)(d.params, d.to_net(x)))
+    y0 = np.asarray(jax.jit(d.spec.apply_net)(d.params, d.spec.to_net(x)))
     at = x + np.stack([np.asarray(attacks.probe(0, i, (H, H), 1.0)) for i in range(len(x))])
     g = reference_gradient(d, at, y0)
     for row, (i, eps) in enumerate(zip(r.image_index, r.epsilon_hu)):
@@ -159,7 +161,7 @@ def test_result_table(results):
     (dict(target=np.full((8, 8), np.nan)), "target: .*NaN"),
     (dict(steps=0), "steps must be a positive integer"),
     (dict(step_size_hu=-1.0), "step_size_hu"),
-    (dict(loop="while"), "loop must be"),
+    (dict(probe_hu=-1.0), "probe_hu must be >= 0"),
 ])
 def test_bad_inputs_fail_at_start(setup, kwargs, message):
     d = setup[0]
@@ -170,10 +172,12 @@ def test_bad_inputs_fail_at_start(setup, kwargs, message):
 
 
 @pytest.mark.slow
-def test_one_program_equals_step_by_step(setup, results):
-    """loop='scan' (the accelerator path: one program, a fori_loop) == loop='python' (CPU)."""
+def test_one_program_equals_step_by_step(setup, results, monkeypatch):
+    """The fast paths off (the accelerator path: one program, a fori_loop, plain convolutions)
+    == on (CPU: step by step)."""
     d, x, target = setup
-    r = attacks.bim(d, x, EPS, steps=20, step_size_hu=1.0, target=target, loop="scan")
+    monkeypatch.setenv(fastpath.ENV, "0")
+    r = attacks.bim(d, x, EPS, steps=20, step_size_hu=1.0, target=target)
     ref = results["bim", True]
     np.testing.assert_allclose(r.perturbation, ref.perturbation, atol=1e-4)
     for k, v in ref.metrics.items():

@@ -2,28 +2,18 @@
 count, PyTorch twins against the JAX networks, the PyTorch search objective and train steps
 against the library's, and the proposed faster WGAN step against the library's results."""
 
-import os
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 from scipy import signal
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "benchmarks"))
+torch = pytest.importorskip("torch")
 
-import bench_search  # noqa: E402
-import bench_train  # noqa: E402
-import common  # noqa: E402
-
-from ldct_jax import losses, models, parallel  # noqa: E402
-from ldct_jax.invariance import search as search_lib  # noqa: E402
-from ldct_jax.models import vgg as vgg_lib  # noqa: E402
-from ldct_jax.models import wgan_vgg  # noqa: E402
-
+from benchmarks import bench_search, bench_train, common, torch_twins  # noqa: E402
+from ldct_jax import gan_losses, metrics, models, parallel  # noqa: E402
+from ldct_jax.analysis import search as search_lib  # noqa: E402
+from ldct_jax.models import vgg_weights, wgan_vgg  # noqa: E402
 
 
 def rel(a, b):
@@ -60,7 +50,7 @@ def test_train_flops_match_xla():
     size = 40
     d = models.create("cnn10", jax.random.key(0))
     x = jnp.zeros((2, size, size), jnp.float32)
-    grad = jax.jit(jax.grad(lambda p, x: losses.mse(d.apply_net(p, x), x)))
+    grad = jax.jit(jax.grad(lambda p, x: metrics.mse(d.spec.apply_net(p, x), x)))
     cost = grad.lower(d.params, x).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     exact = 2 * common.train_step_flops("cnn10", size, size, exact=True)
@@ -71,9 +61,9 @@ def test_train_flops_match_xla():
 def test_torch_denoiser_matches_jax(name):
     d = models.create(name, jax.random.key(1))
     x = np.random.default_rng(0).normal(0, 1, (2, 24, 20)).astype(np.float32)
-    want = np.asarray(d.apply_net(d.params, x))
+    want = np.asarray(d.spec.apply_net(d.params, x))
     with torch.no_grad():
-        got = common.torch_denoiser(name, d.params)(torch.from_numpy(x)[:, None])[:, 0].numpy()
+        got = torch_twins.denoiser(name, d.params)(torch.from_numpy(x)[:, None])[:, 0].numpy()
     assert rel(got, want) < 1e-4
 
 
@@ -83,17 +73,17 @@ def test_torch_critic_matches_jax():
     x = np.random.default_rng(1).normal(0, 1, (3, 32, 32)).astype(np.float32)
     want = np.asarray(critic.apply({"params": cparams}, x[..., None]))
     with torch.no_grad():
-        got = common.torch_critic(cparams, 32)(torch.from_numpy(x)[:, None]).numpy()
+        got = torch_twins.critic(cparams, 32)(torch.from_numpy(x)[:, None]).numpy()
     assert got.shape == (3,) and rel(got, want) < 1e-4
 
 
 @pytest.mark.slow
 def test_torch_vgg19_matches_jax():
     x = np.random.default_rng(1).normal(0, 1, (3, 32, 32)).astype(np.float32)
-    vgg = vgg_lib.random_init("vgg19", jax.random.key(3), imagenet_norm=False)
+    vgg = vgg_weights.random_init("vgg19", jax.random.key(3), imagenet_norm=False)
     want = np.asarray(vgg.features(vgg.params, x, "conv5_4")["conv5_4"])  # [B, h, w, C]
     with torch.no_grad():
-        got = common.torch_vgg_to("vgg19", vgg.params, "conv5_4")(
+        got = torch_twins.vgg_to("vgg19", vgg.params, "conv5_4")(
             torch.from_numpy(x)[:, None].expand(-1, 3, -1, -1)).numpy()
     assert rel(got.transpose(0, 2, 3, 1), want) < 1e-4
 
@@ -102,7 +92,7 @@ def _search(d, x, iterations):
     options = search_lib.SearchOptions(iterations=iterations, chunk=1, learning_rate=1e-2)
     rows = search_lib.make_rows(len(x), len(x), lambdas=[1e-2, 0.5], distances="mse",
                                 seeds=[0, 1])
-    return search_lib.Searcher(d, ["mse"], options).run(d.params, x, rows)
+    return search_lib.Searcher(d.spec, ["mse"], options).run(d.params, x, rows)
 
 
 @pytest.mark.slow
@@ -112,9 +102,9 @@ def test_torch_search_objective_matches_library():
     two = _search(d, x, 2)
     three = _search(d, x, 3)
     # The curves hold L at the iterate before each update: three's entry 2 is L(two's result).
-    delta = torch.from_numpy(two.perturbation / d.scale)
-    xn = torch.from_numpy(np.asarray(d.to_net(x), np.float32))
-    net = common.torch_denoiser("cnn10", d.params)
+    delta = torch.from_numpy(two.perturbation / d.spec.scale)
+    xn = torch.from_numpy(np.asarray(d.spec.to_net(x), np.float32))
+    net = torch_twins.denoiser("cnn10", d.params)
     with torch.no_grad():
         loss, d_out, d_in = bench_search.torch_objective(net, xn, net(xn[:, None])[:, 0], delta,
                                                          torch.tensor([1e-2, 0.5]))
@@ -145,15 +135,15 @@ def test_torch_wgan_step_matches_library():
     gbatch = parallel.global_batch(batch, mesh)
     t = bench_train.TorchWGANStep(d, parts["critic"], parts["vgg"], patch)  # before donation
     new, metrics = step(state, gbatch, *extra)
-    x = torch.from_numpy(np.asarray(d.to_net(batch["low"][:, 0]), np.float32))[:, None]
-    y = torch.from_numpy(np.asarray(d.to_net(batch["full"][:, 0]), np.float32))[:, None]
+    x = torch.from_numpy(np.asarray(d.spec.to_net(batch["low"][:, 0]), np.float32))[:, None]
+    y = torch.from_numpy(np.asarray(d.spec.to_net(batch["full"][:, 0]), np.float32))[:, None]
     with torch.no_grad():
         fake = t.g(x)
         w = t.c(fake).mean() - t.c(y).mean()  # the critic before its update
     np.testing.assert_allclose(float(w), -float(metrics["wasserstein_distance"]), rtol=1e-3,
                                atol=1e-6)
     # The generator loss is taken with the updated critic and the generator before its update.
-    t.c = common.torch_critic(jax.device_get(new.critic_params), patch)
+    t.c = torch_twins.critic(jax.device_get(new.critic_params), patch)
     g_loss, adv, perc = (v.detach() for v in t.generator_loss(x, y))
     np.testing.assert_allclose(float(adv), float(metrics["adversarial"]), rtol=1e-3, atol=1e-6)
     np.testing.assert_allclose(float(perc), float(metrics["perceptual"]), rtol=1e-3)
@@ -163,6 +153,6 @@ def test_torch_wgan_step_matches_library():
     gp = t.critic_loss(y, fake, alpha)[2].detach()
     x_hat = (alpha * y + (1 - alpha) * fake)[:, 0].numpy()
     cparams = jax.device_get(new.critic_params)
-    want = losses.gradient_norm_penalty(
+    want = gan_losses.gradient_norm_penalty(
         lambda z: wgan_vgg.Critic().apply({"params": cparams}, z[..., None]), x_hat)
     np.testing.assert_allclose(float(gp), float(want), rtol=1e-3, atol=1e-7)

@@ -16,6 +16,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from ldct_jax import data
 from ldct_jax.data import dicom
+from ldct_jax.jobs import data as data_job
 
 AXIAL = (1, 0, 0, 0, 1, 0)
 
@@ -130,25 +131,25 @@ def test_load_scans_mayo_and_dicom_sources(tmp_path):
     cfg = ml_collections.ConfigDict(dict(source="mayo", root=root, full_dir="", low_dir="",
                                          anatomies=("abdomen",), cache_dir="",
                                          skip_bad_slices=False))
-    (scan,) = data.load_scans(cfg, str(tmp_path / "work"))
+    (scan,) = data_job.load_scans(cfg, str(tmp_path / "work"))
     assert os.listdir(tmp_path / "work" / "cache")  # cache inside the workdir
     study = os.path.join(root, "L004", "12-23-2021-NA-NA-84608")
     cfg.source = "dicom"
     cfg.full_dir = os.path.join(study, "1.000000-Full Dose Images-51917")
     cfg.low_dir = os.path.join(study, "1.000000-Low Dose Images-43276")
-    (pair,) = data.load_scans(cfg, str(tmp_path / "work"))
+    (pair,) = data_job.load_scans(cfg, str(tmp_path / "work"))
     np.testing.assert_array_equal(pair.low, scan.low)
     assert pair.patient == "L004" and pair.anatomy == "unknown"
     cfg.full_dir = cfg.low_dir = ""
     cfg.root = root  # generic: one folder per patient, pair found by name
-    (generic,) = data.load_scans(cfg, str(tmp_path / "work"))
+    (generic,) = data_job.load_scans(cfg, str(tmp_path / "work"))
     np.testing.assert_array_equal(generic.full, scan.full)
     cfg.source, cfg.root = "mayo", ""
     with pytest.raises(ValueError, match=r"config\.data\.root is empty"):
-        data.load_scans(cfg, str(tmp_path / "work"))
+        data_job.load_scans(cfg, str(tmp_path / "work"))
     cfg.root = str(tmp_path / "nowhere")
     with pytest.raises(ValueError, match=r"config\.data\.root=.*nowhere.*not a directory"):
-        data.load_scans(cfg, str(tmp_path / "work"))
+        data_job.load_scans(cfg, str(tmp_path / "work"))
 
 
 def test_mayo_root_without_patients_says_what_was_expected(tmp_path):
@@ -263,9 +264,14 @@ def test_split_scans_holds_out_whole_patients_per_anatomy():
     assert [s.patient for s in held] == ["L3", "C2"]
     assert [s.patient for s in train] == ["L1", "L2", "C1"]
     assert data.split_scans(scans, 0)[1] == []
-    with pytest.raises(ValueError, match=r"'chest' has 2 patient\(s\); config\.data\."
-                                         r"held_out_patients=2"):
+    with pytest.raises(ValueError, match=r"'chest' has 2 patient\(s\); held_out_patients=2 "
+                                         r"would leave none"):
         data.split_scans(scans, 2)
+    # The job names the config key.
+    config = ml_collections.ConfigDict(dict(held_out_patients=2))
+    with pytest.raises(ValueError, match=r"config\.data\.held_out_patients=2: anatomy "
+                                         r"'chest' has 2 patient\(s\)"):
+        data_job.split_scans(config, scans)
 
 
 def test_load_scans_synthetic_dispatch_and_unknown_source(tmp_path, monkeypatch):
@@ -278,9 +284,9 @@ def test_load_scans_synthetic_dispatch_and_unknown_source(tmp_path, monkeypatch)
         data.Scan("a", "chest", v, v), data.Scan("b", "head", v, v)], raising=False)
     cfg = ml_collections.ConfigDict(dict(source="synthetic", root="", anatomies=("head",),
                                          synthetic=dict(slices=3, seed=1)))
-    scans = data.load_scans(cfg, str(tmp_path))
+    scans = data_job.load_scans(cfg, str(tmp_path))
     assert calls == [(str(tmp_path / "data"), dict(slices=3, seed=1))]
     assert [s.patient for s in scans] == ["b"]
     cfg.source = "nifti"
     with pytest.raises(ValueError, match=r"config\.data\.source='nifti'; expected one of"):
-        data.load_scans(cfg, str(tmp_path))
+        data_job.load_scans(cfg, str(tmp_path))

@@ -1,6 +1,7 @@
 """Denoisers against PyTorch (ldct-benchmark layout), SciPy and known answers; save/load/import."""
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -12,7 +13,7 @@ import pytest
 from scipy import ndimage
 
 from ldct_jax import ct, models
-from ldct_jax.models import wgan_vgg
+from ldct_jax.models import ldctbench, vgg_weights, wgan_vgg
 
 NAMES = ("cnn10", "wgan_vgg", "gauss_ri")
 H, W = 40, 44  # >= 30 for gauss_ri's square; not square, to catch H/W mix-ups
@@ -44,8 +45,8 @@ def denoisers():
 
 @pytest.fixture(scope="module")
 def apply_jit(denoisers):
-    """One compiled `apply` per architecture, shared by every params of that architecture."""
-    return {n: jax.jit(d.apply) for n, d in denoisers.items()}
+    """The spec's `apply`: one compiled program per architecture, shared by every params."""
+    return {n: d.spec.apply for n, d in denoisers.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -54,8 +55,8 @@ def apply_jit(denoisers):
 
 def _torch():
     torch = pytest.importorskip("torch")
-    from tests import torch_denoisers
-    return torch, torch_denoisers
+    from benchmarks import torch_twins
+    return torch, torch_twins
 
 
 def _write_ldctbench_checkpoint(torch, model, path):
@@ -79,15 +80,16 @@ def test_import_ldctbench_matches_pytorch_in_hu(name, cls, denoisers, apply_jit,
     model = getattr(tden, cls)().eval()
     _write_ldctbench_checkpoint(torch, model, tmp_path / "best_SSIM.pt")
     d = models.import_ldctbench(str(tmp_path / "best_SSIM.pt"), name)
-    assert (d.name, d.shift, d.scale) == (name, ct.LDCTBENCH_SHIFT, ct.LDCTBENCH_SCALE)
+    assert (d.spec.name, d.spec.shift, d.spec.scale) == (name, ct.LDCTBENCH_SHIFT,
+                                                         ct.LDCTBENCH_SCALE)
     x = _hu(1)
     ref = _torch_hu(torch, model, x)
     assert np.abs(ref - x).max() > 10.0  # the network does something
-    assert d.module == denoisers[name].module
+    assert d.spec == denoisers[name].spec
     assert np.abs(np.asarray(apply_jit[name](d.params, x)) - ref).max() < 1e-3
     # Exact import: every weight is the PyTorch one, only transposed (OIHW -> HWIO).
     state = {k: v.numpy() for k, v in model.state_dict().items()}
-    for layer, prefix in models.io.LDCTBENCH_LAYERS[name].items():
+    for layer, prefix in ldctbench.LAYERS[name].items():
         np.testing.assert_array_equal(d.params[layer]["kernel"],
                                       state[prefix + ".weight"].transpose(2, 3, 1, 0))
         np.testing.assert_array_equal(d.params[layer]["bias"], state[prefix + ".bias"])
@@ -202,11 +204,11 @@ def test_jit_vmap_and_grads(denoisers, apply_jit, name):
     assert batched.shape == x.shape and batched.dtype == np.float32
     assert np.abs(batched - np.asarray(x)).max() > 1.0
     # vmap runs apply on single [H, W] images: same answer as the [B, H, W] batch.
-    vmapped = jax.jit(jax.vmap(d.apply, in_axes=(None, 0)))(d.params, x)
+    vmapped = jax.jit(jax.vmap(d.spec.apply, in_axes=(None, 0)))(d.params, x)
     np.testing.assert_allclose(vmapped, batched, atol=1e-3)
 
     def loss(params, x):
-        return jnp.mean((d.apply(params, x) / ct.LDCTBENCH_SCALE) ** 2)
+        return jnp.mean((d.spec.apply(params, x) / ct.LDCTBENCH_SCALE) ** 2)
 
     gp, gx = jax.jit(jax.grad(loss, argnums=(0, 1)))(d.params, x)
     assert np.all(np.isfinite(gx)) and np.abs(gx).max() > 0
@@ -214,6 +216,65 @@ def test_jit_vmap_and_grads(denoisers, apply_jit, name):
     assert len(leaves) == (0 if name == "gauss_ri" else 2 * (3 if name == "cnn10" else 8))
     for leaf in leaves:
         assert np.all(np.isfinite(leaf)) and np.abs(leaf).max() > 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_forward_mode_equals_reverse_mode(denoisers, name):
+    """Every model supports both modes: <u, J v> (jvp) == <J^T u, v> (vjp), linearize gives the
+    jvp, and both work under jit and vmap."""
+    assert set(NAMES) == set(models.ARCHITECTURES)
+    d = denoisers[name]
+    f = functools.partial(d.spec.apply, d.params)
+    rs = np.random.RandomState(11)
+    x = jnp.asarray(_hu(12))
+    v = jnp.asarray(rs.randn(*x.shape).astype(np.float32) * 100.0)
+    jv = jax.jit(lambda x, v: jax.jvp(f, (x,), (v,))[1])(x, v)
+    u = jv + jnp.asarray(rs.randn(*x.shape).astype(np.float32))  # <u, J v> far from 0
+    jtu = jax.jit(lambda x, u: jax.vjp(f, x)[1](u)[0])(x, u)
+    lhs = np.vdot(np.float64(u), np.float64(jv))
+    rhs = np.vdot(np.float64(jtu), np.float64(v))
+    assert lhs > 0 and abs(lhs - rhs) <= 1e-4 * abs(lhs)
+    # linearize: the same linear map, evaluated once per tangent, and under vmap.
+    y, f_lin = jax.linearize(f, x)
+    np.testing.assert_allclose(y, f(x), rtol=1e-6, atol=1e-3)
+    np.testing.assert_allclose(f_lin(v), jv, rtol=1e-4, atol=1e-3 * float(jnp.abs(jv).max()))
+    vs = jnp.stack([v, 2.0 * v])
+    np.testing.assert_allclose(jax.jit(jax.vmap(f_lin))(vs)[1], 2.0 * jv, rtol=1e-4,
+                               atol=1e-3 * float(jnp.abs(jv).max()))
+    # Per image under vmap: the jvp of each [H, W] image alone.
+    per_image = jax.jit(jax.vmap(lambda x, v: jax.jvp(f, (x,), (v,))[1]))(x, v)
+    np.testing.assert_allclose(per_image, jv, rtol=1e-4, atol=1e-3 * float(jnp.abs(jv).max()))
+
+
+@pytest.mark.slow
+def test_critic_forward_mode_equals_reverse_mode():
+    critic, params = wgan_vgg.init_critic(jax.random.key(3), 32)
+    score = lambda z: critic.apply({"params": params}, z[..., None])  # noqa: E731
+    rs = np.random.RandomState(13)
+    x, v = (jnp.asarray(rs.randn(3, 32, 32).astype(np.float32)) for _ in range(2))
+    jv = jax.jvp(score, (x,), (v,))[1]
+    u = jv + 0.1
+    lhs = float(jnp.vdot(u, jv))
+    rhs = float(jnp.vdot(jax.vjp(score, x)[1](u)[0], v))
+    assert abs(lhs - rhs) <= 1e-4 * abs(lhs)
+    # The full Jacobian both ways, with respect to a 4x4 corner of one patch.
+    corner = lambda z: score(x[:1].at[0, :4, :4].set(z))  # noqa: E731
+    z = x[0, :4, :4]
+    np.testing.assert_allclose(jax.jacfwd(corner)(z), jax.jacrev(corner)(z), rtol=1e-4,
+                               atol=1e-6)
+
+
+def test_spec_is_hashable_and_shared_by_every_params():
+    a, b = models.spec("cnn10", features=(8, 4)), models.spec("cnn10", features=(8, 4))
+    assert a == b and hash(a) == hash(b) and a != models.spec("cnn10")
+    d = models.create("cnn10", jax.random.key(0), features=(8, 4))
+    assert d.spec == a and d.spec.config["features"] == (8, 4)
+    # A Denoiser is a pytree of its params: jit and tree maps see the params only.
+    assert len(jax.tree.leaves(d)) == 6
+    doubled = jax.tree.map(lambda p: 2 * p, d)
+    assert doubled.spec == d.spec
+    np.testing.assert_array_equal(doubled.params["conv1"]["kernel"],
+                                  2 * d.params["conv1"]["kernel"])
 
 
 def test_input_gradient_matches_finite_differences(denoisers):
@@ -225,7 +286,8 @@ def test_input_gradient_matches_finite_differences(denoisers):
     directional = float(jnp.vdot(g, jnp.asarray(v, jnp.float32)))
     with jax.enable_x64(True):
         p64 = jax.tree.map(lambda a: np.asarray(a, np.float64), d.params)
-        loss = jax.jit(lambda x: jnp.mean(r * d.from_net(d.apply_net(p64, d.to_net(x)))))
+        s = d.spec
+        loss = jax.jit(lambda x: jnp.mean(r * s.from_net(s.apply_net(p64, s.to_net(x)))))
         eps = 1e-3  # HU
         fd = (float(loss(x + eps * v)) - float(loss(x - eps * v))) / (2 * eps)
     assert abs(directional - fd) <= 1e-4 * abs(fd)
@@ -249,8 +311,8 @@ def test_save_load_round_trip_is_exact(denoisers, apply_jit, name, tmp_path):
     models.save(d, str(path))
     assert sorted(os.listdir(tmp_path / "runs")) == ["model"]  # no temp dirs left behind
     e = models.load(str(path))
-    assert (e.name, e.shift, e.scale) == (d.name, d.shift, d.scale)
-    assert e.module == d.module
+    assert (e.spec.name, e.spec.shift, e.spec.scale) == (d.spec.name, d.spec.shift, d.spec.scale)
+    assert e.spec.module == d.spec.module
     _assert_same_params(e.params, d.params)
     x = _hu(10)
     np.testing.assert_array_equal(apply_jit[name](e.params, x), apply_jit[name](d.params, x))
@@ -266,12 +328,13 @@ def test_save_load_config_sharded_params_and_overwrite(tmp_path):
     path = str(tmp_path / "model")
     models.save(d, path)
     e = models.load(path)
-    assert e.module.features == (16, 8) and e.params["conv1"]["kernel"].shape == (9, 9, 1, 16)
+    assert e.spec.module.features == (16, 8)
+    assert e.params["conv1"]["kernel"].shape == (9, 9, 1, 16)
     _assert_same_params(e.params, jax.device_get(d.params))
     with pytest.raises(FileExistsError, match="exists"):
         models.save(d, path)
     models.save(models.create("gauss_ri", jax.random.key(0)), path, overwrite=True)
-    assert models.load(path).name == "gauss_ri"
+    assert models.load(path).spec.name == "gauss_ri"
     assert sorted(os.listdir(tmp_path)) == ["model"]
 
 
@@ -321,8 +384,7 @@ def test_load_errors(denoisers, tmp_path):
 
 
 def test_load_says_when_given_vgg_weights(tmp_path):
-    from ldct_jax.models import vgg as vgg_lib
     (tmp_path / "vgg").mkdir()
-    (tmp_path / "vgg" / vgg_lib._META_FILE).write_text("{}")
+    (tmp_path / "vgg" / vgg_weights.META_FILE).write_text("{}")
     with pytest.raises(ValueError, match=r"no model\.json .* holds VGG weights"):
         models.load(str(tmp_path / "vgg"))

@@ -103,14 +103,17 @@ def test_bad_arguments_name_the_values():
         sampling.sample_batch(SCANS, 0, global_batch=4, patch_size=21, seed=0)
 
 
-def test_sampler_iterates_with_prefetch_and_builds_global_arrays():
-    sampler = sampling.Sampler(SCANS, global_batch=8, patch_size=8, seed=2)
-    got = list(sampler.iterate(start_step=3, num_steps=4, prefetch=2, workers=2))
+@pytest.mark.parametrize("depth, workers", [(0, 1), (1, 1), (2, 2)])
+def test_prefetch_gives_the_batches_in_order_and_global_arrays(depth, workers):
+    def batch(step):
+        return sampling.sample_batch(SCANS, step, global_batch=8, patch_size=8, seed=2)
+
+    got = list(sampling.prefetch(batch, range(3, 7), depth, workers))
     assert [s for s, _ in got] == [3, 4, 5, 6]
-    for step, batch in got:
-        np.testing.assert_array_equal(batch["full"], sampler.batch(step)["full"])
+    for step, b in got:
+        np.testing.assert_array_equal(b["full"], batch(step)["full"])
     mesh = parallel.make_mesh()
-    arrays = sampler.global_batch_array(5, mesh)
+    arrays = parallel.global_batch(batch(5), mesh)
     assert arrays["low"].shape == (8, 8, 8) and len(arrays["low"].sharding.device_set) == \
         len(jax.devices())
     np.testing.assert_array_equal(np.asarray(arrays["low"]), got[2][1]["low"])

@@ -1,13 +1,10 @@
 """Invariance search: ground truth on gauss_ri, batch == rows alone, masks, range, bad inputs."""
 
-import dataclasses
-
-import jax
 import numpy as np
 import pytest
 
-from ldct_jax import ct, models, parallel
-from ldct_jax.invariance import search as S
+from ldct_jax import ct, fastpath, models, parallel
+from ldct_jax.analysis import search as S
 from ldct_jax.models.gauss_ri import central_square
 from tests.nets import small_cnn10
 
@@ -78,14 +75,15 @@ def test_gauss_ri_metrics_and_curves(gauss):
     np.testing.assert_allclose(r.metrics["input_rms_hu"], np.sqrt((dx ** 2).mean((1, 2))),
                                rtol=1e-4)
     np.testing.assert_allclose(r.metrics["input_max_hu"], np.abs(dx).max((1, 2)), rtol=1e-5)
-    f = jax.jit(d.apply)
+    f = d.spec.apply
     dy = np.asarray(f(d.params, x[None] + dx)) - np.asarray(f(d.params, x))[None]
     np.testing.assert_allclose(r.metrics["output_rms_hu"], np.sqrt((dy ** 2).mean((1, 2))),
                                rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(r.metrics["ratio"],
                                r.metrics["input_rms_hu"] / r.metrics["output_rms_hu"], rtol=1e-5)
     np.testing.assert_allclose(r.metrics["d_in"],
-                               np.minimum(((dx / d.scale) ** 2).mean((1, 2)), 1.0), rtol=1e-4)
+                               np.minimum(((dx / d.spec.scale) ** 2).mean((1, 2)), 1.0),
+                               rtol=1e-4)
     from skimage.metrics import structural_similarity
     ref = [structural_similarity(x, x + dx[i], data_range=ct.HU_MAX - ct.HU_MIN,
                                  gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
@@ -104,7 +102,7 @@ def test_gauss_ri_metrics_and_curves(gauss):
 
 
 @pytest.mark.slow
-def test_batch_equals_each_row_alone_and_scan_equals_steps_and_mask_and_range():
+def test_batch_equals_each_row_alone_and_scan_equals_steps_and_mask_and_range(monkeypatch):
     d = small_cnn10()
     x = np.stack([phantom(32), phantom(32, shift=3.0)])
     x[1, :4, :4] = ct.HU_MAX  # x + x_inv must stay inside the HU range
@@ -114,13 +112,15 @@ def test_batch_equals_each_row_alone_and_scan_equals_steps_and_mask_and_range():
                   distance=np.array(["mse", "dssim", "mse"], dtype=object),
                   seed=np.array([0, 1, 2]))
     options = S.SearchOptions(iterations=20, chunk=8)
-    batch = S.Searcher(d, ["mse", "dssim"], options).run(d.params, x, rows, mask=mask)
+    batch = S.Searcher(d.spec, ["mse", "dssim"], options).run(d.params, x, rows, mask=mask)
     assert batch.curves["loss"].shape == (3, 20)
-    # Alone: another program, on one device, and a lax.scan per chunk (the accelerator path)
-    # where the batch above ran one jitted call per step (the CPU path).
-    alone = S.Searcher(d, ["mse", "dssim"], dataclasses.replace(options, loop="scan"),
-                       mesh=parallel.make_mesh(1))
-    assert alone.loop == "scan" and S.Searcher(d, ["mse"], options).loop == "python"
+    # Alone: another program, on one device, with the fast paths off: a lax.scan per chunk
+    # and plain convolutions (the accelerator path), where the batch above ran one jitted
+    # call per step and CNN-10's conv1 as a matmul (the CPU path).
+    assert S.Searcher(d.spec, ["mse"], options).loop == "python"
+    monkeypatch.setenv(fastpath.ENV, "0")
+    alone = S.Searcher(d.spec, ["mse", "dssim"], options, mesh=parallel.make_mesh(1))
+    assert alone.loop == "scan" and not alone.fast
     for i in range(3):
         one = S.Rows(*(np.asarray(v)[i:i + 1] for v in rows))
         r = alone.run(d.params, x, one, mask=mask)
@@ -156,7 +156,7 @@ def test_sensitivity_search_turns_the_sign():
     (dict(lambdas=[1.0, 2.0, 3.0], images=np.zeros((2, 16, 16))), "2 images but 3 perturbations"),
     (dict(image_index=5), "image_index out of range"),
     (dict(iterations=0), "must be positive"),
-    (dict(loop="while"), "loop must be"),
+    (dict(learning_rate=0.0), "learning_rate must be > 0"),
 ])
 def test_bad_inputs_fail_at_start(kwargs, message):
     d = models.build("gauss_ri", {})

@@ -12,14 +12,35 @@ import pytest
 
 from configs import attack as attack_config
 from configs import invariance as invariance_config
-from ldct_jax import ct, jobs, models
-from ldct_jax.invariance import attack_sweep, chunks, search, sweep
+from ldct_jax import ct, files, jobs, models
+from ldct_jax.analysis import attacks, search
+from ldct_jax.jobs import attack as attack_sweep
+from ldct_jax.jobs import chunks
+from ldct_jax.jobs import invariance as sweep
 
 SIZE = 64
 
 
 class Killed(Exception):
     """Stands in for a kill after a chunk was written."""
+
+
+def killed_on_call(monkeypatch, owner, name, call, record=None):
+    """Makes `owner.name` raise Killed on its `call`-th call (counting from 1), once: the run
+    dies while computing that chunk. `record(args)` is called for every completed call."""
+    original = getattr(owner, name)
+    count = [0]
+
+    def wrapped(*args, **kwargs):
+        count[0] += 1
+        if count[0] == call:
+            raise Killed
+        out = original(*args, **kwargs)
+        if record is not None:
+            record(args)
+        return out
+
+    monkeypatch.setattr(owner, name, wrapped)
 
 
 @pytest.fixture(scope="module")
@@ -83,24 +104,20 @@ def uninterrupted(image_file, tmp_path_factory):
 @pytest.mark.slow
 def test_invariance_sweep_resumes_where_killed(image_file, uninterrupted, tmp_path, monkeypatch):
     calls = []
-    run = search.Searcher.run
-    monkeypatch.setattr(search.Searcher, "run",
-                        lambda self, *a, **k: calls.append(len(a[2].lam)) or run(self, *a, **k))
+    killed_on_call(monkeypatch, search.Searcher, "run", 2,
+                   record=lambda args: calls.append(len(args[3].lam)))  # self, params, x, rows
     workdir = str(tmp_path / "sweep")
     config = invariance_cfg(image_file)
     config.report.figures = False  # not part of the results; test_invariance_report_layout
 
-    def kill_after_first(index):
-        if index == 0:
-            raise Killed
-
-    with pytest.raises(Killed):
-        sweep.run(config, workdir, on_chunk=kill_after_first)
+    with pytest.raises(Killed):  # killed while computing chunk 1
+        sweep.run(config, workdir)
     assert sorted(os.listdir(os.path.join(workdir, "chunks"))) == ["00000"]
     assert not os.path.exists(os.path.join(workdir, "report"))
     before = mtimes(workdir)
-    # A half-written chunk left by a kill during the write is thrown away.
-    os.makedirs(os.path.join(workdir, "chunks", ".tmp00001-99999"))
+    # A half-written chunk left by a process killed during the write is thrown away.
+    stale = files.temp_path(chunks.chunk_dir(workdir, 1)).replace(f"-{os.getpid()}-", "-4194305-")
+    os.makedirs(stale)
 
     out = sweep.run(config, workdir)
     assert out["computed"] == [1, 2] and out["chunks"] == 3
@@ -108,6 +125,7 @@ def test_invariance_sweep_resumes_where_killed(image_file, uninterrupted, tmp_pa
     after = mtimes(workdir)
     assert {k: after[k] for k in before} == before  # finished chunk never rewritten
     assert sorted(os.listdir(os.path.join(workdir, "chunks"))) == ["00000", "00001", "00002"]
+    assert not os.path.exists(stale)
 
     # Same results as the uninterrupted sweep.
     for i in range(3):
@@ -258,7 +276,7 @@ def test_remove_center_target_matches_numpy():
 
 
 @pytest.mark.slow
-def test_attack_sweep_resume_budget_and_report(image_file, tmp_path):
+def test_attack_sweep_resume_budget_and_report(image_file, tmp_path, monkeypatch):
     whole, part = str(tmp_path / "whole"), str(tmp_path / "part")
     one = str(tmp_path / "one.npy")
     np.save(one, np.load(image_file)[1:])
@@ -266,13 +284,11 @@ def test_attack_sweep_resume_budget_and_report(image_file, tmp_path):
     config.report.figures = False
     attack_sweep.run(config, whole)
 
-    def kill_after_first(index):
-        if index == 0:
-            raise Killed
-
     config.report.figures = True
-    with pytest.raises(Killed):
-        attack_sweep.run(config, part, on_chunk=kill_after_first)
+    with monkeypatch.context() as patch:
+        killed_on_call(patch, attacks, "attack", 2)  # killed while computing chunk 1
+        with pytest.raises(Killed):
+            attack_sweep.run(config, part)
     before = mtimes(part)
     out = attack_sweep.run(config, part)
     assert out["computed"] == [1] and out["chunks"] == 2

@@ -200,8 +200,7 @@ def test_second_build_reuses_and_other_params_raise(tmp_path, monkeypatch):
     assert synthetic.build(root, **TINY) == root
     assert _files(root) == before
     with pytest.raises(ValueError, match=r"at .*d was built with other parameters \(size: "
-                                         r"existing 32, requested 48; slices: existing 2, "
-                                         r"requested 3\)"):
+                                         r"32 -> 48; slices: 2 -> 3\)"):
         synthetic.build(root, **dict(TINY, size=48, slices=3))
 
 

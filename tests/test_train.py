@@ -16,9 +16,9 @@ from configs import cnn10 as cnn10_config
 from configs import wgan as wgan_config
 from ldct_jax import parallel
 from ldct_jax.data.scan import Scan
-from ldct_jax.train import job, trainers
+from ldct_jax.jobs import train as job
+from ldct_jax.jobs import trainers
 from ldct_jax.train.checkpoint import Checkpointer
-from ldct_jax.train.metrics_log import read
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -42,7 +42,7 @@ _VGG_CACHE = {}
 @pytest.fixture(autouse=True)
 def cached_vgg_init(monkeypatch):
     """Every WGAN trainer of these tests draws the same random VGG19: draw it once."""
-    from ldct_jax.models import vgg
+    from ldct_jax.models import vgg_weights as vgg
     original = vgg.random_init
 
     def cached(arch, key, *, imagenet_norm=True):
@@ -126,6 +126,23 @@ def _assert_trees_close(a, b, tol=1e-5):
                                    err_msg=jax.tree_util.keystr(path))
 
 
+class Lowerings:
+    """Counts the programs JAX lowers (traces to MLIR) inside the `with` block."""
+
+    EVENT = "/jax/core/compile/jaxpr_to_mlir_module_duration"
+
+    def __enter__(self):
+        self.count = 0
+        jax.monitoring.register_event_duration_secs_listener(self._on_event)
+        return self
+
+    def _on_event(self, event, duration, **kwargs):
+        self.count += event == self.EVENT
+
+    def __exit__(self, *exc):
+        jax.monitoring.unregister_event_duration_listener(self._on_event)
+
+
 def _train_params(config, scans, steps):
     """`steps` steps with trainers.build on config.num_devices devices.
 
@@ -136,9 +153,14 @@ def _train_params(config, scans, steps):
     trainer = trainers.build(config, mesh, scans)
     state = trainer.init_state
     init = jax.device_get(state.params)
-    for s in range(steps):
-        state, metrics = trainer.step(state, parallel.global_batch(trainer.local_batch(s), mesh))
-    assert trainer.jitted._cache_size() == 1   # compiled once, state donated every step
+    batches = [parallel.global_batch(trainer.local_batch(s), mesh) for s in range(steps)]
+    with Lowerings() as first:
+        state, metrics = trainer.step(state, batches[0])
+    with Lowerings() as later:
+        for batch in batches[1:]:
+            state, metrics = trainer.step(state, batch)
+    # Compiled once, state donated every step.
+    assert first.count == 1 and later.count == 0, (first.count, later.count)
     assert np.isfinite(float(metrics["loss"]))
     return init, jax.device_get((state.params, state.critic_params)), state
 
@@ -157,15 +179,42 @@ def test_data_parallel_equals_one_device(make_cfg):
                zip(jax.tree.leaves(init), jax.tree.leaves(one[0]))) > 1e-5
 
 
-def _sigterm_at(n):
-    def on_step(step):
-        if step == n:
+class _Tripwire(np.ndarray):
+    """A volume whose patch reads (`v[s, y0:y1, x0:x1]`, as the training sampler reads them)
+    call `self.on_patch()`; whole-slice reads (evaluation) do not."""
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple) and len(key) == 3 and isinstance(key[1], slice):
+            self.on_patch()
+        return np.asarray(super().__getitem__(key))
+
+
+def _sigterm_at(scans, n, patches_per_step):
+    """`scans` whose low-dose volumes send SIGTERM to this process when the sampler reads the
+    first patch of step n's batch. The training loop samples that batch while it runs step n
+    (counting from 1), so the stop comes after step n, through the public API alone."""
+    reads = [0]
+
+    def on_patch():
+        reads[0] += 1
+        if reads[0] == n * patches_per_step + 1:
             os.kill(os.getpid(), signal.SIGTERM)
-    return on_step
+
+    out = []
+    for s in scans:
+        low = np.asarray(s.low).view(_Tripwire)
+        low.on_patch = on_patch
+        out.append(Scan(s.patient, s.anatomy, low, s.full, s.dose_fraction, s.positions))
+    return out
+
+
+def _records(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 def _events(workdir):
-    return [r for r in read(os.path.join(workdir, "metrics.jsonl")) if "event" in r]
+    return [r for r in _records(workdir) if "event" in r]
 
 
 @pytest.mark.slow
@@ -179,7 +228,8 @@ def test_resume_after_sigterm_is_exact(make_cfg, tmp_path):
     assert straight["step"] == 2 * n and straight["stopped"] is None
 
     wd = str(tmp_path / "stopped")
-    first = job.run(cfg, wd, scans=scans, on_step=_sigterm_at(n))
+    per_step = cfg.batch_size * (cfg.wgan.n_critic if "wgan" in cfg else 1)
+    first = job.run(cfg, wd, scans=_sigterm_at(scans, n, per_step))
     assert first["stopped"] == "SIGTERM" and first["step"] == n
     assert Checkpointer(os.path.join(wd, "checkpoints")).all_steps() == [n]
     assert not os.path.exists(os.path.join(wd, "model"))
@@ -241,7 +291,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, caplog):
     straight = job.run(cfg, str(tmp_path / "straight"), scans=scans)
 
     wd = str(tmp_path / "run")
-    job.run(cfg, wd, scans=scans, on_step=_sigterm_at(4))
+    job.run(cfg, wd, scans=_sigterm_at(scans, 4, cfg.batch_size))
     ckpt_dir = os.path.join(wd, "checkpoints")
     assert Checkpointer(ckpt_dir).all_steps() == [2, 4]
     _garble(os.path.join(ckpt_dir, "4"))
@@ -275,7 +325,7 @@ def test_outputs_in_workdir(tmp_path, capsys):
     assert set(ev["per_anatomy"]) == {"abdomen", "head"} and ev["num_slices"] == 2
     out = capsys.readouterr().out
     assert "RMSE reduction" in out and "eval.json" in out
-    train = [r for r in read(os.path.join(wd, "metrics.jsonl")) if r.get("split") == "train"]
+    train = [r for r in _records(wd) if r.get("split") == "train"]
     assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]
     tb = _read_tensorboard(os.path.join(wd, "tensorboard"))
     assert tb["train/loss"] == [(r["step"], pytest.approx(r["loss"], rel=1e-6)) for r in train]
@@ -323,8 +373,8 @@ def test_unknown_key_is_rejected_by_the_locked_config():
 @pytest.mark.parametrize("cfg, message", [
     (lambda: cnn10_cfg(patch_size=600), r"config.patch_size=600 is larger than the synthetic "
                                         r"images \(config.data.synthetic.size=512\)"),
-    (lambda: cnn10_cfg(batch_size=6), r"config.batch_size=6 is not divisible by the number of "
-                                      r"devices \(4\)"),
+    (lambda: cnn10_cfg(batch_size=6), r"config.batch_size=6: batch size 6 is not divisible by "
+                                      r"the number of devices \(4\)"),
     (lambda: cnn10_cfg(data__source="mayo"), r"config.data.root is empty.*'mayo'"),
     (lambda: cnn10_cfg(data__source="mayo", data__root="/nonexistent/mayo"),
      r"config.data.root='/nonexistent/mayo' is not a directory"),
@@ -353,8 +403,8 @@ def test_patch_larger_than_given_scans(tmp_path):
 
 
 def test_paper_preset_has_the_published_settings(tmp_path):
-    """Yang et al. 2018 (as the issue lists them): patches 64, batch 128, Adam 1e-5 with betas
-    0.5/0.9, 4 critic steps, perceptual weight 0.1, gradient penalty 10, VGG19 conv5_4."""
+    """Yang et al. 2018: patches 64, batch 128, Adam 1e-5 with betas 0.5/0.9, 4 critic steps,
+    perceptual weight 0.1, gradient penalty 10, VGG19 conv5_4."""
     c = wgan_config.get_config("paper")
     assert (c.patch_size, c.batch_size, c.wgan.n_critic) == (64, 128, 4)
     for opt in (c.optimizer, c.critic_optimizer):

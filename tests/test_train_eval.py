@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
-from ldct_jax import ct, parallel
+from ldct_jax import ct, models, parallel
 from ldct_jax.data.scan import Scan
+from ldct_jax.jobs import train as train_job
 from ldct_jax.train import evaluate
+from tests.nets import small_cnn10
 
 
 def _scans(size=40, slices=3):
@@ -54,20 +56,20 @@ def test_summarise_reduction_and_per_anatomy():
         assert per["num_slices"] == 3 and per["rmse_reduction"] == pytest.approx(0.5, rel=1e-5)
         assert per["network"]["psnr_db"] == pytest.approx(per["low_dose"]["psnr_db"]
                                                           + 20 * np.log10(2), rel=1e-4)
-    table = evaluate.format_result(r)
+    table = train_job.format_result(r)
     assert "50.0 %" in table and "chest" in table
 
 
-def test_denoise_all_sharded_matches_direct(tmp_path):
-    """5 slices on 4 devices (padded), in chunks of 4, == the function applied directly."""
+def test_denoise_sharded_matches_direct(tmp_path):
+    """5 slices on 4 devices (padded), in chunks of 4, == the network applied to each alone."""
     mesh = parallel.make_mesh()
-    apply = lambda params, x: params["a"] * x + params["b"]   # noqa: E731
-    fn = evaluate.make_denoise_fn(apply, mesh)
-    params = parallel.replicate({"a": np.float32(0.5), "b": np.float32(3.0)}, mesh)
-    images = np.random.default_rng(0).normal(size=(5, 16, 16)).astype(np.float32)
-    out = evaluate.denoise_all(fn, params, images, mesh, batch_size=3)
-    np.testing.assert_allclose(out, 0.5 * images + 3.0, rtol=1e-6)
+    d = small_cnn10()
+    images = np.random.default_rng(0).normal(0, 300, size=(5, 16, 16)).astype(np.float32)
+    out = models.denoise(d.spec, d.params, images, mesh=mesh, batch_size=3)
+    direct = np.stack([np.asarray(d(x)) for x in images])
+    np.testing.assert_allclose(out, direct, rtol=1e-5, atol=1e-3)
+    assert np.abs(direct - images).max() > 1.0
     evals = evaluate.eval_set(_scans(), 1, seed=0)
-    path = evaluate.save_figure(str(tmp_path / "eval.png"), evals, evals.full, "title")
+    path = train_job.save_figure(str(tmp_path / "eval.png"), evals, evals.full, "title")
     assert os.path.getsize(path) > 1000
     assert jax.device_count() == 4

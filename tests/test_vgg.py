@@ -10,9 +10,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from benchmarks.torch_twins import TorchVGG  # noqa: E402
+from ldct_jax import fastpath  # noqa: E402
 from ldct_jax.models import vgg as vgg_lib  # noqa: E402
-from tests import nets  # noqa: E402
-from tests.torch_vgg import TorchVGG  # noqa: E402
+from ldct_jax.models import vgg_weights  # noqa: E402
 
 
 @pytest.fixture(scope="module", params=["vgg16", "vgg19"])
@@ -42,7 +43,7 @@ def _max_rel_err(ours, ref):
 @pytest.mark.parametrize("imagenet_norm", [True, False])
 def test_every_tap_matches_pytorch(torch_vgg, imagenet_norm):
     arch, model = torch_vgg
-    vgg = vgg_lib.VGG(arch, vgg_lib.params_from_state_dict(_state_dict(model), arch),
+    vgg = vgg_lib.VGG(arch, vgg_weights.params_from_state_dict(_state_dict(model), arch),
                       imagenet_norm=imagenet_norm)
     x = np.random.RandomState(0).rand(2, 32, 32).astype(np.float32)
     ref = _torch_taps(model, x, imagenet_norm)
@@ -64,7 +65,7 @@ def test_load_pth_and_safetensors_give_the_torch_weights(torch_vgg, tmp_path):
     ref = _torch_taps(model, x, True)
     last = vgg_lib.tap_names(arch)[-2]  # conv5_3 / conv5_4
     for name in ("w.pth", "w.safetensors"):
-        vgg = vgg_lib.load(str(tmp_path / name), arch)
+        vgg = vgg_weights.load(str(tmp_path / name), arch)
         assert vgg.pretrained and vgg.arch == arch and vgg.source.endswith(name)
         np.testing.assert_array_equal(np.asarray(vgg.params["conv1_1"]["kernel"]),
                                       state["features.0.weight"].transpose(2, 3, 1, 0))
@@ -78,19 +79,19 @@ def test_converted_format_round_trips_exactly(tmp_path):
     state = _state_dict(TorchVGG("vgg16"))
     state["classifier.0.weight"] = np.zeros((4, 4), np.float32)  # ignored
     save_file(state, str(tmp_path / "w.safetensors"))
-    converted = vgg_lib.convert(str(tmp_path / "w.safetensors"), str(tmp_path / "vgg16"), "vgg16")
+    converted = vgg_weights.convert(str(tmp_path / "w.safetensors"), str(tmp_path / "vgg16"), "vgg16")
     meta = json.loads((tmp_path / "vgg16" / "vgg.json").read_text())
     assert meta["arch"] == "vgg16" and meta["source"].endswith("w.safetensors")
-    loaded = vgg_lib.load(str(tmp_path / "vgg16"), imagenet_norm=False)
+    loaded = vgg_weights.load(str(tmp_path / "vgg16"), imagenet_norm=False)
     assert (loaded.arch, loaded.pretrained, loaded.source, loaded.imagenet_norm) == (
         "vgg16", True, converted.source, False)
     for a, b in zip(jax.tree.leaves(converted.params), jax.tree.leaves(loaded.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert jax.tree.structure(converted.params) == jax.tree.structure(loaded.params)
     with pytest.raises(ValueError, match="holds vgg16 weights, but vgg19"):
-        vgg_lib.load(str(tmp_path / "vgg16"), "vgg19")
+        vgg_weights.load(str(tmp_path / "vgg16"), "vgg19")
     with pytest.raises(FileExistsError, match="not overwriting"):
-        vgg_lib.save(loaded, str(tmp_path / "vgg16"))
+        vgg_weights.save(loaded, str(tmp_path / "vgg16"))
 
 
 @pytest.fixture(scope="module")
@@ -103,14 +104,14 @@ def test_missing_key_is_named(vgg16_state):
     state = dict(vgg16_state)
     del state["features.12.bias"]
     with pytest.raises(ValueError, match=r"missing key 'features\.12\.bias'.*conv3_2.*\(256,\)"):
-        vgg_lib.params_from_state_dict(state, "vgg16", "my.pth")
+        vgg_weights.params_from_state_dict(state, "vgg16", "my.pth")
 
 
 def test_wrong_shape_names_key_and_both_shapes(vgg16_state):
     state = dict(vgg16_state)
     state["features.0.weight"] = np.zeros((64, 1, 3, 3), np.float32)
     with pytest.raises(ValueError) as err:
-        vgg_lib.params_from_state_dict(state, "vgg16", "my.pth")
+        vgg_weights.params_from_state_dict(state, "vgg16", "my.pth")
     msg = str(err.value)
     assert "my.pth" in msg and "'features.0.weight'" in msg
     assert "(64, 1, 3, 3)" in msg and "(64, 3, 3, 3)" in msg
@@ -120,14 +121,14 @@ def test_unexpected_features_key_is_an_error(vgg16_state):
     # A VGG19 state dict read as VGG16 has convs at indices VGG16 does not.
     torch.manual_seed(4)
     with pytest.raises(ValueError, match=r"unexpected keys for VGG16: \['features\.16\.bias'"):
-        vgg_lib.params_from_state_dict(_state_dict(TorchVGG("vgg19")), "vgg16")
+        vgg_weights.params_from_state_dict(_state_dict(TorchVGG("vgg19")), "vgg16")
     state = dict(vgg16_state, **{"features.1.running_mean": np.zeros(64, np.float32)})
     with pytest.raises(ValueError, match="features.1.running_mean"):
-        vgg_lib.params_from_state_dict(state, "vgg16")
+        vgg_weights.params_from_state_dict(state, "vgg16")
 
 
 def test_stops_at_the_deepest_tap():
-    vgg = vgg_lib.random_init("vgg16", jax.random.key(0))
+    vgg = vgg_weights.random_init("vgg16", jax.random.key(0))
     shallow = {k: v for k, v in vgg.params.items() if k[4] in "123"}  # no block 4/5 params
     x = jnp.ones((1, 32, 32))
     feats = vgg.features(shallow, x, ("relu1_2", "relu3_3"))
@@ -137,27 +138,27 @@ def test_stops_at_the_deepest_tap():
 
 
 def test_unknown_tap_and_arch_are_clear():
-    vgg = vgg_lib.random_init("vgg16", jax.random.key(0))
+    vgg = vgg_weights.random_init("vgg16", jax.random.key(0))
     with pytest.raises(ValueError, match="unknown taps.*conv5_4.*valid taps are.*relu5_3"):
         vgg.features(vgg.params, jnp.ones((1, 32, 32)), "conv5_4")
     with pytest.raises(ValueError, match="unknown VGG architecture 'vgg11'"):
-        vgg_lib.random_init("vgg11", jax.random.key(0))
+        vgg_weights.random_init("vgg11", jax.random.key(0))
 
 
 def test_random_init_says_so(caplog):
-    vgg = vgg_lib.random_init("vgg19", jax.random.key(0))
+    vgg = vgg_weights.random_init("vgg19", jax.random.key(0))
     assert not vgg.pretrained
     assert vgg.describe() == ("VGG19 features, RANDOM INIT (no ImageNet weights: perceptual "
                               "results are not meaningful)")
     with caplog.at_level(logging.WARNING):
-        resolved = vgg_lib.from_config("", "vgg19", jax.random.key(0))
+        resolved = vgg_weights.from_config("", "vgg19", jax.random.key(0))
     assert not resolved.pretrained and "RANDOM INIT" in caplog.text
     with pytest.raises(FileNotFoundError, match="nowhere.pth"):
-        vgg_lib.from_config("/nowhere.pth", "vgg19", jax.random.key(0))
+        vgg_weights.from_config("/nowhere.pth", "vgg19", jax.random.key(0))
 
 
 def test_features_jit_vmap_grad_and_pytree():
-    vgg = vgg_lib.random_init("vgg16", jax.random.key(1))
+    vgg = vgg_weights.random_init("vgg16", jax.random.key(1))
     x = jax.random.uniform(jax.random.key(2), (3, 16, 16))
 
     @jax.jit
@@ -173,13 +174,16 @@ def test_features_jit_vmap_grad_and_pytree():
     assert len(jax.tree.leaves(vgg)) == 2 * 13
 
 
-@pytest.mark.parametrize("size", [(1, 1), (2, 3), (5, 4)])
-def test_conv3x3_is_nn_conv_on_maps_smaller_and_larger_than_the_kernel(size):
-    from flax import linen as nn
-    x = jax.random.normal(jax.random.key(0), (2, *size, 6))
-    init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-    ours = vgg_lib.Conv3x3(5, kernel_init=init)
-    ref = nn.Conv(5, (3, 3), padding=((1, 1), (1, 1)), kernel_init=init)
-    q = nets.assert_is_nn_conv(ours, ref, x, rtol=1e-5)
-    grads = [jax.grad(lambda u, m=m: jnp.sum(jnp.sin(m.apply(q, u))))(x) for m in (ours, ref)]
-    np.testing.assert_allclose(*grads, rtol=1e-5, atol=1e-5)
+@pytest.mark.slow
+def test_fast_features_equal_plain_features_on_maps_smaller_than_the_kernel():
+    """At 32x32, VGG19's block 5 works on 2x2 maps: there the fast path is a matmul."""
+    vgg = vgg_weights.random_init("vgg19", jax.random.key(4), imagenet_norm=False)
+    x = jax.random.normal(jax.random.key(5), (2, 32, 32))
+    fast = fastpath.convolutions(vgg.features, enable=True)
+    plain, ours = (f(vgg.params, x, "conv5_4")["conv5_4"] for f in (vgg.features, fast))
+    assert plain.shape == (2, 2, 2, 512)
+    np.testing.assert_allclose(ours, plain, rtol=1e-4, atol=1e-4 * float(jnp.abs(plain).max()))
+    grads = [jax.grad(lambda u, f=f: jnp.sum(jnp.sin(f(vgg.params, u, "conv5_4")["conv5_4"])))(x)
+             for f in (vgg.features, fast)]
+    np.testing.assert_allclose(grads[1], grads[0], rtol=1e-4,
+                               atol=1e-4 * float(jnp.abs(grads[0]).max()))

@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -24,6 +23,7 @@ import pydicom
 from absl import logging
 from pydicom.errors import InvalidDicomError
 
+from ldct_jax import files
 from ldct_jax.data.scan import Scan
 
 CACHE_VERSION = 1
@@ -129,34 +129,15 @@ def _cache_paths(folder: str, cache_dir: str) -> tuple[str, str]:
     return stem + ".npy", stem + ".json"
 
 
-def _atomic_write(path: str, write) -> None:
-    """write(tmp_path) then rename over `path`, so a killed run leaves no half-written cache."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-",
-                               suffix=os.path.splitext(path)[1])
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _write_volume(tmp: str, slices: Sequence[_Slice]) -> None:
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
-                                    shape=(len(slices),) + slices[0].hu.shape)
-    for i, s in enumerate(slices):
-        out[i] = s.hu
-    out.flush()
-    del out
-
-
-def _write_json(tmp: str, obj: dict) -> None:
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
+def _write_volume(path: str, slices: Sequence[_Slice]) -> None:
+    """The slices as one `.npy`, written slice by slice into a memory map, atomically."""
+    with files.atomic_file(path) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
+                                        shape=(len(slices),) + slices[0].hu.shape)
+        for i, s in enumerate(slices):
+            out[i] = s.hu
+        out.flush()
+        del out
 
 
 def _load_cache(npy: str, meta_path: str, source: list, skip_bad: bool):
@@ -251,8 +232,8 @@ def read_series(folder: str, cache_dir: Optional[str] = None, *, skip_bad: bool 
                 n_skipped=len(skipped), source=source)
     os.makedirs(cache_dir, exist_ok=True)
     # The json goes last: it is what marks the cache entry valid.
-    _atomic_write(npy, lambda tmp: _write_volume(tmp, slices))
-    _atomic_write(meta_path, lambda tmp: _write_json(tmp, meta))
+    _write_volume(npy, slices)
+    files.write_json(meta_path, meta)
     logging.info("cached %s (%d slices) as %s", folder, len(slices), npy)
     return np.load(npy, mmap_mode="r"), np.asarray(meta["positions"], np.float64), meta
 

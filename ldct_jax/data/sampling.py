@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import itertools
-from typing import Iterator, NamedTuple, Optional, Sequence
+from typing import Callable, Iterable, Iterator, NamedTuple, Sequence, TypeVar
 
 import numpy as np
 
 from ldct_jax.data.scan import Scan
+
+T = TypeVar("T")
 
 
 class BatchPlan(NamedTuple):
@@ -89,56 +90,28 @@ def sample_batch(scans: Sequence[Scan], step: int, *, global_batch: int, patch_s
     return dict(low=low, full=full)
 
 
-class Sampler:
-    """`sample_batch` with its arguments bound, for a training loop.
+def prefetch(batch: Callable[[int], T], steps: Iterable[int], depth: int = 1,
+             workers: int = 1) -> Iterator[tuple[int, T]]:
+    """Yields `(step, batch(step))` for `steps`, preparing up to `depth` later batches on
+    `workers` background threads (numpy releases the GIL while copying patches), in step order.
 
-    `batch(step)` gives this host's share at `step`; iterating from `start_step` yields
-    `(step, batch)` and, with `prefetch > 0`, prepares the next batches on a background thread.
-    `global_batch_array(step, mesh)` gives the batch as global jax arrays sharded over `mesh`.
+    Used by the training loop so that sampling overlaps the jitted step; `depth=0` prepares
+    nothing ahead.
     """
-
-    def __init__(self, scans: Sequence[Scan], *, global_batch: int, patch_size: int, seed: int,
-                 process_index: Optional[int] = None, process_count: Optional[int] = None):
-        if process_index is None or process_count is None:
-            import jax
-            process_index, process_count = jax.process_index(), jax.process_count()
-        self.scans = list(scans)
-        self.kwargs = dict(global_batch=global_batch, patch_size=patch_size, seed=seed,
-                           process_index=process_index, process_count=process_count)
-        _check(self.scans, global_batch, patch_size, process_index, process_count)
-
-    def batch(self, step: int) -> dict[str, np.ndarray]:
-        return sample_batch(self.scans, step, **self.kwargs)
-
-    def global_batch_array(self, step: int, mesh):
-        """This step's batch as global `jax.Array`s, batch axis sharded over `mesh`."""
-        from ldct_jax import parallel
-        return parallel.global_batch(self.batch(step), mesh)
-
-    def iterate(self, start_step: int = 0, num_steps: Optional[int] = None, prefetch: int = 2,
-                workers: int = 1) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-        """Yields `(step, batch)` from `start_step` on (for `num_steps`, or forever).
-
-        With `prefetch > 0`, up to `prefetch` later batches are prepared by `workers` background
-        threads (numpy releases the GIL while copying patches); the batches are the same as
-        `batch(step)`, in step order.
-        """
-        steps = itertools.count(start_step) if num_steps is None else iter(
-            range(start_step, start_step + num_steps))
-        if prefetch <= 0:
-            for step in steps:
-                yield step, self.batch(step)
-            return
-        with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
-            pending = collections.deque()
-            for step in steps:
-                pending.append((step, pool.submit(self.batch, step)))
-                if len(pending) > prefetch:
-                    s, fut = pending.popleft()
-                    yield s, fut.result()
-            while pending:
+    if depth <= 0:
+        for step in steps:
+            yield step, batch(step)
+        return
+    with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
+        pending: collections.deque = collections.deque()
+        for step in steps:
+            pending.append((step, pool.submit(batch, step)))
+            if len(pending) > depth:
                 s, fut = pending.popleft()
                 yield s, fut.result()
+        while pending:
+            s, fut = pending.popleft()
+            yield s, fut.result()
 
 
 def sample_slices(scans: Sequence[Scan], n: int, seed: int) -> dict[str, np.ndarray]:

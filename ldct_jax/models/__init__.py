@@ -1,15 +1,18 @@
-"""The denoisers ldct-jax studies, used in HU.
+"""The denoisers ldct-jax studies, used in HU: a hashable spec plus params.
 
-    d = ldct_jax.models.create("cnn10", jax.random.key(0))
-    y = d(x)                      # x: [H, W] or [B, H, W] HU -> same shape, HU
-    y = d.apply(d.params, x)      # pure form for jit / vmap / grad
+    d = ldct_jax.models.create("cnn10", jax.random.key(0))   # Denoiser(spec, params)
+    y = d(x)                                # x: [H, W] or [B, H, W] HU -> same shape, HU
+    y = d.spec.apply(d.params, x)           # pure form: one compiled program per spec
     ldct_jax.models.save(d, "runs/cnn10/model"); d = ldct_jax.models.load("runs/cnn10/model")
     d = ldct_jax.models.import_ldctbench("best_SSIM.pt", "cnn10")   # ldct-benchmark weights
 """
 
-from ldct_jax.models.denoiser import Denoiser
-from ldct_jax.models.io import import_ldctbench, import_ldctbench_critic, load, save
-from ldct_jax.models.registry import ARCHITECTURES, Architecture, architecture, build, create
+from ldct_jax.models.denoiser import Denoiser, DenoiserSpec, denoise
+from ldct_jax.models.ldctbench import import_ldctbench, import_ldctbench_critic
+from ldct_jax.models.registry import (ARCHITECTURES, Architecture, architecture, build, create,
+                                      param_shapes, spec)
+from ldct_jax.models.saved import load, save
 
-__all__ = ["ARCHITECTURES", "Architecture", "Denoiser", "architecture", "build", "create",
-           "import_ldctbench", "import_ldctbench_critic", "load", "save"]
+__all__ = ["ARCHITECTURES", "Architecture", "Denoiser", "DenoiserSpec", "architecture", "build",
+           "create", "denoise", "import_ldctbench", "import_ldctbench_critic", "load",
+           "param_shapes", "save", "spec"]

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from ldct_jax import ct
 from ldct_jax.models.cnn10 import CNN10
-from ldct_jax.models.denoiser import Denoiser
+from ldct_jax.models.denoiser import Denoiser, DenoiserSpec
 from ldct_jax.models.gauss_ri import GaussRI
 from ldct_jax.models.wgan_vgg import Generator
 
@@ -37,11 +37,26 @@ def architecture(name: str) -> Architecture:
     return ARCHITECTURES[name]
 
 
+def spec(name: str, **config) -> DenoiserSpec:
+    """The spec of architecture `name` with module config `config` (e.g. `features`)."""
+    arch = architecture(name)
+    return DenoiserSpec(name=name, module=arch.module(**config), shift=arch.shift,
+                        scale=arch.scale)
+
+
+def param_shapes(s: DenoiserSpec) -> dict[str, tuple[int, ...]]:
+    """Flat `'layer/kind'` param shapes of `s` (nothing is computed)."""
+    import flax.traverse_util
+    shapes = jax.eval_shape(s.module.init, jax.random.key(0),
+                            jax.ShapeDtypeStruct((1, 32, 32, 1), jnp.float32))
+    params = shapes.get("params", {})
+    return {k: tuple(v.shape) for k, v in
+            flax.traverse_util.flatten_dict(params, sep="/").items()} if params else {}
+
+
 def build(name: str, params, **config) -> Denoiser:
     """A denoiser of architecture `name` with the given params and module config."""
-    arch = architecture(name)
-    return Denoiser(name=name, module=arch.module(**config), params=params, shift=arch.shift,
-                    scale=arch.scale, config=dict(config))
+    return Denoiser(spec(name, **config), params)
 
 
 def create(name: str, key: jax.Array, **config) -> Denoiser:
@@ -52,7 +67,7 @@ def create(name: str, key: jax.Array, **config) -> Denoiser:
       key: a PRNG key.
       **config: constructor arguments of the Flax module (e.g. `features`).
     """
-    module = architecture(name).module(**config)
+    s = spec(name, **config)
     # Jitted: Flax's eager init runs every initialiser op by op (seconds for cnn10 on a CPU).
-    variables = jax.jit(module.init)(key, jnp.zeros((1, 32, 32, 1), jnp.float32))
-    return build(name, variables.get("params", {}), **config)
+    variables = jax.jit(s.module.init)(key, jnp.zeros((1, 32, 32, 1), jnp.float32))
+    return Denoiser(s, variables.get("params", {}))

@@ -4,8 +4,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ldct_jax.models import gp_conv
-
 
 class Generator(nn.Module):
     """8 convolutions 3x3 SAME (7 x `features` channels, then 1), ReLU between, linear output."""
@@ -24,8 +22,7 @@ class Critic(nn.Module):
     """6 convolutions 3x3 VALID with LeakyReLU, then dense 1024, LeakyReLU, dense 1.
 
     `[B, H, W, 1]` (network units) -> `[B]` scores. The dense layer's size follows from the
-    patch size fixed at init. The convolutions are `gp_conv.Conv` (the same params and values as
-    `nn.Conv`), so the gradient penalty's second derivatives run fast on XLA:CPU.
+    patch size fixed at init.
     """
 
     features: tuple[int, ...] = (64, 64, 128, 128, 256, 256)
@@ -36,7 +33,7 @@ class Critic(nn.Module):
     @nn.compact
     def __call__(self, x):
         for i, (f, s) in enumerate(zip(self.features, self.strides)):
-            x = gp_conv.Conv(f, (3, 3), strides=(s, s), padding="VALID", name=f"conv{i + 1}")(x)
+            x = nn.Conv(f, (3, 3), strides=(s, s), padding="VALID", name=f"conv{i + 1}")(x)
             x = nn.leaky_relu(x, self.negative_slope)
         x = x.reshape((x.shape[0], -1))
         x = nn.leaky_relu(nn.Dense(self.hidden, name="fc1")(x), self.negative_slope)

@@ -48,7 +48,7 @@ class Checkpointer:
 
     def __init__(self, directory: str, keep: int = 3):
         if keep < 1:
-            raise ValueError(f"config.checkpoint.keep={keep}: keep at least 1 checkpoint")
+            raise ValueError(f"keep={keep}: keep at least 1 checkpoint")
         self.directory = os.path.abspath(directory)
         self.corrupt_directory = self.directory + "_corrupt"
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
@@ -64,7 +64,7 @@ class Checkpointer:
         steps = self.all_steps()
         return steps[-1] if steps else None
 
-    def save(self, state: Any, extra: Optional[dict] = None) -> bool:
+    def save(self, state: Any) -> bool:
         """Saves `state` at `int(state.step)` unless that step is already saved.
 
         Returns:
@@ -78,7 +78,6 @@ class Checkpointer:
             raise FloatingPointError(f"refusing to save the state of step {step}: it holds "
                                      "non-finite values")
         meta = {"step": step, "fingerprint": check, "time": time.time()}
-        meta.update(extra or {})
         self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                          meta=ocp.args.JsonSave(meta)))
         self._manager.wait_until_finished()

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ldct_jax import ct, losses, parallel, report
+from ldct_jax import ct, metrics
 from ldct_jax.data import sampling
 from ldct_jax.data.scan import Scan
 
@@ -51,50 +51,11 @@ def eval_set(scans: Sequence[Scan], slices_per_patient: int, seed: int) -> EvalS
                    slice_index=tuple(int(s) for s in picked["slice"]))
 
 
-def make_denoise_fn(apply_fn: Callable[[Any, jax.Array], jax.Array], mesh
-                    ) -> Callable[[Any, jax.Array], jax.Array]:
-    """Jits `apply_fn(params, x_hu) -> y_hu` with params replicated and images sharded.
-
-    Make it once per run: each call of this function compiles anew.
-    """
-    return jax.jit(apply_fn, in_shardings=(parallel.replicated(mesh),
-                                           parallel.batch_sharding(mesh)),
-                   out_shardings=parallel.batch_sharding(mesh))
-
-
-def denoise_all(denoise_fn: Callable[[Any, jax.Array], jax.Array], params: Any,
-                images: np.ndarray, mesh, batch_size: int) -> np.ndarray:
-    """`denoise_fn` (from `make_denoise_fn`) over `images` `[N, H, W]` HU in chunks.
-
-    Chunks are padded to a multiple of the mesh size; returns numpy `[N, H, W]` HU.
-    """
-    n_dev = mesh.size
-    chunk = max(n_dev, -(-batch_size // n_dev) * n_dev)
-    out = []
-    for start in range(0, images.shape[0], chunk):
-        x = images[start:start + chunk]
-        pad = -x.shape[0] % n_dev
-        if pad:
-            x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
-        rows = x.shape[0] // jax.process_count()
-        local = x[jax.process_index() * rows:(jax.process_index() + 1) * rows]
-        y = denoise_fn(params, parallel.global_batch(local, mesh))
-        out.append(_to_host(y)[:x.shape[0] - pad])
-    return np.concatenate(out)
-
-
-def _to_host(x: jax.Array) -> np.ndarray:
-    if jax.process_count() == 1:
-        return np.asarray(x)
-    from jax.experimental import multihost_utils
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
 @functools.partial(jax.jit, static_argnames="window")
 def _slice_metrics(x: jax.Array, ref: jax.Array, window: str) -> dict[str, jax.Array]:
     per_slice_rmse = jnp.sqrt(jnp.mean(jnp.square(x - ref), axis=(-2, -1)))
     psnr = 20.0 * jnp.log10(PSNR_DATA_RANGE / per_slice_rmse)
-    ssim = losses.ssim(ct.apply_window(x, window), ct.apply_window(ref, window), 1.0)
+    ssim = metrics.ssim(ct.apply_window(x, window), ct.apply_window(ref, window), 1.0)
     return {"rmse_hu": per_slice_rmse, "psnr_db": psnr, "ssim": ssim}
 
 
@@ -150,34 +111,3 @@ def flat_metrics(result: dict[str, Any]) -> dict[str, float]:
         flat[f"{a}/network/rmse_hu"] = r["network"]["rmse_hu"]
         flat[f"{a}/rmse_reduction"] = r["rmse_reduction"]
     return flat
-
-
-def format_result(result: dict[str, Any]) -> str:
-    """A table: one row per anatomy and one for all slices, network vs low dose."""
-    rows = []
-    for name, r in list(result["per_anatomy"].items()) + [("all", result)]:
-        n, lo = r["network"], r["low_dose"]
-        rows.append([name, r.get("num_slices", result["num_slices"]), lo["rmse_hu"], n["rmse_hu"],
-                     f"{100 * r['rmse_reduction']:.1f} %", lo["psnr_db"], n["psnr_db"],
-                     lo["ssim"], n["ssim"]])
-    return report.format_table(
-        ["anatomy", "slices", "RMSE low (HU)", "RMSE net (HU)", "RMSE reduction",
-         "PSNR low (dB)", "PSNR net (dB)", "SSIM low", "SSIM net"], rows)
-
-
-def save_figure(path: str, evals: EvalSet, output: np.ndarray,
-                title: Optional[str] = None) -> str:
-    """One row per anatomy (its first held-out slice): low dose, network, routine dose, and
-    network - routine dose, the images in the anatomy's window and the difference in 'diff'."""
-    rows, seen = [], set()
-    for i, a in enumerate(evals.anatomy):
-        if a in seen:
-            continue
-        seen.add(a)
-        w = ct.window_for(a)
-        where = f"{evals.patient[i]} slice {evals.slice_index[i]}"
-        rows.append([report.Panel(f"low dose ({where})", evals.low[i], w),
-                     report.Panel("network", output[i], w),
-                     report.Panel("routine dose", evals.full[i], w),
-                     report.Panel("network - routine", output[i] - evals.full[i], "diff")])
-    return report.save_panels(path, rows, title=title)

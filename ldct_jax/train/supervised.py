@@ -8,8 +8,9 @@ import jax
 import numpy as np
 import optax
 
-from ldct_jax import losses
-from ldct_jax.models import Denoiser
+from ldct_jax import metrics
+from ldct_jax.data import sampling
+from ldct_jax.models import Denoiser, DenoiserSpec
 from ldct_jax.train import state as state_lib
 from ldct_jax.train.state import TrainState
 
@@ -39,7 +40,7 @@ def init_state(denoiser: Denoiser, optimizer: optax.GradientTransformation,
     return state_lib.create(denoiser.params, optimizer, seed)
 
 
-def make_step(denoiser: Denoiser, optimizer: optax.GradientTransformation) -> StepFn:
+def make_step(spec: DenoiserSpec, optimizer: optax.GradientTransformation) -> StepFn:
     """`step(state, batch) -> (state, metrics)`, one Adam update on the MSE.
 
     `batch` is `{'low': [B, p, p], 'full': [B, p, p]}` in HU; the loss is the MSE in the
@@ -47,10 +48,10 @@ def make_step(denoiser: Denoiser, optimizer: optax.GradientTransformation) -> St
     """
 
     def loss_fn(params, x, y):
-        return losses.mse(denoiser.apply_net(params, x), y)
+        return metrics.mse(spec.apply_net(params, x), y)
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-        x, y = denoiser.to_net(batch["low"]), denoiser.to_net(batch["full"])
+        x, y = spec.to_net(batch["low"]), spec.to_net(batch["full"])
         loss, grads = jax.value_and_grad(loss_fn)(state.params, x, y)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -60,13 +61,10 @@ def make_step(denoiser: Denoiser, optimizer: optax.GradientTransformation) -> St
     return step
 
 
-def local_batch(sample: Callable[..., Batch], scans, step: int, *, batch_size: int,
-                patch_size: int, seed: int, process_index: int = 0,
-                process_count: int = 1) -> Batch:
-    """This process's rows of the global batch of `step`: `{'low', 'full'}` `[b, p, p]` HU.
-
-    `sample` is `ldct_jax.data.sampling.sample_batch` (an argument so tests can pass another).
-    """
-    b = sample(scans, step, global_batch=batch_size, patch_size=patch_size, seed=seed,
-               process_index=process_index, process_count=process_count)
+def local_batch(scans, step: int, *, batch_size: int, patch_size: int, seed: int,
+                process_index: int = 0, process_count: int = 1) -> Batch:
+    """This process's rows of the global batch of `step`: `{'low', 'full'}` `[b, p, p]` HU."""
+    b = sampling.sample_batch(scans, step, global_batch=batch_size, patch_size=patch_size,
+                              seed=seed, process_index=process_index,
+                              process_count=process_count)
     return {"low": np.asarray(b["low"], np.float32), "full": np.asarray(b["full"], np.float32)}

@@ -15,6 +15,7 @@ Losses, in network units:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -23,8 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ldct_jax import losses
-from ldct_jax.models import Denoiser
+from ldct_jax import fastpath, gan_losses, metrics
+from ldct_jax.data import sampling
+from ldct_jax.models import Denoiser, DenoiserSpec
 from ldct_jax.train import state as state_lib
 from ldct_jax.train.state import TrainState
 
@@ -49,28 +51,31 @@ def init_state(generator: Denoiser, critic_params, g_optimizer: optax.GradientTr
                             critic_optimizer=c_optimizer)
 
 
-def make_step(generator: Denoiser, critic: nn.Module, vgg, g_optimizer, c_optimizer,
+def make_step(generator: DenoiserSpec, critic: nn.Module, vgg, g_optimizer, c_optimizer,
               settings: WGANSettings) -> Callable[..., tuple[TrainState, Metrics]]:
     """`step(state, batch, vgg_params) -> (state, metrics)`.
 
     `vgg_params` is an argument (not closed over) so jit does not embed the VGG as constants;
     `functools.partial(jitted, vgg_params=vgg.params)` gives the `step(state, batch)` form.
+    The losses run with `fastpath.convolutions` (the critic's penalty in its second-order form).
     """
 
     def critic_fn(cparams):
         return lambda z: critic.apply({"params": cparams}, z[..., None])
 
+    @functools.partial(fastpath.convolutions, second_order=True)
     def critic_loss_fn(cparams, real, fake, key):
         score = critic_fn(cparams)
-        wasserstein = losses.critic_loss(score(real), score(fake))
-        gp = losses.gradient_penalty(score, real, fake, key)
+        wasserstein = gan_losses.critic_loss(score(real), score(fake))
+        gp = gan_losses.gradient_penalty(score, real, fake, key)
         return wasserstein + settings.gp_weight * gp, (wasserstein, gp)
 
+    @fastpath.convolutions
     def generator_loss_fn(params, cparams, vgg_params, x, y):
         fake = generator.apply_net(params, x)
-        adversarial = losses.generator_adversarial_loss(critic_fn(cparams)(fake))
-        perceptual = losses.perceptual_l1(vgg, fake, y, settings.tap, params=vgg_params)
-        mse = losses.mse(fake, y)
+        adversarial = gan_losses.generator_adversarial_loss(critic_fn(cparams)(fake))
+        perceptual = gan_losses.perceptual_l1(vgg, fake, y, settings.tap, params=vgg_params)
+        mse = metrics.mse(fake, y)
         loss = settings.perceptual_weight * perceptual + adversarial
         if settings.mse_weight:
             loss = loss + settings.mse_weight * mse
@@ -115,12 +120,12 @@ def make_step(generator: Denoiser, critic: nn.Module, vgg, g_optimizer, c_optimi
     return step
 
 
-def local_batch(sample: Callable[..., Batch], scans, step: int, *, batch_size: int,
-                patch_size: int, seed: int, n_critic: int, process_index: int = 0,
-                process_count: int = 1) -> Batch:
+def local_batch(scans, step: int, *, batch_size: int, patch_size: int, seed: int,
+                n_critic: int, process_index: int = 0, process_count: int = 1) -> Batch:
     """This process's rows of step `step`'s batch: `{'low', 'full'}` `[b, n_critic, p, p]` HU."""
-    subs = [sample(scans, step * n_critic + i, global_batch=batch_size, patch_size=patch_size,
-                   seed=seed, process_index=process_index, process_count=process_count)
+    subs = [sampling.sample_batch(scans, step * n_critic + i, global_batch=batch_size,
+                                  patch_size=patch_size, seed=seed,
+                                  process_index=process_index, process_count=process_count)
             for i in range(n_critic)]
     return {k: np.stack([np.asarray(s[k], np.float32) for s in subs], axis=1)
             for k in ("low", "full")}

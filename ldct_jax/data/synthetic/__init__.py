@@ -23,13 +23,12 @@ import concurrent.futures
 import functools
 import json
 import os
-import shutil
-import uuid
 from typing import Optional, Sequence
 
 import jax.numpy as jnp
 import numpy as np
 
+from ldct_jax import files
 from ldct_jax.data.scan import Scan
 from ldct_jax.data.synthetic import dose, phantoms
 
@@ -75,12 +74,6 @@ def _read_manifest(root: str) -> Optional[dict]:
         return json.load(f)
 
 
-def _differences(old: dict, new: dict) -> list[str]:
-    keys = sorted(set(old) | set(new))
-    return [f"{k}: existing {old.get(k)!r}, requested {new.get(k)!r}"
-            for k in keys if old.get(k) != new.get(k)]
-
-
 def _check_existing(root: str, params: dict) -> bool:
     """True when root holds this data set; raises when it holds another one or something else."""
     manifest = _read_manifest(root)
@@ -89,31 +82,12 @@ def _check_existing(root: str, params: dict) -> bool:
             raise ValueError(f"synthetic data root {root} exists and is not empty but has no "
                              f"{MANIFEST}: not a synthetic data set; pick an empty or new folder")
         return False
-    diff = _differences(manifest.get("params", {}), params)
+    diff = files.diff(manifest.get("params", {}), files.plain(params))
     if diff:
         raise ValueError(f"synthetic data set at {root} was built with other parameters ("
                          + "; ".join(diff) + "). Delete that folder to rebuild it, or set "
                          "config.data.root to another folder.")
     return True
-
-
-def _remove_stale_temps(root: str) -> None:
-    """Temporary folders of builds whose process is gone (killed builds)."""
-    parent, name = os.path.split(os.path.abspath(root))
-    if not os.path.isdir(parent):
-        return
-    for entry in os.listdir(parent):
-        if not entry.startswith(f".{name}.tmp-"):
-            continue
-        try:
-            pid = int(entry.split("-")[-2])
-            os.kill(pid, 0)
-        except (ValueError, IndexError):
-            continue
-        except ProcessLookupError:
-            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
-        except PermissionError:
-            pass
 
 
 def _patients(params: dict):
@@ -187,8 +161,7 @@ def _write_patient(folder: str, anatomy: str, patient: int, params: dict, progre
                 size=size, num_angles=num_angles, routine_i0_per_bin_view=i0,
                 electronic_noise=dose.ELECTRONIC_NOISE, mu_water_per_mm=dose.MU_WATER,
                 seed=seed, format=FORMAT)
-    with open(os.path.join(folder, "meta.json"), "w") as f:
-        json.dump(meta, f, indent=1, sort_keys=True)
+    files.write_json(os.path.join(folder, "meta.json"), meta)
     return meta
 
 
@@ -216,32 +189,24 @@ def build(root: str, *, progress: bool = True, **kwargs) -> str:
     root = os.path.abspath(root)
     if _check_existing(root, params):
         return root
-    _remove_stale_temps(root)
-    parent, name = os.path.split(root)
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    os.makedirs(tmp)
+    files.remove_stale_temps(root)
     total = len(params["anatomies"]) * params["patients_per_anatomy"] * params["slices"]
     try:
-        with tqdm.tqdm(total=total, desc=f"synthetic CT -> {root}", unit="slice",
-                       disable=not progress) as bar, \
-                concurrent.futures.ThreadPoolExecutor(1) as pool:
-            render = _Renderer(params, pool)
-            patients = []
-            for anatomy, p, pid in _patients(params):
-                _write_patient(os.path.join(tmp, pid), anatomy, p, params, bar, render)
-                patients.append(dict(patient=pid, anatomy=anatomy))
-        with open(os.path.join(tmp, MANIFEST), "w") as f:
-            json.dump(dict(params=params, patients=patients), f, indent=1, sort_keys=True)
-        try:
-            os.replace(tmp, root)
-        except OSError:
-            # Another process finished the same build first: use its data set if it matches.
-            if not _check_existing(root, params):
-                raise
-    finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
+        # An existing root is empty here (_check_existing): replaced like a missing one.
+        with files.atomic_dir(root, overwrite=os.path.isdir(root)) as tmp:
+            with tqdm.tqdm(total=total, desc=f"synthetic CT -> {root}", unit="slice",
+                           disable=not progress) as bar, \
+                    concurrent.futures.ThreadPoolExecutor(1) as pool:
+                render = _Renderer(params, pool)
+                patients = []
+                for anatomy, p, pid in _patients(params):
+                    _write_patient(os.path.join(tmp, pid), anatomy, p, params, bar, render)
+                    patients.append(dict(patient=pid, anatomy=anatomy))
+            files.write_json(os.path.join(tmp, MANIFEST), dict(params=params, patients=patients))
+    except OSError:
+        # Another process finished the same build first: use its data set if it matches.
+        if not _check_existing(root, params):
+            raise
     return root
 
 

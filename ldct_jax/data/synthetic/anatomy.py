@@ -138,11 +138,18 @@ def _spheres(c: Canvas, r: PatientRandom, name: str, z: float, n: int, host, z_r
                       np.sqrt(d), con, T["lesion"], add=True, inside=inside)
 
 
+def _trunk(c: Canvas, r: PatientRandom, z: float, a: tuple[float, float],
+           b: tuple[float, float], fat_mm: tuple[float, float], wall_mm: tuple[float, float]):
+    """`_body` with the patient's semi-axes, fat and wall drawn from these ranges (mm); the
+    semi-axes breathe slightly with z. Returns (a, cavity)."""
+    a = r.uniform("body_a", *a) * (1 + r.smooth("body_a", z, 0.02))
+    b = r.uniform("body_b", *b) * (1 + r.smooth("body_b", z, 0.02))
+    return a, _body(c, r, z, a, b, r.uniform("fat_mm", *fat_mm), r.uniform("wall_mm", *wall_mm),
+                    cy=r.uniform("body_y", -6, 6))
+
+
 def chest(c: Canvas, r: PatientRandom, z: float, t: float) -> None:
-    a = r.uniform("body_a", 145, 170) * (1 + r.smooth("body_a", z, 0.02))
-    b = r.uniform("body_b", 100, 122) * (1 + r.smooth("body_b", z, 0.02))
-    cav = _body(c, r, z, a, b, r.uniform("fat_mm", 6, 22), r.uniform("wall_mm", 10, 16),
-                cy=r.uniform("body_y", -6, 6))
+    a, cav = _trunk(c, r, z, (145, 170), (100, 122), (6, 22), (10, 16))
     _, cy, ca, cb, harm = cav
     size = 0.62 + 0.38 * min(1.0, t / 0.4)
     lung_hu = r.uniform("lung_hu", -880, -830)
@@ -210,10 +217,7 @@ def chest(c: Canvas, r: PatientRandom, z: float, t: float) -> None:
 
 
 def abdomen(c: Canvas, r: PatientRandom, z: float, t: float) -> None:
-    a = r.uniform("body_a", 140, 172) * (1 + r.smooth("body_a", z, 0.02))
-    b = r.uniform("body_b", 100, 128) * (1 + r.smooth("body_b", z, 0.02))
-    cav = _body(c, r, z, a, b, r.uniform("fat_mm", 10, 38), r.uniform("wall_mm", 8, 13),
-                cy=r.uniform("body_y", -6, 6))
+    a, cav = _trunk(c, r, z, (140, 172), (100, 128), (10, 38), (8, 13))
     _, cy, ca, cb, _ = cav
     enhanced = r.uniform("contrast", 0, 1) < 0.7
     liver_hu = r.uniform("liver_hu", 95, 120) if enhanced else r.uniform("liver_hu", 52, 66)

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ldct_jax import data as data_lib
 from ldct_jax import models, parallel
 from ldct_jax.data.scan import Scan
+from ldct_jax.jobs import data as data_job
 from ldct_jax.models import vgg as vgg_lib
-from ldct_jax.models import wgan_vgg
+from ldct_jax.models import vgg_weights, wgan_vgg
 from ldct_jax.train import supervised, wgan
 from ldct_jax.train.state import TrainState
 
@@ -36,7 +36,6 @@ class Trainer:
       init_state: step-0 state, replicated over the mesh.
       step: `step(state, batch) -> (state, metrics)`, jitted with the state donated; the batch
         is global arrays sharded along the batch axis.
-      jitted: the underlying jitted function (for compile-count checks).
       local_batch: `local_batch(step) -> dict of numpy` this process's rows of step's batch.
       patches_per_step: patches the step consumes (batch x n_critic for WGAN-VGG).
       notes: facts to log and write into results (e.g. the VGG's description).
@@ -45,7 +44,6 @@ class Trainer:
     denoiser: models.Denoiser
     init_state: TrainState
     step: Callable[..., tuple[TrainState, dict]]
-    jitted: Any
     local_batch: Callable[[int], dict[str, np.ndarray]]
     patches_per_step: int
     notes: dict[str, str]
@@ -101,9 +99,9 @@ def check_config(config) -> None:
             raise ValueError(f"config.vgg.weights={config.vgg.weights!r} does not exist (leave "
                              "it empty for a random-init VGG)")
     data = config.data
-    if data.source not in data_lib.SOURCES:
+    if data.source not in data_job.SOURCES:
         raise ValueError(f"config.data.source={data.source!r}; expected one of "
-                         f"{data_lib.SOURCES}")
+                         f"{data_job.SOURCES}")
     if data.source in ("mayo", "dicom") and not (data.root or (data.get("full_dir") and
                                                                data.get("low_dir"))):
         raise ValueError(f"config.data.root is empty, but config.data.source={data.source!r} "
@@ -171,28 +169,21 @@ def _keys(seed: int) -> dict[str, jax.Array]:
     return {name: jax.random.fold_in(root, i) for i, name in enumerate(("model", "critic", "vgg"))}
 
 
-def build(config, mesh, train_scans: Sequence[Scan],
-          sample: Optional[Callable[..., dict]] = None) -> Trainer:
-    """The trainer `config.model` names, on `mesh`, sampling from `train_scans`.
-
-    Args:
-      sample: the patch sampler (default `ldct_jax.data.sampling.sample_batch`).
-    """
-    if sample is None:
-        from ldct_jax.data.sampling import sample_batch as sample
+def build(config, mesh, train_scans: Sequence[Scan]) -> Trainer:
+    """The trainer `config.model` names, on `mesh`, sampling from `train_scans`."""
     keys = _keys(config.seed)
     model_config = dict(config.model_config)
-    module = models.architecture(config.model).module(**model_config)
-    denoiser = models.build(config.model, _init_params(module, keys["model"], 32), **model_config)
+    spec = models.spec(config.model, **model_config)
+    denoiser = models.Denoiser(spec, _init_params(spec.module, keys["model"], 32))
     opt = config.optimizer
     optimizer = _adam(opt, config.num_steps)
     common = dict(batch_size=config.batch_size, patch_size=config.patch_size, seed=config.seed,
                   process_index=jax.process_index(), process_count=jax.process_count())
     if config.model == "cnn10":
         state = supervised.init_state(denoiser, optimizer, config.seed)
-        jitted = parallel.data_parallel_step(supervised.make_step(denoiser, optimizer), mesh)
-        return Trainer(denoiser, parallel.replicate(state, mesh), jitted, jitted,
-                       lambda step: supervised.local_batch(sample, train_scans, step, **common),
+        jitted = parallel.data_parallel_step(supervised.make_step(spec, optimizer), mesh)
+        return Trainer(denoiser, parallel.replicate(state, mesh), jitted,
+                       lambda step: supervised.local_batch(train_scans, step, **common),
                        config.batch_size, {})
 
     copt = config.critic_optimizer
@@ -200,18 +191,18 @@ def build(config, mesh, train_scans: Sequence[Scan],
     wgan_vgg.critic_output_size(config.patch_size)
     critic = wgan_vgg.Critic()
     critic_params = _init_params(critic, keys["critic"], config.patch_size)
-    vgg = vgg_lib.from_config(config.vgg.weights, config.vgg.arch, keys["vgg"],
-                              imagenet_norm=config.vgg.imagenet_norm)
+    vgg = vgg_weights.from_config(config.vgg.weights, config.vgg.arch, keys["vgg"],
+                                  imagenet_norm=config.vgg.imagenet_norm)
     settings = wgan.WGANSettings(n_critic=config.wgan.n_critic, gp_weight=config.wgan.gp_weight,
                                  perceptual_weight=config.wgan.perceptual_weight,
                                  tap=config.vgg.tap,
                                  mse_weight=config.wgan.get("mse_weight", 0.0))
     state = wgan.init_state(denoiser, critic_params, optimizer, critic_optimizer, config.seed)
-    step_fn = wgan.make_step(denoiser, critic, vgg, optimizer, critic_optimizer, settings)
+    step_fn = wgan.make_step(spec, critic, vgg, optimizer, critic_optimizer, settings)
     jitted = parallel.data_parallel_step(step_fn, mesh, extra_args=1)
     vgg_params = parallel.replicate(vgg.params, mesh)
     n = settings.n_critic
     return Trainer(denoiser, parallel.replicate(state, mesh),
-                   lambda state, batch: jitted(state, batch, vgg_params), jitted,
-                   lambda step: wgan.local_batch(sample, train_scans, step, n_critic=n, **common),
+                   lambda state, batch: jitted(state, batch, vgg_params),
+                   lambda step: wgan.local_batch(train_scans, step, n_critic=n, **common),
                    config.batch_size * n, {"vgg": vgg.describe()})

@@ -6,6 +6,7 @@ expected, so that a sweep never dies after an hour on a bad input.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Optional
 
@@ -13,8 +14,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from ldct_jax import ct, models
-from ldct_jax.invariance import batching
+from ldct_jax import ct, files, models
+from ldct_jax.analysis import arrays
 from ldct_jax.models.denoiser import Denoiser
 
 # Where the training jobs leave their models (configs/cnn10.py and configs/wgan.py, default
@@ -56,7 +57,7 @@ def load_denoiser(model: str, checkpoint: str = "", model_config: Optional[dict]
     if os.path.isfile(path) and path.endswith((".pt", ".pth")):
         return models.import_ldctbench(path, model)  # ldct-benchmark's trained weights
     d = models.load(path)
-    if d.name != model:
+    if d.spec.name != model:
         raise ValueError(f"config.checkpoint={path!r} holds a {d.name!r} model, but "
                          f"config.model={model!r}; set --config.model={d.name} or point "
                          f"--config.checkpoint at a {model} model")
@@ -82,17 +83,17 @@ def load_images(config: Any, workdir: str) -> tuple[np.ndarray, list[str], list[
             raw = np.load(path, allow_pickle=False)
         except ValueError as e:
             raise ValueError(f"config.images={path!r}: not a plain .npy array ({e})") from None
-        images = batching.check_images(raw, f"config.images={path!r}")
+        images = arrays.check_images(raw, f"config.images={path!r}")
         anatomy = [str(config.anatomy)] * len(images)
         source = [f"{os.path.basename(path)}[{i}]" for i in range(len(images))]
     else:
-        from ldct_jax import data
         from ldct_jax.data.sampling import sample_slices
+        from ldct_jax.jobs import data as data_job
         if config.num_images < 1:
             raise ValueError(f"config.num_images={config.num_images}; expected >= 1")
-        scans = data.load_scans(config.data, workdir)
+        scans = data_job.load_scans(config.data, workdir)
         picked = sample_slices(scans, config.num_images, config.image_seed)
-        images = batching.check_images(picked["low"], f"config.data ({config.data.source})")
+        images = arrays.check_images(picked["low"], f"config.data ({config.data.source})")
         anatomy = [scans[p].anatomy for p in picked["patient"]]
         source = [f"{scans[p].patient} slice {s}" for p, s in
                   zip(picked["patient"], picked["slice"])]
@@ -136,50 +137,55 @@ def load_mask(path: str, shape: tuple[int, ...], crop_size: int = 0) -> Optional
     m = np.load(path, allow_pickle=False)
     if crop_size and m.ndim in (2, 3) and m.shape[-2:] != tuple(shape[-2:]):
         m = crop(m, crop_size) if m.ndim == 3 else crop(m[None], crop_size)[0]
-    return batching.check_mask(m, tuple(shape), f"config.mask={path!r}")
-
-
-def log_inputs(images: np.ndarray, anatomy: list[str], source: list[str]) -> None:
-    for i, (a, s) in enumerate(zip(anatomy, source)):
-        logging.info("image %d: %s (%s), %dx%d", i, s, a, *images.shape[-2:])
+    return arrays.check_mask(m, tuple(shape), f"config.mask={path!r}")
 
 
 # Config fields that do not change results (left out of a sweep's manifest).
 NOT_RESULTS = ("progress_bar", "report", "distributed", "num_devices")
 
 
-def settings(config: Any, denoiser: Denoiser, arrays: dict[str, Optional[np.ndarray]],
-             **extra: Any) -> dict:
-    """What a sweep's results depend on (its manifest): the config without NOT_RESULTS, the
-    model (name, module config, params digest) and digests of `arrays` (images, mask, ...)."""
-    import json
+@dataclasses.dataclass
+class Inputs:
+    """What a sweep studies: the denoiser and the images, with their anatomy and source."""
 
-    from ldct_jax.invariance import chunks
-    cfg = json.loads(config.to_json_best_effort())
-    for k in NOT_RESULTS:
-        cfg.pop(k, None)
-    out = {"config": cfg,
-           "model": {"name": denoiser.name, "config": dict(denoiser.config),
-                     "params": chunks.digest(denoiser.params)}}
-    out.update({k: None if a is None else chunks.digest(a) for k, a in arrays.items()})
-    out.update(extra)
-    return out
+    denoiser: Denoiser
+    images: np.ndarray   # [N, H, W] HU
+    anatomy: list[str]
+    source: list[str]
+
+    def start(self, config: Any, workdir: str, arrays_: dict[str, Optional[np.ndarray]],
+              **extra: Any) -> None:
+        """Logs the images, claims `workdir` for the sweep (its manifest: `settings`) and saves
+        inputs/images.npy and images.json there (process 0)."""
+        from ldct_jax.jobs import chunks
+        for i, (a, s) in enumerate(zip(self.anatomy, self.source)):
+            logging.info("image %d: %s (%s), %dx%d", i, s, a, *self.images.shape[-2:])
+        os.makedirs(workdir, exist_ok=True)
+        chunks.claim(workdir, self.settings(config, {"images": self.images, **arrays_}, **extra))
+        if jax.process_index() == 0:
+            files.write_npy(os.path.join(workdir, "inputs", "images.npy"), self.images)
+            files.write_json(os.path.join(workdir, "inputs", "images.json"),
+                             {"anatomy": list(self.anatomy), "source": list(self.source)})
+
+    def settings(self, config: Any, arrays_: dict[str, Optional[np.ndarray]],
+                 **extra: Any) -> dict:
+        """What a sweep's results depend on (its manifest): the config without NOT_RESULTS,
+        the model (name, module config, params digest) and digests of `arrays_`."""
+        from ldct_jax.jobs import chunks
+        cfg = files.plain(config.to_dict())
+        for k in NOT_RESULTS:
+            cfg.pop(k, None)
+        spec = self.denoiser.spec
+        out = {"config": cfg,
+               "model": {"name": spec.name, "config": files.plain(spec.config),
+                         "params": chunks.digest(self.denoiser.params)}}
+        out.update({k: None if a is None else chunks.digest(a) for k, a in arrays_.items()})
+        out.update(extra)
+        return out
 
 
-def save_inputs(workdir: str, images: np.ndarray, anatomy: list[str], source: list[str]) -> None:
-    """inputs/images.npy and inputs/images.json (anatomy, source) in `workdir` (process 0)."""
-    from ldct_jax import report
-    if jax.process_index() != 0:
-        return
-    save_array(os.path.join(workdir, "inputs", "images.npy"), images)
-    report.write_json(os.path.join(workdir, "inputs", "images.json"),
-                      {"anatomy": list(anatomy), "source": list(source)})
-
-
-def save_array(path: str, array: np.ndarray) -> str:
-    """np.save to `path` atomically (temp file, then os.replace)."""
-    from ldct_jax import report
-    tmp = report.atomic_path(path) + ".npy"
-    np.save(tmp, np.asarray(array))
-    os.replace(tmp, path)
-    return path
+def load(config: Any, workdir: str) -> Inputs:
+    """The denoiser (`load_denoiser`) and images (`load_images`) a sweep config names."""
+    denoiser = load_denoiser(config.model, config.checkpoint, dict(config.model_config),
+                             config.seed)
+    return Inputs(denoiser, *load_images(config, workdir))

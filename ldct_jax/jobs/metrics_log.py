@@ -12,14 +12,8 @@ import time
 from typing import Any, Mapping, Optional
 
 import jax
-import numpy as np
 
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, (np.generic, np.ndarray)) or hasattr(v, "__array__"):
-        v = np.asarray(v)
-        return v.item() if v.ndim == 0 else v.tolist()
-    return v
+from ldct_jax import files
 
 
 class MetricsLog:
@@ -45,7 +39,7 @@ class MetricsLog:
         if not self.enabled:
             return
         record = {"step": int(step), "split": split, "time": round(time.time(), 3)}
-        record.update({k: _plain(v) for k, v in metrics.items()})
+        record.update(files.plain(dict(metrics)))
         self._file.write(json.dumps(record, allow_nan=True) + "\n")
         self._file.flush()
         for k, v in record.items():
@@ -59,7 +53,7 @@ class MetricsLog:
         if not self.enabled:
             return
         record = {"step": int(step), "event": what, "time": round(time.time(), 3)}
-        record.update({k: _plain(v) for k, v in info.items()})
+        record.update(files.plain(info))
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
 
@@ -77,8 +71,3 @@ class MetricsLog:
     def __exit__(self, *exc) -> None:
         self.close()
 
-
-def read(path: str) -> list[dict]:
-    """All records of a metrics.jsonl file."""
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]

@@ -5,7 +5,7 @@ Plain autodiff writes that second-order weight gradient as a convolution whose "
 critic's input-sized cotangent) is larger than its "input"; XLA's algebraic simplifier then
 swaps the operands and adds window reversal, and XLA:CPU runs window-reversed convolutions in a
 naive loop instead of Eigen: 5-10x slower (1.7 s instead of 0.3 s per penalty gradient at
-batch 8, 64x64 on 2 cores; `python benchmarks/bench_train.py` shows the whole step).
+batch 8, 64x64 on 2 cores; `python -m benchmarks.bench_train` shows the whole step).
 
 `conv` gives the same values with a custom VJP that writes every derivative, of any order, as
 an ordinary convolution or a first-order weight gradient. The identity it uses: the input
@@ -16,14 +16,22 @@ gradient `J_w^T g` is linear in `(g, w)`, and `<c, J_w^T g> = <J_w c, g>`, so it
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Callable, Sequence
 
-import flax.linen as nn
 import jax
 from jax import lax
 
-from ldct_jax.models import conv_params
+from ldct_jax.fastpath.col2im_conv import NHWC
 
+
+def _bilinear(fn: Callable, first_grad: Callable, second_grad: Callable) -> Callable:
+    """`fn(a, b)`, linear in each argument, with the VJP `(first_grad(c, b), second_grad(a, c))`
+    for the cotangent `c`: the derivative rules of a bilinear map, each written as a
+    function that can carry custom rules of its own."""
+    f = jax.custom_vjp(fn)
+    f.defvjp(lambda a, b: (fn(a, b), (a, b)),
+             lambda res, c: (first_grad(c, res[1]), second_grad(res[0], c)))
+    return f
 
 
 def conv(x: jax.Array, w: jax.Array, strides: Sequence[int] = (1, 1),
@@ -34,51 +42,18 @@ def conv(x: jax.Array, w: jax.Array, strides: Sequence[int] = (1, 1),
     Reverse mode only (`jax.jvp` through it raises).
     """
     linear = functools.partial(lax.conv_general_dilated, window_strides=tuple(strides),
-                               padding=padding, dimension_numbers=conv_params.NHWC)
+                               padding=padding, dimension_numbers=NHWC)
     x_spec = jax.ShapeDtypeStruct(x.shape, x.dtype)
     w_spec = jax.ShapeDtypeStruct(w.shape, w.dtype)
 
     def weight_grad(inputs, g):
         return jax.linear_transpose(lambda v: linear(inputs, v), w_spec)(g)[0]
 
-    @jax.custom_vjp
-    def input_grad(g, v):
+    def transposed(g, v):
         return jax.linear_transpose(lambda u: linear(u, v), x_spec)(g)[0]
 
-    def input_grad_fwd(g, v):
-        return input_grad(g, v), (g, v)
-
-    def input_grad_bwd(res, c):
-        g, v = res
-        return apply(c, v), weight_grad(c, g)
-
-    input_grad.defvjp(input_grad_fwd, input_grad_bwd)
-
-    @jax.custom_vjp
-    def apply(u, v):
-        return linear(u, v)
-
-    def apply_fwd(u, v):
-        return linear(u, v), (u, v)
-
-    def apply_bwd(res, g):
-        u, v = res
-        return input_grad(g, v), weight_grad(u, g)
-
-    apply.defvjp(apply_fwd, apply_bwd)
+    # The convolution (u, v) -> conv(u, v) and its input gradient (g, v) -> J_v^T g are both
+    # bilinear; each one's derivatives are the other one and the first-order weight gradient.
+    apply = _bilinear(linear, lambda g, v: input_grad(g, v), weight_grad)
+    input_grad = _bilinear(transposed, lambda c, v: apply(c, v), lambda g, c: weight_grad(c, g))
     return apply(x, w)
-
-
-class Conv(nn.Module):
-    """`nn.Conv` for NHWC images through `conv`: same params (`kernel` HWIO, `bias`), same init,
-    same dtype promotion."""
-
-    features: int
-    kernel_size: tuple[int, int] = (3, 3)
-    strides: tuple[int, int] = (1, 1)
-    padding: str = "VALID"
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x, kernel, bias = conv_params.declare(self, x, self.features, self.kernel_size)
-        return conv(x, kernel, self.strides, self.padding) + bias

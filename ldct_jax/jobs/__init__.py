@@ -1,7 +1,9 @@
-"""Dispatch from a config's `job` field to the function that runs it.
+"""The jobs: what `launch/main.py` runs, from a config and a workdir.
 
-Each job is `run(config: ConfigDict, workdir: str) -> None`, importable and callable from a
-notebook as well as from `launch/main.py`.
+Each job is `run(config: ConfigDict, workdir: str)`, importable and callable from a notebook as
+well as from `launch/main.py`; `run` here dispatches on the config's `job` field. The jobs own
+everything the library leaves out: configs and their keys, workdirs, resumable sweeps, logs and
+reports.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ import ml_collections
 # job name -> "module:function"; imported lazily so that one job's dependencies do not slow the
 # others' start.
 JOBS: dict[str, str] = {
-    "data": "ldct_jax.data.job:run",
-    "train": "ldct_jax.train.job:run",
-    "invariance": "ldct_jax.invariance.sweep:run",
-    "attack": "ldct_jax.invariance.attack_sweep:run",
+    "data": "ldct_jax.jobs.data:run",
+    "train": "ldct_jax.jobs.train:run",
+    "invariance": "ldct_jax.jobs.invariance:run",
+    "attack": "ldct_jax.jobs.attack:run",
 }
 
 

@@ -5,7 +5,7 @@ them, the images and the model) and one directory per finished chunk:
 
     chunks/00000/  arrays (.npy), metrics.csv, metrics.json
 
-A chunk is written into a temporary directory and renamed into place with `os.replace`, so a
+A chunk is written into a temporary directory and renamed into place (`files.atomic_dir`), so a
 chunk directory exists only complete. A sweep started again computes only the chunks that are
 missing; a sweep started with different settings in the same workdir is refused.
 Only process 0 writes; every process computes (the computations are collective).
@@ -16,13 +16,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
 
-from ldct_jax import report
+from ldct_jax import files
 
 MANIFEST = "manifest.json"
 CHUNKS = "chunks"
@@ -50,13 +49,6 @@ def fingerprint(settings: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _diff(a: Any, b: Any, prefix: str) -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [d for k in sorted(set(a) | set(b))
-                for d in _diff(a.get(k), b.get(k), f"{prefix}.{k}")]
-    return [] if a == b else [f"{prefix}: {a!r} -> {b!r}"]
-
-
 def claim(workdir: str, settings: Mapping[str, Any]) -> dict:
     """Writes the manifest of a new sweep, or checks that `workdir`'s sweep has `settings`.
 
@@ -74,17 +66,16 @@ def claim(workdir: str, settings: Mapping[str, Any]) -> dict:
     manifest = {"fingerprint": fingerprint(settings), "settings": settings}
     path = os.path.join(workdir, MANIFEST)
     if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
+        old = files.read_json(path)
         if old.get("fingerprint") != manifest["fingerprint"]:
-            changed = _diff(old.get("settings", {}), settings, "") or ["(fingerprint)"]
+            changed = files.diff(old.get("settings", {}), settings) or ["(fingerprint)"]
             raise ConfigChangedError(
                 f"{workdir} holds a sweep with other settings ({path}); changed: "
-                f"{'; '.join(c.lstrip('.') for c in changed)}. Finished chunks would not match: "
+                f"{'; '.join(changed)}. Finished chunks would not match: "
                 "use a new --workdir, or delete this one to start over.")
         return old
     if jax.process_index() == 0:
-        report.write_json(path, manifest)
+        files.write_json(path, manifest)
     return manifest
 
 
@@ -94,16 +85,6 @@ def chunk_dir(workdir: str, index: int) -> str:
 
 def is_done(workdir: str, index: int) -> bool:
     return os.path.isfile(os.path.join(chunk_dir(workdir, index), METRICS_JSON))
-
-
-def clean_partial(workdir: str) -> None:
-    """Removes temporary chunk directories left by a killed run (process 0)."""
-    root = os.path.join(workdir, CHUNKS)
-    if jax.process_index() != 0 or not os.path.isdir(root):
-        return
-    for name in os.listdir(root):
-        if name.startswith(".tmp"):
-            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
 
 def write_chunk(workdir: str, index: int, arrays: Mapping[str, np.ndarray],
@@ -122,20 +103,14 @@ def write_chunk(workdir: str, index: int, arrays: Mapping[str, np.ndarray],
       The chunk's directory.
     """
     final = chunk_dir(workdir, index)
-    if jax.process_index() != 0:
+    if jax.process_index() != 0 or os.path.exists(final):  # an earlier copy is complete
         return final
-    tmp = os.path.join(workdir, CHUNKS, f".tmp{index:05d}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    for name, a in arrays.items():
-        np.save(os.path.join(tmp, f"{name}.npy"), np.asarray(a))
-    report.write_csv(os.path.join(tmp, METRICS_CSV), [dict(r) for r in records])
-    report.write_json(os.path.join(tmp, METRICS_JSON),
-                      {"chunk": index, "rows": list(records), **dict(info or {})})
-    if os.path.exists(final):  # an earlier, complete copy: keep it untouched
-        shutil.rmtree(tmp)
-    else:
-        os.replace(tmp, final)
+    with files.atomic_dir(final) as tmp:
+        for name, a in arrays.items():
+            files.write_npy(os.path.join(tmp, f"{name}.npy"), a)
+        files.write_csv(os.path.join(tmp, METRICS_CSV), [dict(r) for r in records])
+        files.write_json(os.path.join(tmp, METRICS_JSON),
+                         {"chunk": index, "rows": list(records), **dict(info or {})})
     return final
 
 
@@ -143,8 +118,7 @@ def read_chunk(workdir: str, index: int, arrays: Iterable[str] = ()
                ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """A finished chunk: ({name: array}, the metrics.json dict)."""
     d = chunk_dir(workdir, index)
-    with open(os.path.join(d, METRICS_JSON)) as f:
-        meta = json.load(f)
+    meta = files.read_json(os.path.join(d, METRICS_JSON))
     return {name: np.load(os.path.join(d, f"{name}.npy")) for name in arrays}, meta
 
 
@@ -198,8 +172,7 @@ def run_chunks(workdir: str, slices: Sequence[slice],
                compute: Callable[[int, slice, Callable[[int], None]],
                                  tuple[Mapping[str, np.ndarray], Sequence[Mapping[str, Any]],
                                        Mapping[str, Any]]],
-               progress: Progress,
-               on_chunk: Optional[Callable[[int], None]] = None) -> list[int]:
+               progress: Progress) -> list[int]:
     """Computes and writes every chunk not yet finished, in order.
 
     Args:
@@ -207,12 +180,13 @@ def run_chunks(workdir: str, slices: Sequence[slice],
       slices: the rows of each chunk.
       compute: `(index, rows, progress_callback) -> (arrays, records, info)` for one chunk.
       progress: the bar.
-      on_chunk: called with the chunk index after each chunk is written.
 
     Returns:
       The indices computed by this call (the others were finished before).
     """
-    clean_partial(workdir)
+    if jax.process_index() == 0:
+        for i in range(len(slices)):  # chunks half-written by a killed run
+            files.remove_stale_temps(chunk_dir(workdir, i))
     os.makedirs(os.path.join(workdir, CHUNKS), exist_ok=True)
     computed = []
     try:
@@ -224,8 +198,6 @@ def run_chunks(workdir: str, slices: Sequence[slice],
             progress.end_chunk()
             write_chunk(workdir, i, arrays, records, info)
             computed.append(i)
-            if on_chunk is not None:
-                on_chunk(i)
     finally:
         progress.close()
     return computed

@@ -8,8 +8,8 @@ respect to its input, spends over a quarter of its time there.
 `conv` gives the same values as `lax.conv_general_dilated` with a custom VJP whose input
 gradient, on CPU, is written the col2im way: the matmul `g [.., Cout] @ W^T [Cout, kh kw Cin]`
 followed by the sum of the kh kw shifted `[.., Cin]` slices of its output. One CNN-10 search
-step at 512x512 takes 0.59 s instead of 0.70 s (batch 1, 2 cores; `python
-benchmarks/bench_search.py`). On other platforms the input gradient stays lax's; the weight
+step at 512x512 takes 0.59 s instead of 0.70 s (batch 1, 2 cores; `python -m
+benchmarks.bench_search`). On other platforms the input gradient stays lax's; the weight
 gradient is lax's everywhere, and whichever one a program does not use is compiled away.
 
 The matmul output has kh kw Cin channels per pixel (81 for conv1: about the memory of one of
@@ -22,18 +22,16 @@ from __future__ import annotations
 import functools
 from typing import Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ldct_jax.models import conv_params
-
 Pads = tuple[tuple[int, int], tuple[int, int]]
+NHWC = ("NHWC", "HWIO", "NHWC")
 
 
 def _lax_conv(x: jax.Array, w: jax.Array, pads: Pads) -> jax.Array:
-    return lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=conv_params.NHWC)
+    return lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=NHWC)
 
 
 def col2im_input_grad(g: jax.Array, w: jax.Array, pads: Pads) -> jax.Array:
@@ -90,33 +88,15 @@ def _conv_bwd(pads, residuals, g):
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
-def conv(x: jax.Array, w: jax.Array, padding: str | Sequence[tuple[int, int]] = "SAME") -> jax.Array:
-    """`lax.conv_general_dilated(x, w, (1, 1), padding)` for NHWC `x` and HWIO `w`.
+def conv(x: jax.Array, w: jax.Array, pads: Sequence[tuple[int, int]]) -> jax.Array:
+    """`lax.conv_general_dilated(x, w, (1, 1), pads)` for NHWC `x` and HWIO `w`.
 
-    Same values and derivatives as the lax call (reverse mode; `jax.jvp` through it raises).
+    Same values and reverse-mode derivatives as the lax call (`jax.jvp` through it raises).
 
     Raises:
       ValueError: for a negative padding.
     """
-    if isinstance(padding, str):
-        pads = lax.padtype_to_pads(x.shape[1:3], w.shape[:2], (1, 1), padding)
-    else:
-        pads = padding
     pads = tuple((int(lo), int(hi)) for lo, hi in pads)
     if len(pads) != 2 or min(min(p) for p in pads) < 0:
-        raise ValueError(f"col2im_conv.conv needs two non-negative (low, high) pads, got {padding!r}")
+        raise ValueError(f"col2im_conv.conv needs two non-negative (low, high) pads, got {pads!r}")
     return _conv(x, w, pads)
-
-
-class Conv(nn.Module):
-    """`nn.Conv` with stride 1 through `conv` on `[B, H, W, C]`: same params (`kernel` HWIO,
-    `bias`), same init, same dtype promotion."""
-
-    features: int
-    kernel_size: tuple[int, int] = (3, 3)
-    padding: str = "SAME"
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x, kernel, bias = conv_params.declare(self, x, self.features, self.kernel_size)
-        return conv(x, kernel, self.padding) + bias

@@ -8,16 +8,14 @@ f(x + x_inv) - f(x) in the difference window (0/100 HU).
 from __future__ import annotations
 
 import collections
-import functools
-import json
 import os
 from typing import Any, Mapping, Optional, Sequence
 
-import jax
 import numpy as np
 
-from ldct_jax import ct, report
-from ldct_jax.invariance import chunks
+from ldct_jax import ct, files, models
+from ldct_jax.jobs import chunks, report
+from ldct_jax.jobs.inputs import Inputs
 from ldct_jax.models.denoiser import Denoiser
 
 INVARIANCE_COLUMNS = ("model", "distance", "lam", "n", "input_rms_hu", "input_max_hu",
@@ -64,8 +62,7 @@ def load_compared(workdirs: Sequence[str]) -> list[dict]:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"config.report.compare: {path} does not exist (run that "
                                     "sweep to its end first)")
-        with open(path) as f:
-            out += json.load(f)["summary"]
+        out += files.read_json(path)["summary"]
     return out
 
 
@@ -73,33 +70,15 @@ def write_tables(report_dir: str, records: Sequence[Mapping[str, Any]],
                  summary: Sequence[Mapping[str, Any]], table: Sequence[Mapping[str, Any]],
                  columns: Sequence[str], title: str, extra: Optional[Mapping] = None) -> str:
     """results.csv/json (every row), summary.csv/json/md; returns the printed text table."""
-    report.write_csv(os.path.join(report_dir, "results.csv"), list(records))
-    report.write_json(os.path.join(report_dir, "results.json"), list(records))
-    report.write_json(os.path.join(report_dir, "summary.json"),
-                      {"summary": list(summary), **dict(extra or {})})
-    report.write_csv(os.path.join(report_dir, "summary.csv"), list(table))
+    files.write_csv(os.path.join(report_dir, "results.csv"), list(records))
+    files.write_json(os.path.join(report_dir, "results.json"), list(records))
+    files.write_json(os.path.join(report_dir, "summary.json"),
+                     {"summary": list(summary), **dict(extra or {})})
+    files.write_csv(os.path.join(report_dir, "summary.csv"), list(table))
     cells = [[r.get(c, "") for c in columns] for r in table]
-    report.write_text(os.path.join(report_dir, "summary.md"),
-                      f"# {title}\n\n" + report.markdown_table(columns, cells))
+    files.write_text(os.path.join(report_dir, "summary.md"),
+                     f"# {title}\n\n" + report.markdown_table(columns, cells))
     return report.format_table(columns, cells)
-
-
-@functools.lru_cache(maxsize=8)
-def _apply(name: str, module: Any, shift: float, scale: float):
-    return jax.jit(Denoiser(name=name, module=module, params=None, shift=shift,
-                            scale=scale).apply)
-
-
-def denoise(denoiser: Denoiser, images: np.ndarray, batch: int = 8) -> np.ndarray:
-    """f on `[B, H, W]` HU, a few at a time (one compiled program per architecture and shape)."""
-    fn = _apply(denoiser.name, denoiser.module, float(denoiser.shift), float(denoiser.scale))
-    out = []
-    for lo in range(0, len(images), batch):
-        x = images[lo:lo + batch]
-        pad = batch - len(x)
-        y = np.asarray(fn(denoiser.params, np.concatenate([x, np.repeat(x[-1:], pad, 0)])))
-        out.append(y[:len(x)])
-    return np.concatenate(out)
 
 
 def figure(path: str, denoiser: Denoiser, x: np.ndarray, perturbed: Sequence[np.ndarray],
@@ -119,36 +98,36 @@ def figure(path: str, denoiser: Denoiser, x: np.ndarray, perturbed: Sequence[np.
       names: how the perturbed image and the perturbation are called.
       target: a targeted attack's output image (HU), shown as a seventh panel.
     """
-    from ldct_jax.report import Panel
     if os.path.exists(path):  # written atomically from chunks that never change: complete
         return path
     win = ct.window_for(anatomy)
     stack = np.stack([x] + list(perturbed)).astype(np.float32)
-    y = denoise(denoiser, stack)
+    y = models.denoise(denoiser.spec, denoiser.params, stack)
     rows = []
     for k, (xp, label) in enumerate(zip(perturbed, labels)):
         dx, dy = xp - x, y[k + 1] - y[0]
         rms = lambda a: float(np.sqrt(np.mean(np.square(a, dtype=np.float64))))  # noqa: E731
         rows.append([
-            Panel("x", x, win),
-            Panel(f"{names[0]}, {label}", xp, win),
-            Panel("f(x)", y[0], win),
-            Panel(f"f({names[0]})", y[k + 1], win),
-            Panel(f"{names[1]}: {rms(dx):.3g} HU RMS", dx, "diff"),
-            Panel(f"f({names[0]}) - f(x): {rms(dy):.3g} HU RMS", dy, "diff"),
-        ] + ([Panel(f"target: {rms(y[k + 1] - target):.3g} HU RMS away", target, win)]
+            report.Panel("x", x, win),
+            report.Panel(f"{names[0]}, {label}", xp, win),
+            report.Panel("f(x)", y[0], win),
+            report.Panel(f"f({names[0]})", y[k + 1], win),
+            report.Panel(f"{names[1]}: {rms(dx):.3g} HU RMS", dx, "diff"),
+            report.Panel(f"f({names[0]}) - f(x): {rms(dy):.3g} HU RMS", dy, "diff"),
+        ] + ([report.Panel(f"target: {rms(y[k + 1] - target):.3g} HU RMS away", target, win)]
              if target is not None else []))
     return report.save_panels(path, rows, title=title)
 
 
-def invariance_report(workdir: str, denoiser: Denoiser, images: np.ndarray,
-                      anatomy: Sequence[str], source: Sequence[str], num_chunks: int,
-                      config: Any, notes: Mapping[str, str]) -> list[dict]:
+def invariance_report(workdir: str, study: Inputs, num_chunks: int, config: Any,
+                      notes: Mapping[str, str]) -> list[dict]:
     """Writes report/ for a finished invariance sweep and prints its table.
 
     Returns:
       The summary records of this sweep.
     """
+    denoiser, images, anatomy, source = (study.denoiser, study.images, study.anatomy,
+                                         study.source)
     report_dir = os.path.join(workdir, "report")
     arrays, records = gather(workdir, num_chunks, ["perturbation"])
     metrics = [c for c in INVARIANCE_COLUMNS[4:] if c != "ratio"]
@@ -190,10 +169,11 @@ def invariance_report(workdir: str, denoiser: Denoiser, images: np.ndarray,
     return summary
 
 
-def attack_report(workdir: str, denoiser: Denoiser, images: np.ndarray,
-                  anatomy: Sequence[str], source: Sequence[str], target: Optional[np.ndarray],
-                  num_chunks: int, config: Any) -> list[dict]:
+def attack_report(workdir: str, study: Inputs, target: Optional[np.ndarray], num_chunks: int,
+                  config: Any) -> list[dict]:
     """Writes report/ for a finished attack sweep and prints its table; returns its summary."""
+    denoiser, images, anatomy, source = (study.denoiser, study.images, study.anatomy,
+                                         study.source)
     report_dir = os.path.join(workdir, "report")
     arrays, records = gather(workdir, num_chunks, ["perturbation"])
     metrics = [c for c in ATTACK_COLUMNS[5:] if c != "amplification"]

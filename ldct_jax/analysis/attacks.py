@@ -31,25 +31,25 @@ True; signed steps of fixed size oscillate around an optimum). With `keep_best=F
 step with step size epsilon is FGSM.
 
 All rows (images x budgets) run as one vmapped batch sharded over the devices of `mesh`, in one
-jitted program for every method, direction and step count (`loop='scan'`, the default on
-accelerators), or, on CPU, as that program's three loop-free pieces (start, step, finish) called
-from Python, because XLA:CPU runs convolutions inside a loop body several times slower
-(jax-ml/jax#12868). Programs are cached per architecture and mesh, compiled per batch shape.
+jitted program for every method, direction and step count (the steps in a `fori_loop`), or, on
+CPU, as that program's three loop-free pieces (start, step, finish) called from Python
+(`ldct_jax.fastpath`). Programs are compiled once per denoiser spec, mesh and batch shape.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
-from ldct_jax import ct, parallel
-from ldct_jax.invariance import batching
-from ldct_jax.models.denoiser import Denoiser
+from ldct_jax import ct, fastpath, parallel
+from ldct_jax.analysis import arrays
+from ldct_jax.models.denoiser import Denoiser, DenoiserSpec
 
 METHODS = ("fgsm", "bim", "pgd")
 METRICS = ("input_max_hu", "input_rms_hu", "output_rms_hu", "output_max_hu")
@@ -96,7 +96,7 @@ def _check_epsilons(epsilons_hu: Any) -> np.ndarray:
 
 
 def _check_target(target: Any, shape: tuple[int, int, int]) -> np.ndarray:
-    t = batching.check_images(target, "target")
+    t = arrays.check_images(target, "target")
     n, h, w = shape
     if t.shape[1:] != (h, w) or t.shape[0] not in (1, n):
         raise ValueError(f"target: shape {t.shape} does not fit the images {shape}; expected "
@@ -105,97 +105,115 @@ def _check_target(target: Any, shape: tuple[int, int, int]) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-# The compiled program
+# The compiled programs
 
 
-class _Program(NamedTuple):
-    begin: Callable   # (params, x, target, eps, alpha, start, probe, direction) -> state
-    step: Callable    # (params, state, x, eps, alpha, direction) -> state
-    finish: Callable  # (params, state, keep_best, x, target, direction) -> adv, delta, metrics
-    whole: Callable   # (params, steps, keep_best, x, target, eps, alpha, start, probe, dir.)
+@dataclasses.dataclass(frozen=True)
+class _Program:
+    """What the compiled attack depends on besides data (hashable: a static jit argument).
 
-
-@functools.lru_cache(maxsize=32)
-def _program(name: str, module: Any, shift: float, scale: float, mesh) -> _Program:
-    """The jitted attack for every method, direction and number of steps (all data).
-
-    `whole` is one program with the steps in a `fori_loop`; `begin`, `step`, `finish` are the
-    same computation as three programs with no loop inside, for CPU, where XLA runs
-    convolutions inside a loop body several times slower (jax-ml/jax#12868).
+    One program serves every method, direction and number of steps (all of them data). The
+    state of a row is (delta, best delta, best score, reference output in network units).
     """
-    d = Denoiser(name=name, module=module, params=None, shift=shift, scale=scale)
-    lo, hi = ct.HU_MIN, ct.HU_MAX
 
-    def loss(params, x_adv, ref_net):
-        return jnp.mean(jnp.square(d.apply_net(params, d.to_net(x_adv)) - ref_net))
+    spec: DenoiserSpec
+    mesh: Mesh
+    fast: bool  # fastpath.enabled() when the attack started
 
-    value_and_grad = jax.value_and_grad(loss, argnums=1)
+    def rows(self, tree):
+        """Pins per-row outputs to the batch sharding the next call was compiled for."""
+        return jax.lax.with_sharding_constraint(tree, parallel.batch_sharding(self.mesh))
 
+    # Per row (x is [H, W] HU). direction: +1 ascends away from f(x) (untargeted), -1 descends
+    # to a target; the score direction * loss is what the attack maximises.
+
+    def loss(self, params, x_adv, ref_net):
+        return jnp.mean(jnp.square(self.spec.apply_net(params, self.spec.to_net(x_adv))
+                                   - ref_net))
+
+    def value_and_grad(self, params, x_adv, ref_net):
+        loss = fastpath.convolutions(self.loss, enable=self.fast)
+        return jax.value_and_grad(loss, argnums=1)(params, x_adv, ref_net)
+
+    @staticmethod
     def project(delta, x, eps):
-        return jnp.clip(jnp.clip(delta, -eps, eps), lo - x, hi - x)
+        return jnp.clip(jnp.clip(delta, -eps, eps), ct.HU_MIN - x, ct.HU_MAX - x)
 
-    # Per row (x is [H, W]). direction: +1 ascends away from f(x) (untargeted), -1 descends
-    # to a target; the score direction * loss is what the attack maximises. The state is
-    # (delta, best delta, best score, reference output in network units).
-
+    @staticmethod
     def better(best_delta, best_score, delta, value, direction):
         score = direction * value
         return (jnp.where(score > best_score, delta, best_delta),
                 jnp.where(score > best_score, score, best_score))
 
-    def begin_one(params, x, ref_net, eps, alpha, start, probe_, direction):
-        delta = project(start, x, eps)
-        best = (delta, direction * loss(params, x + delta, ref_net))
-        _, g = value_and_grad(params, x + delta + probe_, ref_net)
-        return (project(delta + direction * alpha * jnp.sign(g), x, eps),) + best + (ref_net,)
+    def begin_one(self, params, x, ref_net, eps, alpha, start, probe_, direction):
+        delta = self.project(start, x, eps)
+        best = (delta, direction * self.loss(params, x + delta, ref_net))
+        _, g = self.value_and_grad(params, x + delta + probe_, ref_net)
+        return (self.project(delta + direction * alpha * jnp.sign(g), x, eps),) + best + (
+            ref_net,)
 
-    def step_one(params, state, x, eps, alpha, direction):
+    def step_one(self, params, state, x, eps, alpha, direction):
         delta, best_delta, best_score, ref_net = state
-        value, g = value_and_grad(params, x + delta, ref_net)
-        best = better(best_delta, best_score, delta, value, direction)
-        return (project(delta + direction * alpha * jnp.sign(g), x, eps),) + best + (ref_net,)
+        value, g = self.value_and_grad(params, x + delta, ref_net)
+        best = self.better(best_delta, best_score, delta, value, direction)
+        return (self.project(delta + direction * alpha * jnp.sign(g), x, eps),) + best + (
+            ref_net,)
 
-    def final_one(params, state, keep_best, x, direction):
+    def final_one(self, params, state, keep_best, x, direction):
         delta, best_delta, best_score, ref_net = state
-        best_delta, _ = better(best_delta, best_score, delta, loss(params, x + delta, ref_net),
-                               direction)
+        best_delta, _ = self.better(best_delta, best_score, delta,
+                                    self.loss(params, x + delta, ref_net), direction)
         return jnp.where(keep_best, best_delta, delta)
 
-    rows = (0,)
-    vm = lambda f, in_axes: jax.vmap(f, in_axes=in_axes)
+    # Batched: rows along the leading axis.
 
-    def begin(params, x, target, eps, alpha, start, probe_, direction):
-        y0_net = d.apply_net(params, d.to_net(x))
-        ref_net = jnp.where((direction < 0)[:, None, None], d.to_net(target), y0_net)
-        return vm(begin_one, (None,) + rows * 7)(params, x, ref_net, eps, alpha, start, probe_,
-                                                 direction)
+    def begin(self, params, x, target, eps, alpha, start, probe_, direction):
+        y0_net = self.spec.apply_net(params, self.spec.to_net(x))
+        ref_net = jnp.where((direction < 0)[:, None, None], self.spec.to_net(target), y0_net)
+        return jax.vmap(self.begin_one, in_axes=(None,) + (0,) * 7)(
+            params, x, ref_net, eps, alpha, start, probe_, direction)
 
-    def step(params, state, x, eps, alpha, direction):
-        return vm(step_one, (None,) + rows * 5)(params, state, x, eps, alpha, direction)
+    def step(self, params, state, x, eps, alpha, direction):
+        return jax.vmap(self.step_one, in_axes=(None,) + (0,) * 5)(
+            params, state, x, eps, alpha, direction)
 
-    def finish(params, state, keep_best, x, target, direction):
-        delta = vm(final_one, (None, 0, None, 0, 0))(params, state, keep_best, x, direction)
-        adv = jnp.clip(x + delta, lo, hi)
-        y0 = d.from_net(d.apply_net(params, d.to_net(x)))
-        y = d.from_net(d.apply_net(params, d.to_net(adv)))
-        rms = lambda a: jnp.sqrt(jnp.mean(jnp.square(a), axis=(-2, -1)))
+    def finish(self, params, state, keep_best, x, target, direction):
+        delta = jax.vmap(self.final_one, in_axes=(None, 0, None, 0, 0))(
+            params, state, keep_best, x, direction)
+        adv = jnp.clip(x + delta, ct.HU_MIN, ct.HU_MAX)
+        y0 = self.spec.from_net(self.spec.apply_net(params, self.spec.to_net(x)))
+        y = self.spec.from_net(self.spec.apply_net(params, self.spec.to_net(adv)))
+        rms = lambda a: jnp.sqrt(jnp.mean(jnp.square(a), axis=(-2, -1)))  # noqa: E731
         metrics = dict(input_max_hu=jnp.max(jnp.abs(delta), axis=(-2, -1)),
                        input_rms_hu=rms(delta), output_rms_hu=rms(y - y0),
                        output_max_hu=jnp.max(jnp.abs(y - y0), axis=(-2, -1)),
                        target_rms_hu=rms(y - target), target_rms_hu_clean=rms(y0 - target))
         return adv, delta, metrics
 
-    def whole(params, steps, keep_best, x, target, eps, alpha, start, probe_, direction):
-        state = begin(params, x, target, eps, alpha, start, probe_, direction)
-        state = jax.lax.fori_loop(1, steps, lambda _, s: step(params, s, x, eps, alpha,
-                                                              direction), state)
-        return finish(params, state, keep_best, x, target, direction)
 
-    sharded = parallel.batch_sharding(mesh)
-    return _Program(begin=jax.jit(begin, out_shardings=sharded),
-                    step=jax.jit(step, out_shardings=sharded, donate_argnums=(1,)),
-                    finish=jax.jit(finish, out_shardings=sharded),
-                    whole=jax.jit(whole, out_shardings=sharded))
+@functools.partial(jax.jit, static_argnums=0)
+def _begin(program: _Program, params, x, target, eps, alpha, start, probe_, direction):
+    return program.rows(program.begin(params, x, target, eps, alpha, start, probe_, direction))
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=(2,))
+def _step(program: _Program, params, state, x, eps, alpha, direction):
+    return program.rows(program.step(params, state, x, eps, alpha, direction))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _finish(program: _Program, params, state, keep_best, x, target, direction):
+    return program.rows(program.finish(params, state, keep_best, x, target, direction))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _whole(program: _Program, params, steps, keep_best, x, target, eps, alpha, start, probe_,
+           direction):
+    """The attack as one program, the steps in a `fori_loop` (accelerators)."""
+    state = program.begin(params, x, target, eps, alpha, start, probe_, direction)
+    state = jax.lax.fori_loop(1, steps, lambda _, st: program.step(params, st, x, eps, alpha,
+                                                                   direction), state)
+    return program.rows(program.finish(params, state, keep_best, x, target, direction))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,14 +221,11 @@ def _program(name: str, module: Any, shift: float, scale: float, mesh) -> _Progr
 
 
 def _attack(method: str, denoiser: Denoiser, images: Any, epsilons_hu: Any, *, steps: int,
-            step_size_hu: Optional[float], seed: int, target: Any, params: Any, mesh: Any,
-            probe_hu: Optional[float], keep_best: bool = True, loop: str = "auto"
-            ) -> AttackResult:
+            step_size_hu: Optional[float], seed: int, target: Any, mesh: Any,
+            probe_hu: Optional[float], keep_best: bool = True) -> AttackResult:
     if method not in METHODS:
         raise ValueError(f"unknown attack method {method!r}; expected one of {', '.join(METHODS)}")
-    if loop not in ("auto", "scan", "python"):
-        raise ValueError(f"{method}: loop must be 'auto', 'scan' or 'python', got {loop!r}")
-    x = batching.check_images(images)
+    x = arrays.check_images(images)
     eps = _check_epsilons(epsilons_hu)
     if int(steps) != steps or steps < 1:
         raise ValueError(f"{method}: steps must be a positive integer, got {steps}")
@@ -223,7 +238,6 @@ def _attack(method: str, denoiser: Denoiser, images: Any, epsilons_hu: Any, *, s
         probe_hu = 0.0 if targeted else 1.0
     if not (np.isfinite(probe_hu) and probe_hu >= 0):
         raise ValueError(f"{method}: probe_hu must be >= 0 HU, got {probe_hu}")
-    params = denoiser.params if params is None else params
     mesh = mesh if mesh is not None else parallel.make_mesh()
 
     n, h, w = x.shape
@@ -248,26 +262,23 @@ def _attack(method: str, denoiser: Denoiser, images: Any, epsilons_hu: Any, *, s
                 target=(t if targeted else x)[image_index], eps=row_eps,
                 alpha=alpha.astype(np.float32), start=start.astype(np.float32), probe=probes,
                 direction=np.full((b,), -1.0 if targeted else 1.0, np.float32))
-    dev = batching.shard(batching.pad_rows(host, batching.padded_size(b, mesh)), mesh)
-    program = _program(denoiser.name, denoiser.module, float(denoiser.shift),
-                       float(denoiser.scale), mesh)
-    params = parallel.replicate(params, mesh)
+    dev = parallel.shard_rows(parallel.pad_rows(host, parallel.padded_size(b, mesh)), mesh)
+    program = _Program(denoiser.spec, mesh, fastpath.enabled())
+    params = parallel.replicate(denoiser.params, mesh)
     steps = 1 if method == "fgsm" else int(steps)
     keep_best = np.bool_(keep_best and method != "fgsm")
     args = (dev["x"], dev["target"], dev["eps"], dev["alpha"], dev["start"], dev["probe"],
             dev["direction"])
-    if loop == "auto":
-        loop = "python" if mesh.devices.flat[0].platform == "cpu" else "scan"
-    if loop == "scan":
-        adv, delta, metrics = program.whole(params, np.int32(steps), keep_best, *args)
-    else:
-        state = program.begin(params, *args)
+    if fastpath.python_loop(mesh):
+        state = _begin(program, params, *args)
         for _ in range(steps - 1):
-            state = program.step(params, state, dev["x"], dev["eps"], dev["alpha"],
-                                 dev["direction"])
-        adv, delta, metrics = program.finish(params, state, keep_best, dev["x"], dev["target"],
-                                             dev["direction"])
-    adv, delta, metrics = batching.gather((adv, delta, metrics), b)
+            state = _step(program, params, state, dev["x"], dev["eps"], dev["alpha"],
+                          dev["direction"])
+        adv, delta, metrics = _finish(program, params, state, keep_best, dev["x"],
+                                      dev["target"], dev["direction"])
+    else:
+        adv, delta, metrics = _whole(program, params, np.int32(steps), keep_best, *args)
+    adv, delta, metrics = parallel.gather_rows((adv, delta, metrics), b)
     if not targeted:
         metrics = {k: v for k, v in metrics.items() if k in METRICS}
     return AttackResult(adversarial=adv, perturbation=delta, metrics=metrics,
@@ -276,8 +287,7 @@ def _attack(method: str, denoiser: Denoiser, images: Any, epsilons_hu: Any, *, s
 
 
 def fgsm(denoiser: Denoiser, images: Any, epsilons_hu: Any, *, target: Any = None,
-         params: Any = None, mesh: Any = None, seed: int = 0,
-         probe_hu: Optional[float] = None, loop: str = "auto") -> AttackResult:
+         mesh: Any = None, seed: int = 0, probe_hu: Optional[float] = None) -> AttackResult:
     """Fast gradient sign method: `delta = epsilon * sign(grad)`, clipped to the HU range.
 
     Args:
@@ -285,20 +295,17 @@ def fgsm(denoiser: Denoiser, images: Any, epsilons_hu: Any, *, target: Any = Non
       images: `[H, W]` or `[N, H, W]` HU.
       epsilons_hu: a budget or a list of budgets (L-infinity, HU); rows are images x budgets.
       target: None (untargeted) or output images `[H, W]` / `[N, H, W]` HU to move towards.
-      params: the denoiser's params (default `denoiser.params`).
       mesh: device mesh (default: all devices).
       seed, probe_hu: the probe of an untargeted attack (module docstring; `probe`).
-      loop: 'scan' (one program, steps in a `fori_loop`), 'python' (one jitted call per step)
-        or 'auto' ('python' on CPU, where convolutions inside a loop body are slow).
     """
     return _attack("fgsm", denoiser, images, epsilons_hu, steps=1, step_size_hu=None, seed=seed,
-                   target=target, params=params, mesh=mesh, probe_hu=probe_hu, loop=loop)
+                   target=target, mesh=mesh, probe_hu=probe_hu)
 
 
 def bim(denoiser: Denoiser, images: Any, epsilons_hu: Any, *, steps: int = 10,
-        step_size_hu: Optional[float] = None, target: Any = None, params: Any = None,
-        mesh: Any = None, seed: int = 0, probe_hu: Optional[float] = None,
-        keep_best: bool = True, loop: str = "auto") -> AttackResult:
+        step_size_hu: Optional[float] = None, target: Any = None, mesh: Any = None,
+        seed: int = 0, probe_hu: Optional[float] = None, keep_best: bool = True
+        ) -> AttackResult:
     """Basic iterative method: `steps` FGSM steps of `step_size_hu` (default 2.5 eps / steps),
     each projected onto the budget and the HU range; starts at delta = 0.
 
@@ -307,19 +314,18 @@ def bim(denoiser: Denoiser, images: Any, epsilons_hu: Any, *, steps: int = 10,
     can end farther from the target than it started. `keep_best=False` is the textbook BIM
     (one step of size epsilon is then FGSM). Other arguments as `fgsm`."""
     return _attack("bim", denoiser, images, epsilons_hu, steps=steps, step_size_hu=step_size_hu,
-                   seed=seed, target=target, params=params, mesh=mesh, probe_hu=probe_hu,
-                   keep_best=keep_best, loop=loop)
+                   seed=seed, target=target, mesh=mesh, probe_hu=probe_hu,
+                   keep_best=keep_best)
 
 
 def pgd(denoiser: Denoiser, images: Any, epsilons_hu: Any, *, steps: int = 10,
         step_size_hu: Optional[float] = None, seed: int = 0, target: Any = None,
-        params: Any = None, mesh: Any = None, keep_best: bool = True,
-        loop: str = "auto") -> AttackResult:
+        mesh: Any = None, keep_best: bool = True) -> AttackResult:
     """Projected gradient descent: BIM from a uniform random start in the budget (`pgd_start`,
     drawn from `seed`, the same direction for every budget of an image). Arguments as `bim`."""
     return _attack("pgd", denoiser, images, epsilons_hu, steps=steps, step_size_hu=step_size_hu,
-                   seed=seed, target=target, params=params, mesh=mesh, probe_hu=0.0,
-                   keep_best=keep_best, loop=loop)
+                   seed=seed, target=target, mesh=mesh, probe_hu=0.0,
+                   keep_best=keep_best)
 
 
 def attack(method: str, denoiser: Denoiser, images: Any, epsilons_hu: Any,

@@ -1,6 +1,6 @@
 """The attack sweep job: `python launch/main.py --config=configs/attack.py:<model>`.
 
-Runs `ldct_jax.invariance.attacks` over methods x images, every budget of `config.epsilons_hu`
+Runs `ldct_jax.analysis.attacks` over methods x images, every budget of `config.epsilons_hu`
 at once, in chunks of one method and `config.images_per_chunk` images (one attack call each),
 and writes, in the workdir:
 
@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import jax
 import numpy as np
 
-from ldct_jax import parallel
-from ldct_jax.invariance import attacks, batching, chunks, inputs, sweep_report
+from ldct_jax import files, models, parallel
+from ldct_jax.analysis import arrays, attacks
+from ldct_jax.jobs import chunks, configs, inputs, sweep_report
 from ldct_jax.models.denoiser import Denoiser
 
 TARGETS = ("", "remove_center")
@@ -34,10 +35,7 @@ TARGETS = ("", "remove_center")
 
 @dataclasses.dataclass
 class Setup:
-    denoiser: Denoiser
-    images: np.ndarray               # [N, H, W] HU
-    anatomy: list[str]
-    source: list[str]
+    inputs: inputs.Inputs
     target: Optional[np.ndarray]     # [N, H, W] HU output images, or None
     units: list[tuple[str, int]]     # (method, image) in chunk order
     slices: list[slice]              # over units; a chunk never mixes methods
@@ -45,14 +43,8 @@ class Setup:
 
 def check_config(config: Any) -> None:
     """Methods, budgets, steps and target settings (before anything is loaded)."""
-    unknown = sorted(set(config.methods) - set(attacks.METHODS))
-    if unknown or not config.methods:
-        raise ValueError(f"config.methods={tuple(config.methods)}: unknown method(s) {unknown}; "
-                         f"expected some of {', '.join(attacks.METHODS)}")
-    eps = np.asarray(config.epsilons_hu, np.float64)
-    if eps.ndim != 1 or not eps.size or not np.all(np.isfinite(eps)) or eps.min() < 0:
-        raise ValueError(f"config.epsilons_hu={config.epsilons_hu}: expected a non-empty list "
-                         "of finite budgets >= 0 HU")
+    configs.check_choices(config, "methods", attacks.METHODS, "method")
+    configs.check_nonnegative(config, "epsilons_hu", "budgets >= 0 HU")
     if config.steps < 1:
         raise ValueError(f"config.steps={config.steps}; expected >= 1")
     if config.step_size_hu < 0:
@@ -85,12 +77,13 @@ def load_target(config: Any, denoiser: Denoiser, images: np.ndarray) -> Optional
     if not config.target:
         return None
     if config.target == "remove_center":
-        return remove_center(sweep_report.denoise(denoiser, images), config.target_radius_px)
+        return remove_center(models.denoise(denoiser.spec, denoiser.params, images),
+                             config.target_radius_px)
     path = config.target
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config.target={path!r}: no such file (expected a .npy of "
                                 f"output images in HU, [H, W] or {list(images.shape)})")
-    t = batching.check_images(np.load(path, allow_pickle=False), f"config.target={path!r}")
+    t = arrays.check_images(np.load(path, allow_pickle=False), f"config.target={path!r}")
     t = inputs.crop(t, config.crop) if config.crop and t.shape[1:] != images.shape[1:] else t
     if t.shape[1:] != images.shape[1:] or len(t) not in (1, len(images)):
         raise ValueError(f"config.target={path!r}: shape {t.shape} does not fit the images "
@@ -101,18 +94,16 @@ def load_target(config: Any, denoiser: Denoiser, images: np.ndarray) -> Optional
 def prepare(config: Any, workdir: str) -> Setup:
     """Checks the config, loads the model, images and target; fails before any attack."""
     check_config(config)
-    denoiser = inputs.load_denoiser(config.model, config.checkpoint,
-                                    dict(config.model_config), config.seed)
-    images, anatomy, source = inputs.load_images(config, workdir)
-    target = load_target(config, denoiser, images)
-    n = len(images)
+    loaded = inputs.load(config, workdir)
+    target = load_target(config, loaded.denoiser, loaded.images)
+    n = len(loaded.images)
     units, slices = [], []
     for m in config.methods:
         base = len(units)
         units += [(m, i) for i in range(n)]
         slices += [slice(base + s.start, base + s.stop)
                    for s in chunks.split(n, config.images_per_chunk)]
-    return Setup(denoiser, images, anatomy, source, target, units, slices)
+    return Setup(loaded, target, units, slices)
 
 
 def _kwargs(config: Any, method: str) -> dict:
@@ -125,8 +116,7 @@ def _kwargs(config: Any, method: str) -> dict:
     return kw
 
 
-def run(config: Any, workdir: str, *, on_chunk: Optional[Callable[[int], None]] = None
-        ) -> dict[str, Any]:
+def run(config: Any, workdir: str) -> dict[str, Any]:
     """Runs (or finishes) the attack sweep in `workdir` and writes its report.
 
     Returns:
@@ -134,14 +124,10 @@ def run(config: Any, workdir: str, *, on_chunk: Optional[Callable[[int], None]] 
     """
     parallel.maybe_initialize_distributed(config.distributed)
     setup = prepare(config, workdir)
-    inputs.log_inputs(setup.images, setup.anatomy, setup.source)
-    os.makedirs(workdir, exist_ok=True)
-    chunks.claim(workdir, inputs.settings(config, setup.denoiser,
-                                          {"images": setup.images, "target": setup.target},
-                                          units=len(setup.units)))
-    inputs.save_inputs(workdir, setup.images, setup.anatomy, setup.source)
+    loaded = setup.inputs
+    loaded.start(config, workdir, {"target": setup.target}, units=len(setup.units))
     if setup.target is not None and jax.process_index() == 0:
-        inputs.save_array(os.path.join(workdir, "inputs", "target.npy"), setup.target)
+        files.write_npy(os.path.join(workdir, "inputs", "target.npy"), setup.target)
     mesh = parallel.make_mesh(config.num_devices or None)
     eps = np.asarray(config.epsilons_hu, np.float32)
     todo = sum(not chunks.is_done(workdir, i) for i in range(len(setup.slices)))
@@ -153,7 +139,7 @@ def run(config: Any, workdir: str, *, on_chunk: Optional[Callable[[int], None]] 
         method = picked[0][0]
         idx = np.array([i for _, i in picked])
         target = None if setup.target is None else setup.target[idx]
-        result = attacks.attack(method, setup.denoiser, setup.images[idx], eps, target=target,
+        result = attacks.attack(method, loaded.denoiser, loaded.images[idx], eps, target=target,
                                 mesh=mesh, **_kwargs(config, method))
         callback(1)
         records = []
@@ -164,11 +150,10 @@ def run(config: Any, workdir: str, *, on_chunk: Optional[Callable[[int], None]] 
         return ({"perturbation": result.perturbation.astype(np.float32)}, records,
                 {"method": method})
 
-    computed = chunks.run_chunks(workdir, setup.slices, compute, progress, on_chunk)
+    computed = chunks.run_chunks(workdir, setup.slices, compute, progress)
     summary = None
     if jax.process_index() == 0:
-        summary = sweep_report.attack_report(workdir, setup.denoiser, setup.images,
-                                             setup.anatomy, setup.source, setup.target,
-                                             len(setup.slices), config)
+        summary = sweep_report.attack_report(workdir, loaded, setup.target, len(setup.slices),
+                                             config)
     return {"computed": computed, "chunks": len(setup.slices), "summary": summary,
             "report": os.path.join(workdir, "report")}

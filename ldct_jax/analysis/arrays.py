@@ -1,19 +1,14 @@
-"""Input checks and the batch plumbing shared by the search and the attacks.
+"""The input checks the analyses share: images, masks and per-row values.
 
-A batch is a flat list of independent problems (one perturbation each). It is padded to a
-multiple of the device count (repeating its last row, dropped again afterwards) so that one
-compiled program serves every batch of the same size, and sharded along the mesh's batch axis.
+A batch of an analysis is a flat list of independent problems (rows: one perturbation each),
+padded and sharded by `ldct_jax.parallel` (`pad_rows`, `shard_rows`, `gather_rows`).
 """
 
 from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
-import jax
 import numpy as np
-from jax.experimental import multihost_utils
-
-from ldct_jax import parallel
 
 
 def check_images(images: Any, what: str = "images") -> np.ndarray:
@@ -63,39 +58,6 @@ def broadcast(name: str, value: Any, n: int, dtype=None) -> np.ndarray:
         raise ValueError(f"{name}: expected a scalar or {n} values (one per perturbation), got "
                          f"shape {a.shape}")
     return a
-
-
-def padded_size(n: int, mesh) -> int:
-    """`n` rounded up to a multiple of the mesh size."""
-    return -(-n // mesh.size) * mesh.size
-
-
-def pad_rows(tree: Any, size: int) -> Any:
-    """Pads every leaf (numpy, leading axis) to `size` rows by repeating its last row."""
-    def pad(a):
-        a = np.asarray(a)
-        if a.shape[0] == size:
-            return a
-        return np.concatenate([a, np.repeat(a[-1:], size - a.shape[0], axis=0)])
-    return jax.tree.map(pad, tree)
-
-
-def shard(tree: Any, mesh) -> Any:
-    """Places a pytree of numpy arrays (full batch, same on every process) along `batch`."""
-    if jax.process_count() == 1:
-        return jax.device_put(tree, parallel.batch_sharding(mesh))
-    # Every process holds the whole batch; each contributes its own rows.
-    n = jax.tree.leaves(tree)[0].shape[0]
-    per = n // jax.process_count()
-    lo = jax.process_index() * per
-    return parallel.global_batch(jax.tree.map(lambda a: a[lo:lo + per], tree), mesh)
-
-
-def gather(tree: Any, rows: int) -> Any:
-    """A sharded pytree back as numpy on every process, the first `rows` rows of each leaf."""
-    if jax.process_count() > 1:
-        tree = multihost_utils.process_allgather(tree, tiled=True)
-    return jax.tree.map(lambda a: np.asarray(a)[:rows], tree)
 
 
 def as_list(value: Any) -> Sequence:

@@ -1,6 +1,6 @@
 """The invariance sweep job: `python launch/main.py --config=configs/invariance.py:<model>`.
 
-Runs `ldct_jax.invariance.search` over the grid distances x lambdas x images x seeds, cut into
+Runs `ldct_jax.analysis.search` over the grid distances x lambdas x images x seeds, cut into
 chunks of `config.rows_per_chunk` rows (one search call each, one compiled program for all),
 and writes, in the workdir:
 
@@ -25,26 +25,22 @@ A killed sweep started again with the same config continues with the first missi
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import jax
 import numpy as np
 from absl import logging
 
-from ldct_jax import losses, parallel
-from ldct_jax.invariance import chunks, inputs, search, sweep_report
-from ldct_jax.models.denoiser import Denoiser
+from ldct_jax import distances, parallel
+from ldct_jax.analysis import search
+from ldct_jax.jobs import chunks, configs, inputs, sweep_report
 
 @dataclasses.dataclass
 class Setup:
     """Everything a sweep computes from, checked and loaded."""
 
-    denoiser: Denoiser
-    images: np.ndarray          # [N, H, W] HU
-    anatomy: list[str]
-    source: list[str]
+    inputs: inputs.Inputs
     mask: Optional[np.ndarray]  # [N, H, W] or None
     rows: search.Rows
     slices: list[slice]
@@ -68,15 +64,8 @@ def options_from(config: Any) -> search.SearchOptions:
 
 def check_grid(config: Any) -> None:
     """The grid's values: known distances, finite lambdas >= 0, integer seeds."""
-    distances = [str(d) for d in config.distances]
-    unknown = sorted(set(distances) - set(losses.INPUT_DISTANCES))
-    if unknown or not distances:
-        raise ValueError(f"config.distances={tuple(distances)}: unknown input distance(s) "
-                         f"{unknown}; expected some of {', '.join(losses.INPUT_DISTANCES)}")
-    lam = np.asarray(config.lambdas, np.float64)
-    if lam.ndim != 1 or not lam.size or not np.all(np.isfinite(lam)) or lam.min() < 0:
-        raise ValueError(f"config.lambdas={config.lambdas}: expected a non-empty list of finite "
-                         "values >= 0")
+    configs.check_choices(config, "distances", distances.INPUT_DISTANCES, "input distance")
+    configs.check_nonnegative(config, "lambdas", "values >= 0")
     seeds = list(config.seeds)
     if not seeds or not all(isinstance(s, int) for s in seeds):
         raise ValueError(f"config.seeds={config.seeds}: expected a non-empty list of integers")
@@ -88,48 +77,26 @@ def prepare(config: Any, workdir: str) -> Setup:
     """Checks the config and loads the model, images and mask; fails before any search."""
     check_grid(config)
     options = options_from(config)
-    denoiser = inputs.load_denoiser(config.model, config.checkpoint,
-                                    dict(config.model_config), config.seed)
-    images, anatomy, source = inputs.load_images(config, workdir)
-    mask = inputs.load_mask(config.mask, images.shape, config.crop)
+    loaded = inputs.load(config, workdir)
+    mask = inputs.load_mask(config.mask, loaded.images.shape, config.crop)
     notes = {}
     vgg = None
     if "vgg16" in config.distances:
-        from ldct_jax.models import vgg as vgg_lib
-        vgg = vgg_lib.from_config(config.vgg16_weights, "vgg16", jax.random.key(config.seed))
+        from ldct_jax.models import vgg_weights
+        vgg = vgg_weights.from_config(config.vgg16_weights, "vgg16", jax.random.key(config.seed))
         notes["vgg16"] = vgg.describe()
-    rows = search.grid(len(images), list(config.lambdas), [str(d) for d in config.distances],
-                       list(config.seeds))
-    return Setup(denoiser, images, anatomy, source, mask, rows,
-                 chunks.split(len(rows.lam), config.rows_per_chunk), options, vgg, notes)
+    rows = search.grid(len(loaded.images), list(config.lambdas),
+                       [str(d) for d in config.distances], list(config.seeds))
+    return Setup(loaded, mask, rows, chunks.split(len(rows.lam), config.rows_per_chunk), options,
+                 vgg, notes)
 
 
-def make_searcher(denoiser: Denoiser, distances: tuple[str, ...], options: search.SearchOptions,
-                  vgg: Any, mesh: Any) -> search.Searcher:
-    """A `Searcher`; without VGG one per architecture, distances, options and mesh is kept, so
-    that a sweep resumed in the same process (a notebook, the tests) does not compile again."""
-    if vgg is not None:
-        return search.Searcher(denoiser, distances, options, vgg, mesh)
-    return _cached_searcher(denoiser.name, denoiser.module, float(denoiser.shift),
-                            float(denoiser.scale), distances, options, mesh)
-
-
-@functools.lru_cache(maxsize=8)
-def _cached_searcher(name, module, shift, scale, distances, options, mesh) -> search.Searcher:
-    # The searcher uses the denoiser's architecture and normalisation only; params are
-    # arguments of every call.
-    d = Denoiser(name=name, module=module, params=None, shift=shift, scale=scale)
-    return search.Searcher(d, distances, options, None, mesh)
-
-
-def run(config: Any, workdir: str, *, on_chunk: Optional[Callable[[int], None]] = None
-        ) -> dict[str, Any]:
+def run(config: Any, workdir: str) -> dict[str, Any]:
     """Runs (or finishes) the sweep in `workdir` and writes its report.
 
     Args:
       config: a config of configs/invariance.py.
       workdir: the sweep's directory.
-      on_chunk: called with the chunk index after each chunk is written (tests).
 
     Returns:
       {'computed': chunk indices computed by this call, 'chunks': their number,
@@ -137,16 +104,13 @@ def run(config: Any, workdir: str, *, on_chunk: Optional[Callable[[int], None]] 
     """
     parallel.maybe_initialize_distributed(config.distributed)
     setup = prepare(config, workdir)
-    inputs.log_inputs(setup.images, setup.anatomy, setup.source)
-    os.makedirs(workdir, exist_ok=True)
+    loaded = setup.inputs
     vgg_digest = chunks.digest(setup.vgg.params) if setup.vgg is not None else None
-    chunks.claim(workdir, inputs.settings(config, setup.denoiser,
-                                          {"images": setup.images, "mask": setup.mask},
-                                          vgg16=vgg_digest, rows=len(setup.rows.lam)))
-    inputs.save_inputs(workdir, setup.images, setup.anatomy, setup.source)
+    loaded.start(config, workdir, {"mask": setup.mask}, vgg16=vgg_digest,
+                 rows=len(setup.rows.lam))
     mesh = parallel.make_mesh(config.num_devices or None)
-    searcher = make_searcher(setup.denoiser, tuple(str(d) for d in config.distances),
-                             setup.options, setup.vgg, mesh)
+    searcher = search.Searcher(loaded.denoiser.spec, [str(d) for d in config.distances],
+                               setup.options, setup.vgg, mesh)
     todo = sum(not chunks.is_done(workdir, i) for i in range(len(setup.slices)))
     progress = chunks.Progress(len(setup.slices), todo, setup.options.iterations,
                                f"invariance {config.model}", config.progress_bar)
@@ -156,7 +120,7 @@ def run(config: Any, workdir: str, *, on_chunk: Optional[Callable[[int], None]] 
 
     def compute(index: int, rows: slice, callback):
         part = search.Rows(*(np.asarray(a)[rows] for a in setup.rows))
-        result = searcher.run(setup.denoiser.params, setup.images, part, mask=setup.mask,
+        result = searcher.run(loaded.denoiser.params, loaded.images, part, mask=setup.mask,
                               progress=callback, batch_size=config.rows_per_chunk)
         records = [dict(row=rows.start + j, chunk=index, model=config.model, **r)
                    for j, r in enumerate(search.result_table(result))]
@@ -165,11 +129,10 @@ def run(config: Any, workdir: str, *, on_chunk: Optional[Callable[[int], None]] 
                      curves=curves.astype(np.float32)),
                 records, dict(seconds=result.seconds, iterations=setup.options.iterations))
 
-    computed = chunks.run_chunks(workdir, setup.slices, compute, progress, on_chunk)
+    computed = chunks.run_chunks(workdir, setup.slices, compute, progress)
     summary = None
     if jax.process_index() == 0:
-        summary = sweep_report.invariance_report(
-            workdir, setup.denoiser, setup.images, setup.anatomy, setup.source,
-            len(setup.slices), config, setup.notes)
+        summary = sweep_report.invariance_report(workdir, loaded, len(setup.slices), config,
+                                                 setup.notes)
     return {"computed": computed, "chunks": len(setup.slices), "summary": summary,
             "report": os.path.join(workdir, "report")}

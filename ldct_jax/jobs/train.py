@@ -8,54 +8,39 @@ eval.png and, at the end, the trained denoiser in model/ (ldct_jax.models.save).
 
 from __future__ import annotations
 
-import concurrent.futures
-import json
 import math
 import os
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import jax
 import numpy as np
 from absl import logging
 
-from ldct_jax import data, models, parallel
+from ldct_jax import ct, files, models, parallel
+from ldct_jax.data import sampling
 from ldct_jax.data.scan import Scan
-from ldct_jax.train import evaluate, trainers
+from ldct_jax.jobs import configs, report, trainers
+from ldct_jax.jobs import data as data_job
+from ldct_jax.jobs.metrics_log import MetricsLog
+from ldct_jax.train import evaluate
 from ldct_jax.train.checkpoint import Checkpointer, StopSignals
-from ldct_jax.train.metrics_log import MetricsLog
 
 
 class NonFiniteLossError(FloatingPointError):
     """Training met a non-finite loss; the newest checkpoint is the last good state."""
 
 
-def _write_json(path: str, obj: Any) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-
-
 def _record_config(config, workdir: str) -> None:
     """Writes config.json; on a resume, logs which values differ from the first start."""
     path = os.path.join(workdir, "config.json")
-    current = json.loads(config.to_json_best_effort())
+    current = files.plain(config.to_dict())
     if os.path.exists(path):
-        with open(path) as f:
-            previous = json.load(f)
-        changed = _diff(previous, current)
+        changed = files.diff(files.read_json(path), current, "config")
         if changed:
             logging.warning("config differs from the earlier start of this workdir: %s",
                             "; ".join(changed))
-    _write_json(path, current)
-
-
-def _diff(a: Any, b: Any, prefix: str = "config") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [d for k in sorted(set(a) | set(b))
-                for d in _diff(a.get(k), b.get(k), f"{prefix}.{k}")]
-    return [] if a == b else [f"{prefix}: {a!r} -> {b!r}"]
+    files.write_json(path, current)
 
 
 def _host(tree: Any) -> Any:
@@ -88,8 +73,7 @@ def _save(ckpt: Checkpointer, state) -> None:
         raise NonFiniteLossError(f"{e}. Training stopped. {_last_good(ckpt)}") from e
 
 
-def run(config, workdir: str, *, scans: Optional[Sequence[Scan]] = None,
-        on_step: Optional[Callable[[int], None]] = None) -> dict[str, Any]:
+def run(config, workdir: str, *, scans: Optional[Sequence[Scan]] = None) -> dict[str, Any]:
     """Trains `config.model` in `workdir` (resuming if it holds checkpoints) and evaluates it.
 
     Args:
@@ -97,7 +81,6 @@ def run(config, workdir: str, *, scans: Optional[Sequence[Scan]] = None,
       workdir: the run's directory.
       scans: train on these (split into training and held-out patients as config.data says)
         instead of loading config.data: for notebooks and tests.
-      on_step: called with the step number after each step (tests use it to send signals).
 
     Returns:
       `{'step', 'stopped' (a signal name or None), 'eval' (summarise's result or None),
@@ -112,15 +95,16 @@ def run(config, workdir: str, *, scans: Optional[Sequence[Scan]] = None,
     parallel.maybe_initialize_distributed(config.distributed)
     trainers.check_config(config)
     mesh = parallel.make_mesh(config.num_devices or None)
-    parallel.check_batch_divisible(config.batch_size, mesh, key="batch_size")
+    with configs.naming("batch_size", config.batch_size):
+        parallel.check_batch_divisible(config.batch_size, mesh)
     main = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
     if main:
         _record_config(config, workdir)
 
     if scans is None:
-        scans = data.load_scans(config.data, workdir)
-    train_scans, held_out = data.split_scans(scans, config.data.held_out_patients)
+        scans = data_job.load_scans(config.data, workdir)
+    train_scans, held_out = data_job.split_scans(config.data, scans)
     trainers.check_patch_fits(config, train_scans)
     logging.info("data: %d training and %d held-out patients (%s)", len(train_scans),
                  len(held_out), config.data.source)
@@ -130,12 +114,12 @@ def run(config, workdir: str, *, scans: Optional[Sequence[Scan]] = None,
 
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep)
     try:
-        return _train(config, workdir, mesh, trainer, held_out, ckpt, on_step, t_start, main)
+        return _train(config, workdir, mesh, trainer, held_out, ckpt, t_start, main)
     finally:
         ckpt.close()
 
 
-def _train(config, workdir, mesh, trainer, held_out, ckpt, on_step, t_start, main):
+def _train(config, workdir, mesh, trainer, held_out, ckpt, t_start, main):
     """Resume, the step loop, checkpoints, the final evaluation: `run` after the set-up."""
     state, start = ckpt.restore_latest(trainer.init_state)
     if state is None:
@@ -145,21 +129,20 @@ def _train(config, workdir, mesh, trainer, held_out, ckpt, on_step, t_start, mai
 
     evals = evaluate.eval_set(held_out, config.eval.slices_per_patient, config.seed) \
         if held_out else None
-    denoise_fn = evaluate.make_denoise_fn(trainer.denoiser.apply, mesh)
 
     def run_eval(params) -> Optional[tuple[dict, np.ndarray]]:
         if evals is None:
             logging.warning("no held-out patients (config.data.held_out_patients=0): "
                             "evaluation skipped")
             return None
-        out = evaluate.denoise_all(denoise_fn, params, evals.low, mesh, config.eval.batch_size)
+        out = models.denoise(trainer.denoiser.spec, params, evals.low, mesh=mesh,
+                             batch_size=config.eval.batch_size)
         return evaluate.summarise(evals, out), out
 
     num_steps = config.num_steps
     stopped = None
     t_train, steps_done = time.time(), 0
-    with MetricsLog(workdir, enabled=main) as log, StopSignals() as stop, \
-            concurrent.futures.ThreadPoolExecutor(1) as pool:
+    with MetricsLog(workdir, enabled=main) as log, StopSignals() as stop:
         for bad in ckpt.skipped:
             log.event(bad["step"], "checkpoint_corrupt", error=bad["error"],
                       moved_to=bad["moved_to"])
@@ -167,13 +150,11 @@ def _train(config, workdir, mesh, trainer, held_out, ckpt, on_step, t_start, mai
             log.event(start, "resumed")
         bar = _progress(config, main, start, num_steps)
         step = start
-        upcoming = pool.submit(trainer.local_batch, step) if step < num_steps else None
+        # Each batch is sampled on a background thread while the previous step runs.
+        batches = sampling.prefetch(trainer.local_batch, range(start, num_steps))
         try:
-            while step < num_steps:
-                batch = parallel.global_batch(upcoming.result(), mesh)
-                if step + 1 < num_steps:
-                    upcoming = pool.submit(trainer.local_batch, step + 1)
-                state, metrics = trainer.step(state, batch)
+            for _, local in batches:
+                state, metrics = trainer.step(state, parallel.global_batch(local, mesh))
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 step += 1
                 steps_done += 1
@@ -192,8 +173,6 @@ def _train(config, workdir, mesh, trainer, held_out, ckpt, on_step, t_start, mai
                     result = run_eval(state.params)
                     if result is not None:
                         log.write(step, evaluate.flat_metrics(result[0]), split="eval")
-                if on_step is not None:
-                    on_step(step)
                 if stop.any_process_requested():
                     stopped = stop.received or "signal"
                     break
@@ -204,6 +183,7 @@ def _train(config, workdir, mesh, trainer, held_out, ckpt, on_step, t_start, mai
             logging.error("%s", e)
             raise
         finally:
+            batches.close()
             if bar is not None:
                 bar.close()
         if stopped:
@@ -250,11 +230,41 @@ def _finish(config, workdir, trainer, final, step, summary, output, evals, steps
         title = f"{config.model}, step {step}"
         if "vgg" in trainer.notes and "RANDOM INIT" in trainer.notes["vgg"]:
             title += " (VGG RANDOM INIT)"
-        record["figure"] = evaluate.save_figure(os.path.join(workdir, "eval.png"), evals,
-                                                output, title)
-        table = evaluate.format_result(summary)
+        record["figure"] = save_figure(os.path.join(workdir, "eval.png"), evals, output, title)
+        table = format_result(summary)
         print(f"\n{config.model} after {step} steps, held-out whole slices:\n{table}")
-    _write_json(os.path.join(workdir, "eval.json"), record)
+    files.write_json(os.path.join(workdir, "eval.json"), record)
     for what, note in trainer.notes.items():
         print(f"{what}: {note}")
     print(f"model saved to {model_dir}; results in {os.path.join(workdir, 'eval.json')}")
+
+
+def format_result(result: dict[str, Any]) -> str:
+    """A table: one row per anatomy and one for all slices, network vs low dose."""
+    rows = []
+    for name, r in list(result["per_anatomy"].items()) + [("all", result)]:
+        n, lo = r["network"], r["low_dose"]
+        rows.append([name, r.get("num_slices", result["num_slices"]), lo["rmse_hu"], n["rmse_hu"],
+                     f"{100 * r['rmse_reduction']:.1f} %", lo["psnr_db"], n["psnr_db"],
+                     lo["ssim"], n["ssim"]])
+    return report.format_table(
+        ["anatomy", "slices", "RMSE low (HU)", "RMSE net (HU)", "RMSE reduction",
+         "PSNR low (dB)", "PSNR net (dB)", "SSIM low", "SSIM net"], rows)
+
+
+def save_figure(path: str, evals: evaluate.EvalSet, output: np.ndarray,
+                title: Optional[str] = None) -> str:
+    """One row per anatomy (its first held-out slice): low dose, network, routine dose, and
+    network - routine dose, the images in the anatomy's window and the difference in 'diff'."""
+    rows, seen = [], set()
+    for i, a in enumerate(evals.anatomy):
+        if a in seen:
+            continue
+        seen.add(a)
+        w = ct.window_for(a)
+        where = f"{evals.patient[i]} slice {evals.slice_index[i]}"
+        rows.append([report.Panel(f"low dose ({where})", evals.low[i], w),
+                     report.Panel("network", output[i], w),
+                     report.Panel("routine dose", evals.full[i], w),
+                     report.Panel("network - routine", output[i] - evals.full[i], "diff")])
+    return report.save_panels(path, rows, title=title)

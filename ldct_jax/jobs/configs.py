@@ -1,0 +1,169 @@
+"""What the job configs share (big_vision style: plain functions returning ConfigDicts).
+
+`configs/<job>.py:get_config(arg)` builds its config from these pieces; `arg` is the preset,
+`<name>[,<variant>]`, parsed by `parse_preset`. Presets change a default config, never repeat
+it: the paper's and ldct-benchmark's settings appear here once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator, Sequence
+
+import ml_collections
+import numpy as np
+
+# Adam of Yang et al. 2018 for generator and critic (the paper presets of both trainings).
+PAPER_ADAM = dict(lr=1e-5, b1=0.5, b2=0.9, schedule="constant")
+
+# The denoisers the sweeps study; gauss_ri needs no training and is the default.
+SWEEP_MODELS = ("gauss_ri", "cnn10", "wgan_vgg")
+
+# Anatomies of the sweeps' images (the head window is too narrow to read x_inv in).
+SWEEP_ANATOMIES = ("chest", "abdomen")
+
+
+def parse_preset(config_file: str, arg: Any, *parts: Sequence[str]) -> tuple[str, ...]:
+    """The preset `arg` = `a[,b...]` as one name per part; an omitted part is its first name.
+
+    Args:
+      config_file: named in the error.
+      arg: the text after `:` in `--config=configs/x.py:arg` (None or '' for the defaults).
+      *parts: the names each comma-separated part may take, its default first.
+
+    Raises:
+      ValueError: naming `config_file`, `arg` and what each part may be.
+    """
+    given = str(arg or "").split(",") if arg else []
+    names = [g or choices[0] for g, choices in zip(given, parts)]
+    names += [choices[0] for choices in parts[len(names):]]
+    if len(given) > len(parts) or any(n not in c for n, c in zip(names, parts)):
+        expected = ",".join(f"{{{'|'.join(c)}}}" for c in parts)
+        raise ValueError(f"{config_file}: unknown preset {arg!r}; expected {expected}")
+    return tuple(names)
+
+
+@contextlib.contextmanager
+def naming(key: str, value: Any) -> Iterator[None]:
+    """Re-raises a ValueError of the library with the config key and value it came from."""
+    try:
+        yield
+    except ValueError as e:
+        raise ValueError(f"config.{key}={value!r}: {e}") from None
+
+
+def check_choices(config: Any, key: str, known: Sequence[str], what: str) -> None:
+    """`config.<key>` is a non-empty list of names from `known`, or a ValueError naming it."""
+    given = tuple(str(v) for v in config[key])
+    unknown = sorted(set(given) - set(known))
+    if unknown or not given:
+        raise ValueError(f"config.{key}={given}: unknown {what}(s) {unknown}; expected some of "
+                         f"{', '.join(known)}")
+
+
+def check_nonnegative(config: Any, key: str, what: str) -> None:
+    """`config.<key>` is a non-empty list of finite numbers >= 0, or a ValueError naming it."""
+    values = np.asarray(config[key], np.float64)
+    if values.ndim != 1 or not values.size or not np.all(np.isfinite(values)) or values.min() < 0:
+        raise ValueError(f"config.{key}={config[key]}: expected a non-empty list of finite "
+                         f"{what}")
+
+
+def data_config(**synthetic_overrides) -> ml_collections.ConfigDict:
+    """Where the CT data comes from; read by `ldct_jax.jobs.data.load_scans`.
+
+    source: 'synthetic' (embedded, built on first use), 'mayo' (TCIA layout under `root`) or
+      'dicom' (a pair of full/low dose series folders, `full_dir` and `low_dir`).
+    root: data set directory; '' means `<workdir>/data` for the synthetic set.
+    synthetic: every parameter of `ldct_jax.data.synthetic.build` (its defaults, then
+      `synthetic_overrides`), so that each can be overridden on the command line.
+    """
+    from ldct_jax.data import synthetic as synthetic_lib
+    synthetic = synthetic_lib.build_params(**synthetic_overrides)
+    del synthetic["format"]
+    synthetic["anatomies"] = tuple(synthetic["anatomies"])  # as --config overrides give them
+    return ml_collections.ConfigDict(dict(
+        source="synthetic",
+        root="",
+        full_dir="",
+        low_dir="",
+        anatomies=("chest", "abdomen", "head"),
+        cache_dir="",          # '' -> a cache folder inside the workdir
+        skip_bad_slices=False,  # skip unreadable slices (each is logged and counted)
+        held_out_patients=1,   # per anatomy, whole patients kept for evaluation
+        synthetic=synthetic,
+    ))
+
+
+def train_config(model: str, model_config: dict, *, checkpoint_every: int,
+                 slices_per_patient: int) -> ml_collections.ConfigDict:
+    """The fields every training config has (configs/cnn10.py, configs/wgan.py); the caller
+    adds its model's steps, batch, patch and optimisers."""
+    c = ml_collections.ConfigDict()
+    c.job = "train"
+    c.model = model
+    c.model_config = ml_collections.ConfigDict(model_config)
+    c.seed = 0
+    c.log_every_steps = 10
+    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=checkpoint_every, keep=3))
+    c.eval = ml_collections.ConfigDict(dict(every_steps=0, slices_per_patient=slices_per_patient,
+                                            batch_size=4))
+    c.data = data_config()
+    c.distributed = "auto"   # 'auto' | 'on' | 'off': jax.distributed.initialize()
+    c.num_devices = 0        # 0: every device
+    c.progress_bar = True
+    return c
+
+
+def mayo_run(c: ml_collections.ConfigDict, *, num_steps: int, batch_size: int,
+             patch_size: int) -> None:
+    """Turns a training config into a long run on the Mayo data (the paper/ldctbench presets)."""
+    c.data.source = "mayo"
+    c.num_steps = num_steps
+    c.batch_size = batch_size
+    c.patch_size = patch_size
+    c.checkpoint.every_steps = 2000
+    c.eval.every_steps = 5000
+    c.log_every_steps = 100
+
+
+def sweep_config(job: str, model: str) -> ml_collections.ConfigDict:
+    """The fields the invariance and attack sweeps share: model, images, data, run settings.
+
+    Trained models get synthetic slices of the size (so the pixel size) the training jobs use,
+    centre-cropped to 128 px so that a CPU finishes in reasonable time; gauss_ri needs no
+    training and gets small whole slices.
+    """
+    c = ml_collections.ConfigDict()
+    c.job = job
+    c.model = model
+    c.checkpoint = ""          # '' -> runs/cnn10/model or runs/wgan/model (unused by gauss_ri)
+    c.model_config = ml_collections.ConfigDict()  # module arguments for gauss_ri (sigma, square)
+    c.images = ""              # .npy [H, W] or [N, H, W] HU; '' -> slices from config.data
+    c.anatomy = "abdomen"      # anatomy of .npy images (picks the display window)
+    c.num_images = 2
+    c.image_seed = 0
+    c.crop = 0                 # centre crop to crop x crop px; 0 keeps whole slices
+    if model == "gauss_ri":
+        c.data = data_config(patients_per_anatomy=1, slices=1, size=128,
+                             anatomies=SWEEP_ANATOMIES)
+        c.data.anatomies = SWEEP_ANATOMIES[::-1]
+    else:
+        c.data = data_config(patients_per_anatomy=1, slices=2, anatomies=SWEEP_ANATOMIES)
+        c.data.anatomies = SWEEP_ANATOMIES
+        c.crop = 128
+    c.data.held_out_patients = 0
+    c.seed = 0                 # model init (gauss_ri has no params) and VGG random init
+    c.distributed = "auto"
+    c.num_devices = 0          # 0: every device
+    c.progress_bar = True
+    return c
+
+
+def mayo_sweep_data(c: ml_collections.ConfigDict) -> None:
+    """The `paper` variant of a sweep: whole slices of the Mayo data (config.data.root)."""
+    c.data = data_config()
+    c.data.source = "mayo"
+    c.data.anatomies = SWEEP_ANATOMIES
+    c.data.held_out_patients = 0
+    c.crop = 0

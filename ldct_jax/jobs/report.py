@@ -1,0 +1,84 @@
+"""Figures and tables as CT researchers read them: images in display windows, aligned tables.
+
+Figures use matplotlib's object API (`Figure` with an Agg canvas), so importing or using this
+module leaves a notebook's plotting backend alone. Files are written atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ldct_jax import ct, files
+
+
+@dataclasses.dataclass(frozen=True)
+class Panel:
+    """One image of a figure: `image` in HU shown in `window` (a name of ct.WINDOWS or (c, w))."""
+
+    title: str
+    image: np.ndarray
+    window: ct.Window
+
+
+def save_panels(path: str, rows: Sequence[Sequence[Panel]], title: Optional[str] = None,
+                panel_size: float = 3.0) -> str:
+    """Writes a grid of windowed CT images to `path` (PNG or PDF), atomically.
+
+    Args:
+      path: output file; its extension picks the format.
+      rows: the grid, row by row; rows may differ in length.
+      title: figure title (e.g. the model and the distance, or 'VGG RANDOM INIT').
+      panel_size: inches per panel.
+
+    Returns:
+      `path`.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    ncols = max(len(r) for r in rows)
+    fig = Figure(figsize=(panel_size * ncols, panel_size * len(rows)))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(rows), ncols, squeeze=False)
+    for r, row in enumerate(rows):
+        for c in range(ncols):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c >= len(row):
+                continue
+            panel = row[c]
+            low, high = ct.window_bounds(panel.window)
+            ax.imshow(np.asarray(panel.image, np.float32), cmap="gray", vmin=low, vmax=high,
+                      interpolation="nearest")
+            ax.set_title(f"{panel.title}\n[{low:g}, {high:g}] HU", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    with files.atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=100, format=os.path.splitext(path)[1].lstrip(".") or "png")
+    return path
+
+
+def _cell(v) -> str:
+    return f"{v:.4g}" if isinstance(v, (float, np.floating)) else str(v)
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain-text table with aligned columns (floats to 4 significant digits)."""
+    cells = [list(map(str, header))] + [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A GitHub-flavoured markdown table (floats to 4 significant digits)."""
+    lines = ["| " + " | ".join(map(str, header)) + " |",
+             "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,129 @@
+"""Importing ldct-benchmark (PyTorch) checkpoints.
+
+ldct-benchmark (github.com/eeulig/ldct-benchmark) saves `torch.save({"args": Namespace,
+"iteration": int, "model_state_dict": state_dict}, "best_SSIM.pt")`; its CNN-10 keys are
+`layers.{0,2,4}.{weight,bias}`, its WGAN-VGG generator's `net.{0,2,...,14}.*` and its critic's
+`net.{0,2,...,10}.*`, `fc1.*`, `fc2.*`. Conv weights are OIHW. Its inputs are normalised as
+`ct.LDCTBENCH_SHIFT/SCALE`, which is what `cnn10` and `wgan_vgg` use.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ldct_jax.models import torch_state, wgan_vgg
+from ldct_jax.models.denoiser import Denoiser, Params
+from ldct_jax.models.registry import build, param_shapes, spec
+from ldct_jax.models.saved import flat, unflat
+
+# ldct-benchmark state-dict prefix of each of our conv layers, per architecture.
+LAYERS: dict[str, dict[str, str]] = {
+    "cnn10": {"conv1": "layers.0", "conv2": "layers.2", "conv3": "layers.4"},
+    "wgan_vgg": {f"conv{i + 1}": f"net.{2 * i}" for i in range(8)},
+}
+_CRITIC_LAYERS = {**{f"conv{i + 1}": f"net.{2 * i}" for i in range(6)}, "fc1": "fc1",
+                  "fc2": "fc2"}
+
+
+def _torch_shape(flax_key: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    if flax_key.endswith("kernel") and len(shape) == 4:
+        return (shape[3], shape[2], shape[0], shape[1])  # HWIO -> OIHW
+    if flax_key.endswith("kernel") and len(shape) == 2:
+        return (shape[1], shape[0])  # Dense (in, out) -> Linear (out, in)
+    return shape
+
+
+def _torch_key(layers: Mapping[str, str], flax_key: str) -> str:
+    layer, kind = flax_key.split("/")
+    return f"{layers[layer]}.{'weight' if kind == 'kernel' else 'bias'}"
+
+
+def _convert(state: Mapping[str, np.ndarray], layers: Mapping[str, str],
+             expected: Mapping[str, tuple[int, ...]], what: str, path: str,
+             hint: str = "") -> dict[str, np.ndarray]:
+    """Flat Flax params from a torch state dict, checking keys and shapes."""
+    want = {_torch_key(layers, k): (k, _torch_shape(k, s)) for k, s in expected.items()}
+    missing = sorted(set(want) - set(state))
+    unexpected = sorted(set(state) - set(want))
+    if missing or unexpected:
+        raise ValueError(f"{path}: not an ldct-benchmark {what} checkpoint: missing keys "
+                         f"{missing}, unexpected keys {unexpected}{hint}")
+    out = {}
+    for tkey, (fkey, shape) in want.items():
+        value = state[tkey]
+        if value.shape != shape:
+            raise ValueError(f"{path}: key {tkey!r} ({what} {fkey}) has shape "
+                             f"{tuple(value.shape)}, expected {shape}")
+        if value.ndim == 4:
+            value = value.transpose(2, 3, 1, 0)
+        elif value.ndim == 2:
+            value = value.T
+        out[fkey] = np.ascontiguousarray(value, dtype=np.float32)
+    return out
+
+
+def _which_architecture(state: Mapping[str, np.ndarray]) -> str:
+    for name, layers in LAYERS.items():
+        keys = {f"{p}.{s}" for p in layers.values() for s in ("weight", "bias")}
+        if keys == set(state):
+            return f" (its keys are those of an ldct-benchmark {name})"
+    return ""
+
+
+def import_ldctbench(path: str, name: str) -> Denoiser:
+    """A denoiser from an ldct-benchmark checkpoint (`.pt` with `model_state_dict`).
+
+    Args:
+      path: the `.pt` file (read with `torch.load(..., weights_only=True)`; needs PyTorch).
+      name: 'cnn10' or 'wgan_vgg' (the generator).
+
+    Returns:
+      The denoiser, with ldct-benchmark's normalisation (`ct.LDCTBENCH_SHIFT/SCALE`), giving the
+      same HU output as the PyTorch model.
+
+    Raises:
+      ValueError naming the missing/unexpected keys, or a key and both shapes, when the
+      checkpoint is for another architecture.
+    """
+    if name not in LAYERS:
+        raise ValueError(f"import_ldctbench: no ldct-benchmark mapping for {name!r}; expected "
+                         f"one of {sorted(LAYERS)}")
+    path = os.fspath(path)
+    state = torch_state.read(path, "an ldct-benchmark checkpoint")
+    arrays = _convert(state, LAYERS[name], param_shapes(spec(name)), name, path,
+                      _which_architecture(state))
+    return build(name, unflat(arrays))
+
+
+def import_ldctbench_critic(path: str, patch_size: int) -> tuple[wgan_vgg.Critic, Params]:
+    """The WGAN-VGG critic of an ldct-benchmark `Discriminator(input_size=patch_size)`.
+
+    Args:
+      path: a `.pt` holding the critic's state dict (bare, or under `model_state_dict`).
+      patch_size: the side of the square patches it was built for (fixes fc1's size).
+
+    Returns:
+      `(critic, params)` as `wgan_vgg.init_critic` gives them; scores match PyTorch's.
+    """
+    path = os.fspath(path)
+    critic = wgan_vgg.Critic()
+    size = wgan_vgg.critic_output_size(patch_size, critic.strides)
+    shapes = jax.eval_shape(critic.init, jax.random.key(0),
+                            jax.ShapeDtypeStruct((1, patch_size, patch_size, 1), jnp.float32))
+    expected = {k: tuple(v.shape) for k, v in flat(shapes["params"]).items()}
+    state = dict(torch_state.read(path, "an ldct-benchmark critic checkpoint"))
+    if "fc1.weight" in state and state["fc1.weight"].ndim == 2:
+        # PyTorch flattens C, H, W; Flax flattens H, W, C.
+        w = state["fc1.weight"]
+        c = critic.features[-1]
+        if w.shape[1] == c * size * size:
+            state["fc1.weight"] = w.reshape(w.shape[0], c, size, size).transpose(
+                0, 2, 3, 1).reshape(w.shape[0], -1)
+    arrays = _convert(state, _CRITIC_LAYERS, expected, f"WGAN-VGG critic (patch {patch_size})",
+                      path)
+    return critic, unflat(arrays)
