@@ -1,10 +1,10 @@
 """Adversarial attack sweep: `python launch/main.py --config=configs/attack.py:<model>[,<variant>]`.
 
 The opposite of the invariance sweep: small perturbations (L-infinity budget in HU) with a large
-output change, by FGSM, BIM and PGD (ldct_jax.invariance.attacks), over the grid methods x
+output change, by FGSM, BIM and PGD (ldct_jax.analysis.attacks), over the grid methods x
 budgets x images, in chunks that a restarted run does not redo, then a report (figures: x,
 x_adv, f(x), f(x_adv), the perturbation and the output difference; a table). See
-ldct_jax/invariance/attack_sweep.py for what lands in the workdir.
+ldct_jax/jobs/attack.py for what lands in the workdir.
 
 Models: gauss_ri (no training; 2 synthetic 128x128 slices), cnn10 and wgan_vgg
 (config.checkpoint, default runs/cnn10/model and runs/wgan/model from configs/cnn10.py and

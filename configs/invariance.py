@@ -1,9 +1,9 @@
 """Invariance sweep: `python launch/main.py --config=configs/invariance.py:<model>[,<variant>]`.
 
 Finds, for every (distance, lambda, image, seed) of a grid, the large input perturbation x_inv
-the denoiser ignores (ldct_jax.invariance.search), in chunks that a restarted run does not
+the denoiser ignores (ldct_jax.analysis.search), in chunks that a restarted run does not
 redo, then writes a report (figures in the slides' layout and a table). See
-ldct_jax/invariance/sweep.py for what lands in the workdir.
+ldct_jax/jobs/invariance.py for what lands in the workdir.
 
 Models:
   gauss_ri   the Gaussian + zeroed square ground truth: no training, a tiny default (2

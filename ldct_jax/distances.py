@@ -32,8 +32,6 @@ NET_DATA_RANGE: float = NET_RANGE[1] - NET_RANGE[0]
 VGG16_DISTANCE_TAPS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
 
 
-
-
 def bounded_mse(a: Array, b: Array) -> Array:
     """`min(MSE, 1)` per image over the last two axes: "MSE bounded by +1" of the search."""
     a, b = jnp.asarray(a), jnp.asarray(b)

@@ -2,9 +2,9 @@
 
 Everything ldct-jax writes (models, data sets, caches, sweep chunks, reports) goes through
 `atomic_file` or `atomic_dir`: the content is written beside its final path under a temporary
-name `.<name>.tmp-<pid>-<random>` and renamed into place with `os.replace`, so a killed process
-leaves either the old content or the new one, never half of it. `remove_stale_temps` deletes
-the temporaries of processes that are gone.
+name `.<name>.tmp-<pid>-<random>` and renamed into place, so a killed process leaves either the
+old content or the new one, never half of it. `remove_stale_temps` deletes the temporaries of
+processes that are gone.
 """
 
 from __future__ import annotations
@@ -48,43 +48,57 @@ def atomic_dir(path: str, *, overwrite: bool = False, mode: int = 0o755) -> Iter
 
     Args:
       path: the folder to create.
-      overwrite: replace an existing `path` (the old folder is removed only after the new one
-        is in place); otherwise an existing `path` is a FileExistsError, raised before the body
-        runs.
+      overwrite: replace an existing `path`. The old folder is moved aside to
+        `.<name>.old-<pid>-<random>` (never removed by `remove_stale_temps`) and deleted only
+        once the new one is in place.
       mode: permissions of the new folder.
+
+    Raises:
+      FileExistsError: `path` exists (or, without `overwrite`, another process finished it
+        while this one was writing: that copy is kept and this one dropped). An empty folder
+        at `path` counts as absent.
     """
     path = os.path.abspath(path)
-    if os.path.exists(path) and not overwrite:
+    if _occupied(path) and not overwrite:
         raise FileExistsError(f"{path} exists; not overwriting it")
     tmp = temp_path(path)
     os.makedirs(tmp, mode=mode)
     os.chmod(tmp, mode)  # makedirs honours the umask
     try:
         yield tmp
-        if os.path.exists(path):
-            old = temp_path(path)
+        if overwrite and os.path.exists(path):
+            old = temp_path(path).replace(_TMP, ".old-", 1)
             os.replace(path, old)
             os.replace(tmp, path)
             shutil.rmtree(old)
         else:
-            os.replace(tmp, path)
+            try:  # rename(2) replaces an empty folder only
+                os.rename(tmp, path)
+            except OSError as e:
+                if _occupied(path):
+                    raise FileExistsError(f"{path} was written by another process meanwhile; "
+                                          "keeping that copy") from e
+                raise
     finally:
         if os.path.isdir(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def remove_stale_temps(path: str) -> None:
-    """Removes the temporaries of `path` left by processes that no longer run (killed writes)."""
-    directory, name = os.path.split(os.path.abspath(path))
+def _occupied(path: str) -> bool:
+    return os.path.exists(path) and not (os.path.isdir(path) and not os.listdir(path))
+
+
+def remove_stale_temps(directory: str) -> None:
+    """Removes the temporaries in `directory` left by processes that no longer run (killed
+    writes)."""
     if not os.path.isdir(directory):
         return
-    prefix = f".{name}{_TMP}"
     for entry in os.listdir(directory):
-        if not entry.startswith(prefix):
+        if not entry.startswith(".") or _TMP not in entry:
             continue
         try:
-            os.kill(int(entry[len(prefix):].split("-")[0]), 0)
-        except ValueError:
+            os.kill(int(entry.rsplit(_TMP, 1)[1].split("-")[0]), 0)
+        except (ValueError, IndexError, OverflowError):
             continue
         except ProcessLookupError:
             stale = os.path.join(directory, entry)

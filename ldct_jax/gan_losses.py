@@ -13,8 +13,6 @@ from ldct_jax.metrics import check_same_shape
 Array = jax.Array
 
 
-
-
 def perceptual_l1(vgg, a: Array, b: Array, tap: str = "conv5_4",
                   params: Optional[Any] = None) -> Array:
     """Mean absolute difference of VGG features at `tap` (WGAN-VGG: VGG19 conv5_4, pre-ReLU).

@@ -27,8 +27,6 @@ def check_same_shape(a: Array, b: Array, what: str) -> None:
         raise ValueError(f"{what}: inputs must have the same shape, got {a.shape} and {b.shape}")
 
 
-
-
 def mse(a: Array, b: Array) -> Array:
     """Mean squared error over all elements."""
     a, b = jnp.asarray(a), jnp.asarray(b)

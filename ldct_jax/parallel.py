@@ -53,6 +53,18 @@ def make_mesh(num_devices: Optional[int] = None) -> Mesh:
                          devices=devices[:n])
 
 
+def local_mesh() -> Mesh:
+    """A 1-D mesh over this process's devices only, for work one process does alone (figures
+    of process 0)."""
+    devices = jax.local_devices()
+    return jax.make_mesh((len(devices),), (BATCH_AXIS,),
+                         axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
+
+
+def _spans_processes(mesh: Mesh) -> bool:
+    return any(d.process_index != jax.process_index() for d in mesh.devices.flat)
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Leading axis split over the mesh, the rest replicated."""
     return NamedSharding(mesh, P(BATCH_AXIS))
@@ -93,6 +105,18 @@ def global_batch(local: Any, mesh: Mesh) -> Any:
         lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local)
 
 
+def to_host(tree: Any) -> Any:
+    """Numpy copies of the leaves of a replicated (or process-local) pytree, on any process."""
+    def copy(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            if not x.sharding.is_fully_replicated:
+                raise ValueError("to_host: expected replicated arrays (each process holds all of "
+                                 f"them), got a sharded array of shape {x.shape}")
+            x = x.addressable_data(0)
+        return np.asarray(jax.device_get(x))
+    return jax.tree.map(copy, tree)
+
+
 def padded_size(n: int, mesh: Mesh) -> int:
     """`n` rounded up to a multiple of the mesh size."""
     return -(-n // mesh.size) * mesh.size
@@ -110,9 +134,9 @@ def pad_rows(tree: Any, size: int) -> Any:
 
 
 def shard_rows(tree: Any, mesh: Mesh) -> Any:
-    """Places a pytree of numpy arrays along `batch`; every process holds the whole batch and
-    contributes its own rows."""
-    if jax.process_count() == 1:
+    """Places a pytree of numpy arrays along `batch`; on a mesh over several processes every
+    process holds the whole batch and contributes its own rows."""
+    if not _spans_processes(mesh):
         return jax.device_put(tree, batch_sharding(mesh))
     n = jax.tree.leaves(tree)[0].shape[0]
     per = n // jax.process_count()
@@ -122,7 +146,7 @@ def shard_rows(tree: Any, mesh: Mesh) -> Any:
 
 def gather_rows(tree: Any, rows: int) -> Any:
     """A sharded pytree back as numpy on every process: the first `rows` rows of each leaf."""
-    if jax.process_count() > 1:
+    if not all(getattr(a, "is_fully_addressable", True) for a in jax.tree.leaves(tree)):
         tree = multihost_utils.process_allgather(tree, tiled=True)
     return jax.tree.map(lambda a: np.asarray(a)[:rows], tree)
 

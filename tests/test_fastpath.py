@@ -175,18 +175,18 @@ def _fast_and_plain(module, x, **kw):
     return out, grads, swapped, params
 
 
-@pytest.mark.parametrize("module,shape,kw", [
-    (nn.Conv(5, (9, 9), padding="SAME"), (2, 12, 12, 1), {}),                  # col2im
-    (nn.Conv(5, (3, 3), padding=1), (2, 2, 3, 6), {}),                        # small map
-    (nn.Conv(5, (3, 3), padding=1), (2, 1, 1, 6), {}),                        # small map
+@pytest.mark.parametrize("module,shape,kw,tol", [
+    (nn.Conv(5, (9, 9), padding="SAME"), (2, 12, 12, 1), {}, 1e-6),             # col2im
+    (nn.Conv(5, (3, 3), padding=1), (2, 2, 3, 6), {}, 1e-5),                   # small map
+    (nn.Conv(5, (3, 3), padding=1), (2, 1, 1, 6), {}, 1e-5),                   # small map
     (nn.Conv(5, (3, 3), strides=(2, 2), padding="VALID"), (2, 9, 9, 3),
-     {"second_order": True}),                                                 # gp_conv
+     {"second_order": True}, 1e-6),                                            # gp_conv
 ], ids=["col2im", "small-map-2x3", "small-map-1x1", "gp"])
-def test_fast_forms_of_nn_conv_have_its_values_and_gradients(module, shape, kw):
+def test_fast_forms_of_nn_conv_have_its_values_and_gradients(module, shape, kw, tol):
     x = jax.random.normal(jax.random.key(1), shape)
     (y, y_fast), (g, g_fast), swapped, params = _fast_and_plain(module, x, **kw)
     assert swapped, "the fast form was not used"
-    np.testing.assert_allclose(y_fast, y, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(y_fast, y, rtol=tol, atol=tol)
     np.testing.assert_allclose(g_fast, g, rtol=1e-5, atol=1e-5)
     # nn.Conv's dtype promotion: bfloat16 input, float32 params -> float32.
     low = x.astype(jnp.bfloat16)
@@ -200,7 +200,10 @@ def test_fast_forms_of_nn_conv_have_its_values_and_gradients(module, shape, kw):
     (nn.Conv(6, (3, 3), padding=1, feature_group_count=2), (2, 2, 2, 4)),
     (nn.Conv(5, (3, 3), padding="CIRCULAR"), (2, 2, 2, 3)),
     (nn.Conv(5, (3, 3), strides=(2, 2), padding="VALID"), (2, 9, 9, 3)),
-], ids=["3x3", "2-channels", "groups", "circular", "strided"])
+    (nn.Conv(5, (3, 3), padding=1), (2, 5, 4, 6)),            # a map as large as the kernel
+    (nn.Conv(5, 3, padding=1), (2, 5, 4, 6)),                 # an int kernel: 1-D in Flax
+    (nn.Conv(5, (3, 3), padding="VALID"), (2, 3, 3, 1)),      # the map is the kernel
+], ids=["3x3", "2-channels", "groups", "circular", "strided", "5x4-map", "1-d", "valid"])
 def test_other_convolutions_are_left_to_nn_conv(module, shape):
     x = jax.random.normal(jax.random.key(1), shape)
     (y, y_fast), _, swapped, _ = _fast_and_plain(module, x)

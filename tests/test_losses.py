@@ -227,7 +227,8 @@ def test_gradient_penalty_of_a_linear_critic():
     w = jax.random.normal(jax.random.key(0), (8, 8))
     critic = lambda x: jnp.sum(x * w, axis=(1, 2))
     real, fake = jax.random.normal(jax.random.key(1), (2, 5, 8, 8))
-    gp = jax.jit(gan_losses.gradient_penalty, static_argnums=0)(critic, real, fake, jax.random.key(2))
+    gp = jax.jit(gan_losses.gradient_penalty, static_argnums=0)(critic, real, fake,
+                                                                 jax.random.key(2))
     np.testing.assert_allclose(gp, (np.linalg.norm(np.asarray(w)) - 1) ** 2, rtol=1e-5)
 
 

@@ -4,6 +4,7 @@ Runs on tiny in-memory scans (a smooth phantom with Gaussian noise for the low d
 networks, so every compile and step is fast on a 2-core CPU.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -179,33 +180,24 @@ def test_data_parallel_equals_one_device(make_cfg):
                zip(jax.tree.leaves(init), jax.tree.leaves(one[0]))) > 1e-5
 
 
-class _Tripwire(np.ndarray):
-    """A volume whose patch reads (`v[s, y0:y1, x0:x1]`, as the training sampler reads them)
-    call `self.on_patch()`; whole-slice reads (evaluation) do not."""
+@contextlib.contextmanager
+def sigterm_at_checkpoint(k):
+    """SIGTERM to this process when the k-th checkpoint inside the block is written: orbax
+    reports each finished save (a jax.monitoring event) in the training loop's thread, so the
+    run stops right after that step, as if a scheduler had preempted it there."""
+    saves = [0]
 
-    def __getitem__(self, key):
-        if isinstance(key, tuple) and len(key) == 3 and isinstance(key[1], slice):
-            self.on_patch()
-        return np.asarray(super().__getitem__(key))
+    def on_event(event, **kwargs):
+        if event == "/jax/orbax/write/success":
+            saves[0] += 1
+            if saves[0] == k:
+                os.kill(os.getpid(), signal.SIGTERM)
 
-
-def _sigterm_at(scans, n, patches_per_step):
-    """`scans` whose low-dose volumes send SIGTERM to this process when the sampler reads the
-    first patch of step n's batch. The training loop samples that batch while it runs step n
-    (counting from 1), so the stop comes after step n, through the public API alone."""
-    reads = [0]
-
-    def on_patch():
-        reads[0] += 1
-        if reads[0] == n * patches_per_step + 1:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    out = []
-    for s in scans:
-        low = np.asarray(s.low).view(_Tripwire)
-        low.on_patch = on_patch
-        out.append(Scan(s.patient, s.anatomy, low, s.full, s.dose_fraction, s.positions))
-    return out
+    jax.monitoring.register_event_listener(on_event)
+    try:
+        yield
+    finally:
+        jax.monitoring.unregister_event_listener(on_event)
 
 
 def _records(workdir):
@@ -222,14 +214,14 @@ def _events(workdir):
 def test_resume_after_sigterm_is_exact(make_cfg, tmp_path):
     scans = phantom_scans()
     n = 3 if make_cfg is cnn10_cfg else 2
-    # checkpoint.every_steps=100: the only checkpoint before the stop is the one SIGTERM makes.
-    cfg = make_cfg(num_steps=2 * n, checkpoint__every_steps=100)
+    # A checkpoint every n steps: SIGTERM comes when the first one is written, at step n.
+    cfg = make_cfg(num_steps=2 * n, checkpoint__every_steps=n)
     straight = job.run(cfg, str(tmp_path / "straight"), scans=scans)
     assert straight["step"] == 2 * n and straight["stopped"] is None
 
     wd = str(tmp_path / "stopped")
-    per_step = cfg.batch_size * (cfg.wgan.n_critic if "wgan" in cfg else 1)
-    first = job.run(cfg, wd, scans=_sigterm_at(scans, n, per_step))
+    with sigterm_at_checkpoint(1):
+        first = job.run(cfg, wd, scans=scans)
     assert first["stopped"] == "SIGTERM" and first["step"] == n
     assert Checkpointer(os.path.join(wd, "checkpoints")).all_steps() == [n]
     assert not os.path.exists(os.path.join(wd, "model"))
@@ -291,7 +283,8 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, caplog):
     straight = job.run(cfg, str(tmp_path / "straight"), scans=scans)
 
     wd = str(tmp_path / "run")
-    job.run(cfg, wd, scans=_sigterm_at(scans, 4, cfg.batch_size))
+    with sigterm_at_checkpoint(2):  # after step 4
+        job.run(cfg, wd, scans=scans)
     ckpt_dir = os.path.join(wd, "checkpoints")
     assert Checkpointer(ckpt_dir).all_steps() == [2, 4]
     _garble(os.path.join(ckpt_dir, "4"))

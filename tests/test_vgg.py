@@ -79,7 +79,8 @@ def test_converted_format_round_trips_exactly(tmp_path):
     state = _state_dict(TorchVGG("vgg16"))
     state["classifier.0.weight"] = np.zeros((4, 4), np.float32)  # ignored
     save_file(state, str(tmp_path / "w.safetensors"))
-    converted = vgg_weights.convert(str(tmp_path / "w.safetensors"), str(tmp_path / "vgg16"), "vgg16")
+    converted = vgg_weights.convert(str(tmp_path / "w.safetensors"), str(tmp_path / "vgg16"),
+                                    "vgg16")
     meta = json.loads((tmp_path / "vgg16" / "vgg.json").read_text())
     assert meta["arch"] == "vgg16" and meta["source"].endswith("w.safetensors")
     loaded = vgg_weights.load(str(tmp_path / "vgg16"), imagenet_norm=False)

@@ -118,7 +118,7 @@ class _Program:
 
     spec: DenoiserSpec
     mesh: Mesh
-    fast: bool  # fastpath.enabled() when the attack started
+    fast: bool  # fastpath.enabled(mesh) when the attack started
 
     def rows(self, tree):
         """Pins per-row outputs to the batch sharding the next call was compiled for."""
@@ -263,7 +263,7 @@ def _attack(method: str, denoiser: Denoiser, images: Any, epsilons_hu: Any, *, s
                 alpha=alpha.astype(np.float32), start=start.astype(np.float32), probe=probes,
                 direction=np.full((b,), -1.0 if targeted else 1.0, np.float32))
     dev = parallel.shard_rows(parallel.pad_rows(host, parallel.padded_size(b, mesh)), mesh)
-    program = _Program(denoiser.spec, mesh, fastpath.enabled())
+    program = _Program(denoiser.spec, mesh, fastpath.enabled(mesh))
     params = parallel.replicate(denoiser.params, mesh)
     steps = 1 if method == "fgsm" else int(steps)
     keep_best = np.bool_(keep_best and method != "fgsm")

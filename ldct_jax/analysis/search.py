@@ -152,7 +152,7 @@ class _Program:
     present: tuple[int, ...]  # the distances some row of the batch uses
     options: SearchOptions
     mesh: Mesh
-    fast: bool                # fastpath.enabled() when the searcher was built
+    fast: bool                # fastpath.enabled(mesh) when the searcher was built
 
     @property
     def optimizer(self) -> optax.GradientTransformation:
@@ -175,8 +175,7 @@ class _Program:
 
     def objective(self, delta, params, vgg, x, y0, lam, weight):
         xp = x + delta
-        apply_net = fastpath.convolutions(self.spec.apply_net, enable=self.fast)
-        d_out = jnp.mean(jnp.square(apply_net(params, xp) - y0))
+        d_out = jnp.mean(jnp.square(self.spec.apply_net(params, xp) - y0))
         d_in = self.d_in(vgg, xp, x, weight)
         loss = d_out - lam * d_in
         if self.options.sensitivity:
@@ -190,7 +189,9 @@ class _Program:
         return delta * mask
 
     def step(self, params, vgg, delta, opt, x, y0, mask, lam, weight):
-        (loss, (d_out, d_in)), g = jax.value_and_grad(self.objective, has_aux=True)(
+        # The denoiser's and the VGG's convolutions in their XLA:CPU-fast forms (on CPU).
+        objective = fastpath.convolutions(self.objective, enable=self.fast)
+        (loss, (d_out, d_in)), g = jax.value_and_grad(objective, has_aux=True)(
             delta, params, vgg, x, y0, lam, weight)
         # The gradient of the per-pixel sum (see SearchOptions.eps).
         g = g * (mask * (x.shape[-2] * x.shape[-1]))
@@ -241,8 +242,9 @@ def _metrics(program: _Program, params, vgg, state: State):
         input_rms_hu=in_rms,
         input_max_hu=jnp.max(jnp.abs(dx), axis=(-2, -1)),
         input_ssim=metrics_lib.ssim(x_hu, x_hu + dx, ct.HU_MAX - ct.HU_MIN),
-        d_in=jax.vmap(program.d_in, in_axes=(None, 0, 0, 0))(
-            vgg, state.x + state.delta, state.x, state.weight),
+        d_in=jax.vmap(fastpath.convolutions(program.d_in, enable=program.fast),
+                      in_axes=(None, 0, 0, 0))(vgg, state.x + state.delta, state.x,
+                                               state.weight),
         output_rms_hu=out_rms,
         output_max_hu=jnp.max(jnp.abs(dy), axis=(-2, -1)),
         ratio=in_rms / out_rms,  # inf where the output did not change at all
@@ -263,7 +265,7 @@ class Searcher:
         self.options = options
         self.vgg = vgg
         self.mesh = mesh if mesh is not None else parallel.make_mesh()
-        self.fast = fastpath.enabled()
+        self.fast = fastpath.enabled(self.mesh)
         self.loop = "python" if fastpath.python_loop(self.mesh) else "scan"
 
     def run(self, params, images: Any, rows: Rows, mask: Any = None,

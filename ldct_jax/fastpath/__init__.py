@@ -22,17 +22,17 @@ the speed (the search and attack steps, the training steps), never in the models
   convolutions off, which Eigen runs faster (a CNN-10 step at patch 64, batch 8, 0.175 ->
   0.12 s; WGAN-VGG 4.7 -> 4.0 s on 2 cores).
 
-The switch: the environment variable `LDCT_JAX_FAST_PATHS=0` turns all of them off (plain
-convolutions, programs with their loops inside, default compiler options), for reference runs
-and debugging. It is read when a program is built (`enabled()`), and the analyses make it part
-of their programs' cache keys, so that changing it never reuses a program built the other way.
-
-Wrap only functions that are traced anew (a model's `apply_net`, a loss): a function jitted on
-its own and traced inside `convolutions` would cache its fast form for later plain calls.
+They apply on CPUs only: accelerators get the plain programs. The switch: the environment
+variable `LDCT_JAX_FAST_PATHS=0` turns all of them off on CPUs too (plain convolutions,
+programs with their loops inside, default compiler options: what accelerators run), for
+reference runs and debugging. It is read when a program is built (`enabled()`), and the
+programs' cache keys include it, so that changing it never reuses a program built the other
+way.
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import os
 from typing import Any, Callable, Optional
@@ -41,10 +41,14 @@ import flax.linen as nn
 import jax
 from absl import logging
 from jax import lax
+from jax.sharding import Mesh
 
 from ldct_jax.fastpath import col2im_conv, gp_conv, small_map_conv
 
 ENV = "LDCT_JAX_FAST_PATHS"
+
+# True while a function wrapped by `convolutions` is being traced.
+_ACTIVE: contextvars.ContextVar[bool] = contextvars.ContextVar("ldct_jax_fastpath", default=False)
 
 # CNN-10's conv1 (1 -> 64, 9x9) gains from col2im_conv; small kernels (WGAN-VGG's 3x3 conv1)
 # do not, since their input gradient is cheap either way.
@@ -57,23 +61,31 @@ _CPU_TRAIN_COMPILER_OPTIONS = (("xla_cpu_experimental_ynn_fusion_type",
                                 "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"),)
 
 
-def enabled() -> bool:
-    """The switch: False when `LDCT_JAX_FAST_PATHS` is '0' (or 'false', 'off')."""
-    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "off", "no")
-
-
-def _on_cpu(mesh) -> bool:
+def enabled(mesh: Optional[Mesh] = None) -> bool:
+    """Whether the fast paths apply: the switch is on (`LDCT_JAX_FAST_PATHS` is not '0',
+    'false', 'off' or 'no') and the computation runs on CPUs (the devices of `mesh`, by default
+    the default backend). Accelerators always get the plain programs."""
+    if os.environ.get(ENV, "1").strip().lower() in ("0", "false", "off", "no"):
+        return False
+    if mesh is None:
+        return jax.default_backend() == "cpu"
     return all(d.platform == "cpu" for d in mesh.devices.flat)
 
 
-def python_loop(mesh) -> bool:
+def python_loop(mesh: Mesh) -> bool:
     """Whether iterations on `mesh` run as one jitted call each (CPU) rather than one loop."""
-    return enabled() and _on_cpu(mesh)
+    return enabled(mesh)
 
 
-def compiler_options(mesh) -> Optional[dict[str, str]]:
+def active() -> bool:
+    """Whether the caller runs inside a function wrapped by `convolutions` (at trace time);
+    `DenoiserSpec.apply` keys its compiled program on it."""
+    return _ACTIVE.get()
+
+
+def compiler_options(mesh: Mesh) -> Optional[dict[str, str]]:
     """The compiler options of training steps on `mesh` (None: XLA's defaults)."""
-    if not (enabled() and _on_cpu(mesh)):
+    if not enabled(mesh):
         return None
     return supported_cpu_options(dict(_CPU_TRAIN_COMPILER_OPTIONS))
 
@@ -105,12 +117,12 @@ def convolutions(fn: Callable[..., Any], *, second_order: bool = False,
       fn: a function that applies Flax modules (e.g. a denoiser's `apply_net`); not jitted on
         its own (see the module docstring).
       second_order: use `gp_conv` for every convolution (a WGAN-GP critic).
-      enable: the switch's value to use (default `enabled()`); the analyses pass the value they
-        keyed their program with.
+      enable: whether to (default `enabled()`); the analyses pass `enabled(mesh)` as they
+        computed it for their program's cache key.
 
     Returns:
-      `fn` itself when the switch is off, else a function with the same values and
-      reverse-mode derivatives.
+      `fn` itself when not enabled, else a function with the same values and reverse-mode
+      derivatives.
     """
     if not (enabled() if enable is None else enable):
         return fn
@@ -118,8 +130,12 @@ def convolutions(fn: Callable[..., Any], *, second_order: bool = False,
 
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):
-        with nn.intercept_methods(interceptor):
-            return fn(*args, **kwargs)
+        token = _ACTIVE.set(True)
+        try:
+            with nn.intercept_methods(interceptor):
+                return fn(*args, **kwargs)
+        finally:
+            _ACTIVE.reset(token)
 
     return wrapped
 
@@ -141,7 +157,9 @@ def _intercept(next_fun, args, kwargs, context, *, second_order: bool):
             or len(args) != 1 or not module.has_variable("params", "kernel")):
         return next_fun(*args, **kwargs)
     (x,) = args
-    kernel_size = (module.kernel_size,) * 2 if isinstance(module.kernel_size, int) \
+    # An int kernel_size is a 1-D convolution in Flax: left to nn.Conv like every other case
+    # that is not a plain 2-D one.
+    kernel_size = (module.kernel_size,) if isinstance(module.kernel_size, int) \
         else tuple(module.kernel_size)
     one = lambda v: v is None or v == 1 or tuple(v) == (1, 1)  # noqa: E731
     if (x.ndim != 4 or len(kernel_size) != 2 or module.mask is not None
@@ -155,8 +173,11 @@ def _intercept(next_fun, args, kwargs, context, *, second_order: bool):
     if pads is None or min(min(p) for p in pads) < 0:
         return next_fun(*args, **kwargs)
 
-    kernel = module.get_variable("params", "kernel")
-    bias = module.get_variable("params", "bias") if module.use_bias else None
+    padded = [n + lo + hi for n, (lo, hi) in zip(x.shape[1:3], pads)]
+    if min(p - k for p, k in zip(padded, kernel_size)) < 0:  # nn.Conv raises its own error
+        return next_fun(*args, **kwargs)
+    kernel = nn.meta.unbox(module.get_variable("params", "kernel"))
+    bias = nn.meta.unbox(module.get_variable("params", "bias")) if module.use_bias else None
     if kernel.shape[:2] != kernel_size:  # an unshared (local) kernel
         return next_fun(*args, **kwargs)
     x, kernel, bias = module.promote_dtype(x, kernel, bias, dtype=module.dtype)

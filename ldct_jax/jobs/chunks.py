@@ -46,7 +46,7 @@ def digest(*arrays: Any) -> str:
 
 def fingerprint(settings: Mapping[str, Any]) -> str:
     """sha256 of `settings` as canonical JSON."""
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(files.plain(settings), sort_keys=True).encode()).hexdigest()
 
 
 def claim(workdir: str, settings: Mapping[str, Any]) -> dict:
@@ -62,7 +62,7 @@ def claim(workdir: str, settings: Mapping[str, Any]) -> dict:
     Raises:
       ConfigChangedError: `workdir` holds a sweep with other settings (names what changed).
     """
-    settings = json.loads(json.dumps(settings, sort_keys=True, default=str))
+    settings = files.plain(settings)
     manifest = {"fingerprint": fingerprint(settings), "settings": settings}
     path = os.path.join(workdir, MANIFEST)
     if os.path.exists(path):
@@ -105,12 +105,15 @@ def write_chunk(workdir: str, index: int, arrays: Mapping[str, np.ndarray],
     final = chunk_dir(workdir, index)
     if jax.process_index() != 0 or os.path.exists(final):  # an earlier copy is complete
         return final
-    with files.atomic_dir(final) as tmp:
-        for name, a in arrays.items():
-            files.write_npy(os.path.join(tmp, f"{name}.npy"), a)
-        files.write_csv(os.path.join(tmp, METRICS_CSV), [dict(r) for r in records])
-        files.write_json(os.path.join(tmp, METRICS_JSON),
-                         {"chunk": index, "rows": list(records), **dict(info or {})})
+    try:
+        with files.atomic_dir(final) as tmp:
+            for name, a in arrays.items():
+                files.write_npy(os.path.join(tmp, f"{name}.npy"), a)
+            files.write_csv(os.path.join(tmp, METRICS_CSV), [dict(r) for r in records])
+            files.write_json(os.path.join(tmp, METRICS_JSON),
+                             {"chunk": index, "rows": list(records), **dict(info or {})})
+    except FileExistsError:  # another run of the same sweep finished it first: keep that
+        pass
     return final
 
 
@@ -185,8 +188,7 @@ def run_chunks(workdir: str, slices: Sequence[slice],
       The indices computed by this call (the others were finished before).
     """
     if jax.process_index() == 0:
-        for i in range(len(slices)):  # chunks half-written by a killed run
-            files.remove_stale_temps(chunk_dir(workdir, i))
+        files.remove_stale_temps(os.path.join(workdir, CHUNKS))  # chunks of a killed run
     os.makedirs(os.path.join(workdir, CHUNKS), exist_ok=True)
     computed = []
     try:

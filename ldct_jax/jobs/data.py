@@ -47,7 +47,11 @@ def load_scans(data_config: Any, workdir: str) -> list[Scan]:
     if source == "synthetic":
         from ldct_jax.data import synthetic
         root = data_config.root or os.path.join(workdir, "data")
-        synthetic.build(root, **dict(data_config.get("synthetic", {})))
+        try:
+            synthetic.build(root, **dict(data_config.get("synthetic", {})))
+        except ValueError as e:
+            raise ValueError(f"config.data.synthetic: {e} (config.data.root={data_config.root!r} "
+                             "picks the folder)") from None
         scans = synthetic.load(root)
         if anatomies:
             scans = [s for s in scans if s.anatomy in anatomies]

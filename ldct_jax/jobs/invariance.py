@@ -36,6 +36,7 @@ from ldct_jax import distances, parallel
 from ldct_jax.analysis import search
 from ldct_jax.jobs import chunks, configs, inputs, sweep_report
 
+
 @dataclasses.dataclass
 class Setup:
     """Everything a sweep computes from, checked and loaded."""

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ldct_jax import ct, files, models
+from ldct_jax import ct, files, models, parallel
 from ldct_jax.jobs import chunks, report
 from ldct_jax.jobs.inputs import Inputs
 from ldct_jax.models.denoiser import Denoiser
@@ -102,7 +102,8 @@ def figure(path: str, denoiser: Denoiser, x: np.ndarray, perturbed: Sequence[np.
         return path
     win = ct.window_for(anatomy)
     stack = np.stack([x] + list(perturbed)).astype(np.float32)
-    y = models.denoise(denoiser.spec, denoiser.params, stack)
+    # Process 0 draws alone: on its own devices, not in a collective over every host.
+    y = models.denoise(denoiser.spec, denoiser.params, stack, mesh=parallel.local_mesh())
     rows = []
     for k, (xp, label) in enumerate(zip(perturbed, labels)):
         dx, dy = xp - x, y[k + 1] - y[0]

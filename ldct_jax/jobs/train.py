@@ -43,11 +43,6 @@ def _record_config(config, workdir: str) -> None:
     files.write_json(path, current)
 
 
-def _host(tree: Any) -> Any:
-    """Replicated global arrays -> numpy (works on every host of a multi-host run)."""
-    return jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), tree)
-
-
 def _check_finite(metrics: dict[str, float], step: int, ckpt: Checkpointer) -> None:
     bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
     if bad:
@@ -80,7 +75,7 @@ def run(config, workdir: str, *, scans: Optional[Sequence[Scan]] = None) -> dict
       config: a config from configs/cnn10.py or configs/wgan.py.
       workdir: the run's directory.
       scans: train on these (split into training and held-out patients as config.data says)
-        instead of loading config.data: for notebooks and tests.
+        instead of loading config.data, e.g. data already in memory in a notebook.
 
     Returns:
       `{'step', 'stopped' (a signal name or None), 'eval' (summarise's result or None),
@@ -199,7 +194,7 @@ def _train(config, workdir, mesh, trainer, held_out, ckpt, t_start, main):
             summary, output = result
             log.write(step, evaluate.flat_metrics(summary), split="eval")
         steps_per_s = steps_done / train_time if steps_done else None
-        final = trainer.denoiser.replace(params=_host(state.params))
+        final = trainer.denoiser.replace(params=parallel.to_host(state.params))
         if main:
             _finish(config, workdir, trainer, final, step, summary, output, evals, steps_per_s,
                     time.time() - t_start)

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ldct_jax import parallel
+from ldct_jax import fastpath, parallel
 
 Params = Any
 
@@ -74,11 +74,12 @@ class DenoiserSpec:
         if x.ndim not in (2, 3):
             raise ValueError(f"{self.name}: expected an image [H, W] or a batch [B, H, W] in HU, "
                              f"got shape {x.shape}")
-        return _apply(self, params, x)
+        # Inside `fastpath.convolutions` the program differs (reverse mode only): cached apart.
+        return _apply(self, fastpath.active(), params, x)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _apply(spec: DenoiserSpec, params: Params, x: jax.Array) -> jax.Array:
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _apply(spec: DenoiserSpec, fast: bool, params: Params, x: jax.Array) -> jax.Array:
     return spec.from_net(spec.apply_net(params, spec.to_net(x)))
 
 

@@ -16,9 +16,8 @@ from typing import Any, Mapping
 import flax.traverse_util
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from ldct_jax import files
+from ldct_jax import files, parallel
 from ldct_jax.models.denoiser import Denoiser, Params
 from ldct_jax.models.registry import ARCHITECTURES, param_shapes, spec
 
@@ -54,16 +53,6 @@ def check_params(flat_params: Mapping[str, Any], expected: Mapping[str, tuple[in
     if wrong:
         raise ValueError(f"{what}: param shapes differ from the architecture's: "
                          f"{'; '.join(wrong)}")
-
-
-def _host_array(x) -> np.ndarray:
-    """A numpy copy of a (possibly sharded, replicated) array."""
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        if not x.sharding.is_fully_replicated:
-            raise ValueError("save: params must be replicated (or local) to be saved by one "
-                             f"process; got a sharded array of shape {x.shape}")
-        x = x.addressable_data(0)
-    return np.asarray(jax.device_get(x))
 
 
 def _json_config(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -106,7 +95,7 @@ def save(d: Denoiser, path: str, *, overwrite: bool = False) -> None:
         raise FileExistsError(f"{path} exists; not overwriting a saved model (overwrite=True)")
     if d.spec.name not in ARCHITECTURES:
         raise ValueError(f"save: unknown architecture {d.spec.name!r}")
-    arrays = {k: _host_array(v) for k, v in flat(d.params).items()}
+    arrays = parallel.to_host(flat(d.params))
     meta = {"format": FORMAT, "version": FORMAT_VERSION, "name": d.spec.name,
             "config": _json_config(d.spec.config), "shift": float(d.spec.shift),
             "scale": float(d.spec.scale),

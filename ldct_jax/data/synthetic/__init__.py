@@ -11,7 +11,7 @@ FBP) and writes
 
 The same parameters give the same bytes. A second `build` with the same parameters reuses the
 set; with different parameters it raises (naming root and every differing parameter) instead of
-silently using data that is not what the config says: delete the folder or pick another root.
+silently using data other than what was asked for: delete the folder or pick another root.
 Writing is atomic: everything goes to a temporary folder beside root, renamed onto root at the
 end, so an interrupted build leaves nothing at root (its temporary folder is removed, or, after a
 kill, removed by the next build).
@@ -19,16 +19,16 @@ kill, removed by the next build).
 
 from __future__ import annotations
 
-import concurrent.futures
-import functools
+import contextlib
 import json
 import os
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import jax.numpy as jnp
 import numpy as np
 
 from ldct_jax import files
+from ldct_jax.data import sampling
 from ldct_jax.data.scan import Scan
 from ldct_jax.data.synthetic import dose, phantoms
 
@@ -85,8 +85,8 @@ def _check_existing(root: str, params: dict) -> bool:
     diff = files.diff(manifest.get("params", {}), files.plain(params))
     if diff:
         raise ValueError(f"synthetic data set at {root} was built with other parameters ("
-                         + "; ".join(diff) + "). Delete that folder to rebuild it, or set "
-                         "config.data.root to another folder.")
+                         + "; ".join(diff) + "). Delete that folder to rebuild it, or build "
+                         "into another folder.")
     return True
 
 
@@ -104,31 +104,16 @@ def _render(params: dict, anatomy: str, patient: int, idx: tuple[int, ...]) -> n
                                       params["size"])[0] for i in idx])
 
 
-class _Renderer:
-    """Draws the phantoms of the next batch in a thread while JAX simulates the current one."""
-
-    def __init__(self, params: dict, pool: concurrent.futures.Executor):
-        self.params, self.pool = params, pool
-        batch = min(_BATCH, params["slices"])
-        self.order = [(a, p, tuple(range(s, min(s + batch, params["slices"]))))
-                      for a, p, _ in _patients(params) for s in range(0, params["slices"], batch)]
-        self.futures: dict = {}
-
-    def _submit(self, spec) -> None:
-        if spec not in self.futures:
-            self.futures[spec] = self.pool.submit(_render, self.params, *spec)
-
-    def __call__(self, anatomy: str, patient: int, idx: tuple[int, ...]) -> np.ndarray:
-        spec = (anatomy, patient, tuple(idx))
-        self._submit(spec)
-        position = self.order.index(spec) if spec in self.order else -1
-        if 0 <= position < len(self.order) - 1:
-            self._submit(self.order[position + 1])
-        return self.futures.pop(spec).result()
+def _batches(params: dict) -> list[tuple[str, int, tuple[int, ...]]]:
+    """(anatomy, patient, slice indices) of every batch the build simulates, in order."""
+    batch = min(_BATCH, params["slices"])
+    return [(a, p, tuple(range(s, min(s + batch, params["slices"]))))
+            for a, p, _ in _patients(params) for s in range(0, params["slices"], batch)]
 
 
 def _write_patient(folder: str, anatomy: str, patient: int, params: dict, progress,
-                   render=None) -> dict:
+                   rendered: Iterator[tuple[int, np.ndarray]]) -> dict:
+    """Simulates and writes one patient; `rendered` yields its phantom batches (`_batches`)."""
     size, slices, seed = params["size"], params["slices"], params["seed"]
     num_angles = params["num_angles"]
     positions = phantoms.slice_positions(anatomy, seed, patient, slices, params["spacing_mm"])
@@ -145,7 +130,7 @@ def _write_patient(folder: str, anatomy: str, patient: int, params: dict, progre
     for start in range(0, slices, batch):
         idx = list(range(start, min(start + batch, slices)))
         pad = idx + [idx[-1]] * (batch - len(idx))    # fixed batch shape: one compile
-        images = (render or functools.partial(_render, params))(anatomy, patient, tuple(idx))
+        _, images = next(rendered)
         images = np.concatenate([images, np.zeros((batch - len(idx), size, size), np.float32)])
         keys = jnp.stack([dose.slice_key(seed, anatomy_index, patient, i) for i in pad])
         out = dose.as_numpy(dose.simulate(jnp.asarray(images), keys, jnp.array([fraction, 1.0]),
@@ -189,18 +174,20 @@ def build(root: str, *, progress: bool = True, **kwargs) -> str:
     root = os.path.abspath(root)
     if _check_existing(root, params):
         return root
-    files.remove_stale_temps(root)
+    files.remove_stale_temps(os.path.dirname(root))
     total = len(params["anatomies"]) * params["patients_per_anatomy"] * params["slices"]
     try:
-        # An existing root is empty here (_check_existing): replaced like a missing one.
-        with files.atomic_dir(root, overwrite=os.path.isdir(root)) as tmp:
-            with tqdm.tqdm(total=total, desc=f"synthetic CT -> {root}", unit="slice",
-                           disable=not progress) as bar, \
-                    concurrent.futures.ThreadPoolExecutor(1) as pool:
-                render = _Renderer(params, pool)
+        # An existing root is empty here (_check_existing): it counts as missing.
+        with files.atomic_dir(root) as tmp:
+            # The phantoms of the next batch are drawn in a thread while JAX simulates one.
+            batches = _batches(params)
+            with contextlib.closing(sampling.prefetch(lambda i: _render(params, *batches[i]),
+                                                      range(len(batches)))) as rendered, \
+                    tqdm.tqdm(total=total, desc=f"synthetic CT -> {root}", unit="slice",
+                              disable=not progress) as bar:
                 patients = []
                 for anatomy, p, pid in _patients(params):
-                    _write_patient(os.path.join(tmp, pid), anatomy, p, params, bar, render)
+                    _write_patient(os.path.join(tmp, pid), anatomy, p, params, bar, rendered)
                     patients.append(dict(patient=pid, anatomy=anatomy))
             files.write_json(os.path.join(tmp, MANIFEST), dict(params=params, patients=patients))
     except OSError:
