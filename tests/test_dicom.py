@@ -22,7 +22,7 @@ AXIAL = (1, 0, 0, 0, 1, 0)
 
 
 def write_ct(path, pixels, *, z, instance, slope=1.0, intercept=-1024.0, patient="L001",
-             modality="CT", orientation=AXIAL, drop=()):
+             modality="CT", orientation=AXIAL, drop=(), spacing=(0.7, 0.7), size=None):
     """Writes one CT slice the way a scanner does (explicit VR little endian, CT Image Storage)."""
     pixels = np.asarray(pixels)
     meta = FileMetaDataset()
@@ -41,13 +41,13 @@ def write_ct(path, pixels, *, z, instance, slope=1.0, intercept=-1024.0, patient
     normal = np.cross(orientation[:3], orientation[3:])
     ds.ImagePositionPatient = [round(float(v), 4) for v in [-100.0, -120.0, 0.0] + z * normal]
     ds.ImageOrientationPatient = list(orientation)
-    ds.PixelSpacing = [0.7, 0.7]
+    ds.PixelSpacing = list(spacing)
     ds.SliceThickness = 1.0
     ds.RescaleSlope = slope
     ds.RescaleIntercept = intercept
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows, ds.Columns = pixels.shape
+    ds.Rows, ds.Columns = size or pixels.shape
     ds.BitsAllocated = ds.BitsStored = 16
     ds.HighBit = 15
     ds.PixelRepresentation = int(pixels.dtype == np.int16)
@@ -172,6 +172,11 @@ def series(tmp_path, name, n=4, **kw):
     ("truncated", r"pixel data is \d+ bytes, expected 96 .*truncated"),
     ("not_dicom", r"not a DICOM file"),
     ("shape", r"shape \(6, 9\) differs from the series' \(6, 8\)"),
+    ("spacing", r"PixelSpacing \[0\.8, 0\.8\] mm differs from the series' \[0\.7, 0\.7\] mm"),
+    ("slope", r"RescaleSlope is 0; expected a finite, non-zero number"),
+    ("header", r"no Modality tag in its 300 bytes: a truncated header"),
+    ("huge", r"Rows x Columns is 65535 x 65535; expected a CT slice of at most 4096 x 4096 "
+             r"\(not decoded\)"),
 ])
 def test_bad_slice_errors_name_file_and_problem(tmp_path, caplog, problem, message):
     folder, files = series(tmp_path, "s")
@@ -188,6 +193,15 @@ def test_bad_slice_errors_name_file_and_problem(tmp_path, caplog, problem, messa
         open(bad, "w").write("this is not DICOM\n" * 20)
     elif problem == "shape":
         write_ct(bad, np.zeros((6, 9), np.uint16), z=1.6, instance=3)
+    elif problem == "spacing":
+        write_ct(bad, np.zeros((6, 8), np.uint16), z=1.6, instance=3, spacing=(0.8, 0.8))
+    elif problem == "slope":  # a constant image, whatever was stored
+        write_ct(bad, np.zeros((6, 8), np.uint16), z=1.6, instance=3, slope=0.0)
+    elif problem == "header":
+        raw = open(bad, "rb").read()
+        open(bad, "wb").write(raw[:300])
+    elif problem == "huge":  # a header that would make the decoder allocate 8 GB
+        write_ct(bad, np.zeros((6, 8), np.uint16), z=1.6, instance=3, size=(65535, 65535))
     with pytest.raises(dicom.DicomError, match=re.escape(bad) + ": " + message):
         dicom.read_series(folder, str(tmp_path / "cache"))
     with caplog.at_level(logging.WARNING):
@@ -219,6 +233,28 @@ def test_pairs_of_different_length_or_position_fail_naming_both(tmp_path):
         dicom.load_pairs(full, folder, cache_dir=str(tmp_path / "c"))
 
 
+def test_pairs_of_different_pixel_spacing_fail_naming_both(tmp_path):
+    full, _ = series(tmp_path, "full", n=3)
+    low, _ = series(tmp_path, "low", n=3, spacing=(0.75, 0.75))
+    with pytest.raises(dicom.DicomError, match=r"full dose .*full has PixelSpacing \[0\.7, 0\.7\] "
+                       r"mm, low dose .*low \[0\.75, 0\.75\] mm"):
+        dicom.load_pairs(full, low, cache_dir=str(tmp_path / "c"))
+
+
+def test_skip_bad_pairs_each_slice_with_the_nearest_within_tolerance(tmp_path):
+    """Low-dose positions a hair above or below the full-dose ones (within 0.01 mm): every
+    slice keeps its partner, the nearest one, not the next one up."""
+    full, _ = series(tmp_path, "full", n=5)
+    folder = str(tmp_path / "low")
+    zs = [0.0, 0.8 - 0.004, 1.6 + 0.004, 2.4 - 0.004, 3.2]
+    raws = [np.full((6, 8), 1024 + 10 * k, np.uint16) for k in range(5)]
+    files = write_series(folder, raws, zs, random.Random(3))
+    open(os.path.join(folder, files[4]), "w").write("garbage")  # the slice at 3.2 mm
+    scan = dicom.load_pairs(full, folder, cache_dir=str(tmp_path / "c"), skip_bad=True)
+    np.testing.assert_allclose(scan.positions, 0.8 * np.arange(4))
+    np.testing.assert_array_equal(scan.low, scan.full)
+
+
 def test_skip_bad_drops_the_partner_of_a_skipped_slice(tmp_path):
     full, _ = series(tmp_path, "full", n=4)
     low, files = series(tmp_path, "low", n=4)
@@ -234,7 +270,7 @@ def test_cache_is_used_then_invalidated_by_a_changed_file(tmp_path, monkeypatch)
     cache = str(tmp_path / "cache")
     first, _, _ = dicom.read_series(folder, cache)
     assert isinstance(first, np.memmap) and not first.flags.writeable
-    assert not [f for f in os.listdir(cache) if f.startswith(".tmp")]
+    assert not [f for f in os.listdir(cache) if ".tmp-" in f]
     real = pydicom.dcmread
 
     def refuse(*a, **k):

@@ -26,10 +26,14 @@ from pydicom.errors import InvalidDicomError
 from ldct_jax import files
 from ldct_jax.data.scan import Scan
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2   # 2: series with one PixelSpacing
 # Files read from a series folder when it holds any; otherwise every non-hidden file is read.
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 POSITION_ATOL_MM = 0.01
+SPACING_ATOL_MM = 1e-3
+# Rows and Columns above this are refused before the pixel data is decoded (CT slices are
+# 512 x 512, a few 1024 x 1024).
+MAX_SIDE = 4096
 
 
 class DicomError(ValueError):
@@ -64,15 +68,27 @@ def _read_slice(path: str) -> _Slice:
         raise DicomError(f"{path}: unreadable or truncated DICOM file "
                          f"({type(e).__name__}: {e})") from e
     modality = ds.get("Modality")
+    if modality is None:
+        raise DicomError(f"{path}: no Modality tag in its {os.path.getsize(path)} bytes: a "
+                         "truncated header, or not an image file; expected a CT slice")
     if modality != "CT":
         raise DicomError(f"{path}: Modality is {modality!r}, expected 'CT'")
     missing = [k for k in ("RescaleSlope", "RescaleIntercept", "ImagePositionPatient",
-                           "ImageOrientationPatient") if ds.get(k) is None]
+                           "ImageOrientationPatient", "Rows", "Columns")
+               if ds.get(k) is None]
     if missing:
-        raise DicomError(f"{path}: missing {', '.join(missing)} (needed for HU and slice order)")
+        raise DicomError(f"{path}: missing {', '.join(missing)} (needed for HU, the image size "
+                         "and the slice order)")
+    slope = float(ds.RescaleSlope)
+    if not np.isfinite(slope) or slope == 0:
+        raise DicomError(f"{path}: RescaleSlope is {slope:g}; expected a finite, "
+                         "non-zero number (HU = slope * stored value + intercept)")
     if "PixelData" not in ds:
         raise DicomError(f"{path}: no pixel data (truncated file?)")
     rows, cols = int(ds.Rows), int(ds.Columns)
+    if not (0 < rows <= MAX_SIDE and 0 < cols <= MAX_SIDE):
+        raise DicomError(f"{path}: Rows x Columns is {rows} x {cols}; expected a CT slice of at "
+                         f"most {MAX_SIDE} x {MAX_SIDE} (not decoded)")
     if not ds.file_meta.TransferSyntaxUID.is_compressed:
         expected = rows * cols * int(ds.get("SamplesPerPixel", 1)) * int(ds.BitsAllocated) // 8
         if len(ds.PixelData) < expected:
@@ -86,8 +102,7 @@ def _read_slice(path: str) -> _Slice:
     if pixels.ndim != 2:
         raise DicomError(f"{path}: pixel array has shape {pixels.shape}; expected one "
                          "greyscale slice (Rows, Columns)")
-    hu = (pixels.astype(np.float64) * float(ds.RescaleSlope)
-          + float(ds.RescaleIntercept)).astype(np.float32)
+    hu = (pixels.astype(np.float64) * slope + float(ds.RescaleIntercept)).astype(np.float32)
     iop = np.asarray([float(v) for v in ds.ImageOrientationPatient])
     normal = np.cross(iop[:3], iop[3:])
     z = float(np.dot([float(v) for v in ds.ImagePositionPatient], normal))
@@ -163,7 +178,8 @@ def _load_cache(npy: str, meta_path: str, source: list, skip_bad: bool):
 
 def read_series(folder: str, cache_dir: Optional[str] = None, *, skip_bad: bool = False
                 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Reads one CT series folder to HU, ordered along the patient axis; cached after the first call.
+    """Reads one CT series folder to HU, ordered along the patient axis; cached after the first
+    call.
 
     Args:
       folder: a folder with one DICOM file per slice (files ending .dcm/.dicom/.ima when it
@@ -206,11 +222,19 @@ def read_series(folder: str, cache_dir: Optional[str] = None, *, skip_bad: bool 
             slices.append(_read_slice(path))
         except DicomError as e:
             bad(path, str(e)[len(path) + 2:])
-    if slices:
-        shape = collections.Counter(s.hu.shape for s in slices).most_common(1)[0][0]
-        for s in [s for s in slices if s.hu.shape != shape]:
-            bad(s.path, f"shape {s.hu.shape} differs from the series' {shape}")
-        slices = [s for s in slices if s.hu.shape == shape]
+    if slices:  # one geometry per series: the most common one; the others are bad slices
+        def geometry(s):
+            spacing = s.header["pixel_spacing"]
+            return s.hu.shape, None if spacing is None else tuple(round(v, 3) for v in spacing)
+
+        shape, spacing = collections.Counter(map(geometry, slices)).most_common(1)[0][0]
+        for s in slices:
+            if s.hu.shape != shape:
+                bad(s.path, f"shape {s.hu.shape} differs from the series' {shape}")
+            elif geometry(s)[1] != spacing:
+                bad(s.path, f"PixelSpacing {s.header['pixel_spacing']} mm differs from the "
+                    f"series' {list(spacing) if spacing else None} mm")
+        slices = [s for s in slices if geometry(s) == (shape, spacing)]
     if not slices:
         raise DicomError(f"{folder}: no usable slices ({len(skipped)} skipped: "
                          f"{skipped[:3]}...)")
@@ -268,14 +292,22 @@ def load_pairs(full_dir: str, low_dir: str, *, patient: Optional[str] = None,
     if full.shape[1:] != low.shape[1:]:
         raise DicomError(f"full dose {full_dir} has {full.shape[1]}x{full.shape[2]} images, "
                          f"low dose {low_dir} {low.shape[1]}x{low.shape[2]}")
+    sf, sl = mf.get("pixel_spacing"), ml.get("pixel_spacing")
+    if (sf is None) != (sl is None) or (sf is not None and not np.allclose(
+            sf, sl, rtol=0, atol=SPACING_ATOL_MM)):
+        raise DicomError(f"full dose {full_dir} has PixelSpacing {sf} mm, low dose {low_dir} "
+                         f"{sl} mm: the pixels of a pair must cover the same area")
     if len(zf) != len(zl) or not np.allclose(zf, zl, rtol=0, atol=POSITION_ATOL_MM):
         if not (skip_bad and (mf["n_skipped"] or ml["n_skipped"])):
             raise DicomError(
                 f"full dose {full_dir} ({len(zf)} slices) and low dose {low_dir} "
                 f"({len(zl)} slices) are not at the same positions; first mismatch at "
                 f"{_first_mismatch(zf, zl)}")
-        # Keep the positions both series have, after bad slices were skipped.
-        jl = np.searchsorted(zl, zf).clip(0, len(zl) - 1)
+        # Keep the positions both series have, after bad slices were skipped: for each full
+        # slice the nearest low slice (of the two around its position), within tolerance.
+        right = np.searchsorted(zl, zf).clip(0, len(zl) - 1)
+        left = (right - 1).clip(0, len(zl) - 1)
+        jl = np.where(np.abs(zl[left] - zf) < np.abs(zl[right] - zf), left, right)
         near = np.abs(zl[jl] - zf) <= POSITION_ATOL_MM
         jf = np.flatnonzero(near)
         logging.warning("pairing %s with %s: dropped %d full and %d low slices without partner",
