@@ -5,11 +5,13 @@ job; all logic lives in `ldct_jax.jobs` and the modules it names.
 """
 
 import logging as std_logging
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from ldct_jax import jobs
+from ldct_jax.jobs import configs
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Job config: configs/<job>.py[:preset].")
 _WORKDIR = flags.DEFINE_string(
@@ -29,8 +31,22 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     workdir = _WORKDIR.value or jobs.default_workdir(flags.FLAGS["config"].config_filename)
-    jobs.run(_CONFIG.value, workdir)
+    # A run stopped by a signal (its checkpoint saved) exits 143 / 130, not 0.
+    return jobs.exit_code(jobs.run(_CONFIG.value, workdir))
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a one-line error for `--config.<key>` overrides of fields the
+    config does not have (ml_collections would raise a long traceback)."""
+    try:
+        return flags.FLAGS(argv)
+    except Exception:  # noqa: BLE001 - explained below, or raised as it was
+        config = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+        lines = configs.unknown_overrides(configs.load(config), argv) if config else []
+        if not lines:
+            raise
+        sys.exit("error: " + "\n       ".join(lines))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

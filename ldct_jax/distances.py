@@ -30,6 +30,8 @@ NET_DATA_RANGE: float = NET_RANGE[1] - NET_RANGE[0]
 
 # LPIPS taps of VGG16 used by the perceptual input distance.
 VGG16_DISTANCE_TAPS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
+# The smallest image side it takes: four 2x2 pools before relu5_3.
+VGG16_MIN_SIZE = 16
 
 
 def bounded_mse(a: Array, b: Array) -> Array:
@@ -61,9 +63,9 @@ def vgg16_distance(vgg, params, a: Array, b: Array,
     """
     a, b = jnp.asarray(a), jnp.asarray(b)
     check_same_shape(a, b, "vgg16_distance")
-    if a.ndim < 2 or min(a.shape[-2:]) < 16:
-        raise ValueError(f"vgg16_distance: expected images [..., H, W] with H, W >= 16, got "
-                         f"shape {a.shape}")
+    if a.ndim < 2 or min(a.shape[-2:]) < VGG16_MIN_SIZE:
+        raise ValueError(f"vgg16_distance: expected images [..., H, W] with H, W >= "
+                         f"{VGG16_MIN_SIZE}, got shape {a.shape}")
     lo, hi = net_range
     both = jnp.stack([a, b])
     feats = vgg.features(params, (both - lo) / (hi - lo), taps)

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import os
 import shutil
 import uuid
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
+import jax
 import numpy as np
 
 _TMP = ".tmp-"
@@ -164,9 +166,31 @@ def plain(value: Any) -> Any:
     return value
 
 
-def diff(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """The differences of two JSON records, one `'a.b: old -> new'` line per changed leaf."""
+class Change(NamedTuple):
+    """One changed leaf of a JSON record: its dotted key and both values."""
+
+    key: str
+    old: Any
+    new: Any
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.old!r} -> {self.new!r}"
+
+
+def diff(old: Any, new: Any, prefix: str = "") -> list[Change]:
+    """The changed leaves of two JSON records (`str` of each reads `'a.b: old -> new'`)."""
     if isinstance(old, Mapping) and isinstance(new, Mapping):
         return [d for k in sorted(set(old) | set(new))
                 for d in diff(old.get(k), new.get(k), f"{prefix}.{k}" if prefix else str(k))]
-    return [] if old == new else [f"{prefix or '(value)'}: {old!r} -> {new!r}"]
+    return [] if old == new else [Change(prefix or "(value)", old, new)]
+
+
+def digest(*trees: Any) -> str:
+    """sha256 of arrays (shape, dtype and bytes), or of pytrees of arrays (a model's params)."""
+    h = hashlib.sha256()
+    for tree in trees:
+        for leaf in jax.tree.leaves(tree):
+            a = np.ascontiguousarray(np.asarray(leaf))
+            h.update(f"{a.shape}{a.dtype}".encode())
+            h.update(a.tobytes())
+    return h.hexdigest()

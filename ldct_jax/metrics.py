@@ -21,6 +21,9 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
+# The Gaussian window of `ssim` (scikit-image's for sigma 1.5).
+SSIM_FILTER_SIZE = 11
+
 
 def check_same_shape(a: Array, b: Array, what: str) -> None:
     if a.shape != b.shape:
@@ -47,7 +50,8 @@ def psnr(a: Array, b: Array, data_range: float) -> Array:
     return 10.0 * jnp.log10(jnp.square(data_range) / mse(a, b))
 
 
-def ssim(a: Array, b: Array, data_range: float, *, filter_size: int = 11, sigma: float = 1.5,
+def ssim(a: Array, b: Array, data_range: float, *, filter_size: int = SSIM_FILTER_SIZE,
+         sigma: float = 1.5,
          k1: float = 0.01, k2: float = 0.03) -> Array:
     """Mean SSIM per image (Gaussian window, dm-pix), `[..., H, W] -> [...]`.
 

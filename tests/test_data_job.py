@@ -62,3 +62,18 @@ def test_launch_main_runs_the_data_job(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert os.path.isfile(tmp_path / "preview.png")
     assert "synthetic-head-000" in out.stdout
+
+
+def test_unknown_config_key_is_one_line_naming_the_nearest_field(tmp_path):
+    cmd = [sys.executable, os.path.join(ROOT, "launch", "main.py"),
+           "--config=" + os.path.join(ROOT, "configs", "cnn10.py"), "--config.num_stepz=5",
+           "--config.optimizer.lrr=1e-3", f"--workdir={tmp_path}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300,
+                         env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [
+        "error: --config.num_stepz: the config has no field 'num_stepz'; did you mean "
+        "--config.num_steps?",
+        "       --config.optimizer.lrr: the config has no field 'optimizer.lrr'; did you mean "
+        "--config.optimizer.lr?"]
+    assert os.listdir(tmp_path) == []

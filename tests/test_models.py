@@ -4,6 +4,7 @@ import argparse
 import functools
 import json
 import os
+import re
 import sys
 
 import jax
@@ -357,7 +358,8 @@ def test_load_errors(denoisers, tmp_path):
     with pytest.raises(ValueError, match=r"model\.json: format 'something', expected "
                        r"'ldct_jax\.denoiser'"):
         load_with(format="something")
-    with pytest.raises(ValueError, match="format version 99"):
+    with pytest.raises(ValueError, match="format version 99; this ldct-jax reads versions 1 "
+                       "to 2"):
         load_with(version=99)
     with pytest.raises(ValueError, match=r"unknown architecture 'unet'; expected one of "
                        r"\['cnn10', 'gauss_ri', 'wgan_vgg'\]"):
@@ -380,6 +382,47 @@ def test_load_errors(denoisers, tmp_path):
         models.load(str(path))
     meta_file.write_text("{not json")
     with pytest.raises(ValueError, match=r"model\.json: not valid JSON"):
+        models.load(str(path))
+
+
+def test_load_refuses_params_changed_after_saving(denoisers, tmp_path):
+    path = tmp_path / "model"
+    models.save(denoisers["cnn10"], str(path))
+    # 40 bytes flipped in the middle of the largest file of the params (the conv kernels).
+    data = max((os.path.join(r, f) for r, _, fs in os.walk(path / "params") for f in fs),
+               key=os.path.getsize)
+    raw = bytearray(open(data, "rb").read())
+    mid = len(raw) // 2
+    raw[mid:mid + 40] = bytes(b ^ 0xFF for b in raw[mid:mid + 40])
+    open(data, "wb").write(bytes(raw))
+    with pytest.raises(ValueError, match=re.escape(str(path / "params")) + r": (the params do "
+                       r"not match the checksum in model\.json|could not restore)"):
+        models.load(str(path))
+
+
+def test_non_finite_params_are_neither_saved_nor_loaded(denoisers, tmp_path):
+    d = denoisers["cnn10"]
+    bad = jax.tree.map(lambda a: a, d.params)
+    bad["conv2"]["bias"] = bad["conv2"]["bias"].at[3].set(jnp.nan)
+    with pytest.raises(ValueError, match=r"non-finite params \(NaN/inf count per key: "
+                       r"\{'conv2/bias': 1\}\)"):
+        models.save(d.replace(params=bad), str(tmp_path / "nan"))
+    assert not os.path.exists(tmp_path / "nan")
+    # A model of format version 1 (no checksum) whose params hold a NaN: refused on loading.
+    import orbax.checkpoint as ocp
+    path = tmp_path / "v1"
+    models.save(d, str(path))
+    meta = json.loads((path / "model.json").read_text())
+    meta["version"] = 1
+    del meta["params_sha256"]
+    (path / "model.json").write_text(json.dumps(meta))
+    assert models.load(str(path)).spec == d.spec  # version 1 still reads
+    import shutil
+    shutil.rmtree(path / "params")
+    with ocp.StandardCheckpointer() as ckpt:
+        ckpt.save(str(path / "params"), jax.device_get(bad))
+    with pytest.raises(ValueError, match=re.escape(str(path / "params")) + r": non-finite "
+                       r"params \(NaN/inf count per key: \{'conv2/bias': 1\}\)"):
         models.load(str(path))
 
 

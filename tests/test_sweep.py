@@ -15,8 +15,9 @@ from configs import invariance as invariance_config
 from ldct_jax import ct, files, jobs, models
 from ldct_jax.analysis import attacks, search
 from ldct_jax.jobs import attack as attack_sweep
-from ldct_jax.jobs import chunks
+from ldct_jax.jobs import chunks, sweep_report
 from ldct_jax.jobs import invariance as sweep
+from tests.workdirs import files_of
 
 SIZE = 64
 
@@ -213,32 +214,79 @@ def test_changed_config_is_refused(image_file, uninterrupted):
     (dict(model="unet"), ValueError, r"config\.model='unet' is not a denoiser"),
     (dict(lambdas=(1e-2, float("nan"))), ValueError, r"config\.lambdas"),
     (dict(search=dict(iterations=0, chunk=10)), ValueError, r"config\.search: .*iterations"),
+    (dict(images="EMPTY"), ValueError, r"empty\.npy.*no pixels \(shape \(0, 64, 64\)\)"),
+    (dict(images="TINY"), ValueError, r"images of 8x8 px are smaller than SSIM \(the input_ssim "
+                                      r"metric\) needs \(11x11 px\)"),
+    (dict(mask="PICKLED"), ValueError, r"config\.mask=.*pickled\.npy': not a plain \.npy array "
+                                       r"\(expected a \.npy of 0/1.*pickled object arrays are "
+                                       r"refused\)"),
+    (dict(report=dict(compare=("/nowhere/sweep",))), FileNotFoundError,
+     r"config\.report\.compare: /nowhere/sweep/report/summary\.json does not exist"),
 ])
 def test_bad_inputs_fail_at_start(image_file, tmp_path, change, error, message):
     files = tmp_path / "files"
     files.mkdir()
     good = np.load(image_file)
-    special = {"BAD_SHAPE": good[None], "NAN": good.copy(), "BAD_MASK": np.ones((32, 32))}
+    special = {"BAD_SHAPE": good[None], "NAN": good.copy(), "BAD_MASK": np.ones((32, 32)),
+               "EMPTY": good[:0], "TINY": good[:, :8, :8],
+               "PICKLED": np.array([{"mask": 1}], dtype=object)}
     special["NAN"][1, 5, 7] = np.nan
     for key, value in list(change.items()):
         if isinstance(value, dict):
             continue
         if value in special:
             change[key] = str(files / f"{value.lower()}.npy")
-            np.save(change[key], special[value])
+            np.save(change[key], special[value], allow_pickle=True)
         elif value == "MISSING":
             change[key] = str(files / "missing.npy")
         elif value == "GAUSS_MODEL":
             change[key] = str(files / "gauss_model")
             models.save(models.create("gauss_ri", jax.random.key(0)), change[key])
-    search_change = change.pop("search", None)
+    nested = {k: change.pop(k) for k in ("search", "report") if k in change}
     config = invariance_cfg(image_file, **change)
-    if search_change:
-        config.search.update(search_change)
+    for key, value in nested.items():
+        config[key].update(value)
     workdir = str(tmp_path / "run")
     with pytest.raises(error, match=message):
         sweep.run(config, workdir)
     assert not os.path.exists(os.path.join(workdir, "chunks"))  # nothing computed
+
+
+@pytest.mark.slow  # shares the sweep of `uninterrupted`
+def test_missing_compare_fails_before_touching_a_finished_sweep(image_file, uninterrupted):
+    before = files_of(uninterrupted)
+    config = invariance_cfg(image_file)
+    config.report.compare = ("/nowhere/sweep",)
+    with pytest.raises(FileNotFoundError, match=r"config\.report\.compare: /nowhere/sweep/"
+                       r"report/summary\.json does not exist"):
+        sweep.run(config, uninterrupted)
+    assert files_of(uninterrupted) == before
+
+
+@pytest.mark.slow
+def test_diverging_search_fails_naming_rows_and_writes_no_chunk(image_file, tmp_path):
+    """A CNN-10 whose activations overflow float32 (weights x 1e20): the search's rows are NaN.
+    The sweep stops at the first chunk, naming its rows, and writes none of it."""
+    d = models.create("cnn10", jax.random.key(0), features=(4, 4))
+    model = str(tmp_path / "exploding")
+    models.save(d.replace(params=jax.tree.map(lambda a: a * 1e20, d.params)), model)
+    workdir = str(tmp_path / "run")
+    config = invariance_cfg(image_file, model="cnn10", checkpoint=model)
+    with pytest.raises(FloatingPointError, match=r"chunk 0: non-finite results in \d row\(s\): "
+                       r"row=0, image_index=0, distance=mse, lam=0\.0001, seed=0 \(perturbation"
+                       r".*Nothing of this chunk was written\. The search diverged"):
+        sweep.run(config, workdir)
+    assert os.listdir(os.path.join(workdir, "chunks")) == []
+
+
+def test_summary_n_counts_exactly_the_rows_of_its_means():
+    records = [dict(row=i, model="m", distance="mse", lam=0.1, input_rms_hu=float(i + 1))
+               for i in range(3)]
+    (row,) = sweep_report.summarise(records, ("model", "distance", "lam"), ["input_rms_hu"])
+    assert row["n"] == 3 and row["input_rms_hu"] == pytest.approx(2.0)
+    records[1]["input_rms_hu"] = float("nan")
+    with pytest.raises(ValueError, match=r"input_rms_hu is missing or not finite in rows \[1\]"):
+        sweep_report.summarise(records, ("model", "distance", "lam"), ["input_rms_hu"])
 
 
 def test_default_checkpoint_message(image_file, tmp_path, monkeypatch):

@@ -15,11 +15,12 @@ import pytest
 
 from configs import cnn10 as cnn10_config
 from configs import wgan as wgan_config
-from ldct_jax import parallel
+from ldct_jax import jobs, parallel
 from ldct_jax.data.scan import Scan
 from ldct_jax.jobs import train as job
 from ldct_jax.jobs import trainers
 from ldct_jax.train.checkpoint import Checkpointer
+from tests.workdirs import files_of
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -300,6 +301,65 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, caplog):
                         tol=1e-6)
 
 
+@pytest.mark.slow
+def test_restart_with_changed_settings_is_refused_and_changes_nothing(tmp_path):
+    scans = phantom_scans()
+    wd = str(tmp_path / "run")
+    job.run(cnn10_cfg(), wd, scans=scans)
+    before = files_of(wd)
+    with pytest.raises(job.ConfigChangedError, match=(
+            r"holds a training run with other settings .*config\.json\); changed: "
+            r"config\.model_config\.features: \[8, 4\] -> \[16, 8\]\. A restart continues "
+            r"that run.*use a new --workdir")):
+        job.run(cnn10_cfg(model_config__features=(16, 8)), wd, scans=scans)
+    # The cosine schedule depends on num_steps: not even raising it is accepted.
+    with pytest.raises(job.ConfigChangedError, match=r"changed: config\.num_steps: 6 -> 8\."):
+        job.run(cnn10_cfg(num_steps=8), wd, scans=scans)
+    assert files_of(wd) == before  # nothing moved, rewritten or lost
+    # What a restart may change: how the run is watched.
+    again = job.run(cnn10_cfg(log_every_steps=3, eval__every_steps=2, checkpoint__keep=2), wd,
+                    scans=scans)
+    assert again["step"] == 6 and again["stopped"] is None
+
+
+@pytest.mark.slow
+def test_checkpoints_of_other_settings_are_refused_not_quarantined(tmp_path):
+    """Without config.json (deleted), the checkpoints still tell: another tree of shapes is a
+    config error, not corruption; nothing is moved."""
+    scans = phantom_scans()
+    wd = str(tmp_path / "run")
+    job.run(cnn10_cfg(), wd, scans=scans)
+    os.remove(os.path.join(wd, "config.json"))
+    before = {k: v for k, v in files_of(wd).items() if not k.startswith("data")}
+    with pytest.raises(job.ConfigChangedError, match=r"checkpoints/6: the checkpoint holds a "
+                       r"train state of other shapes than this run's \(.*conv1/kernel: saved "
+                       r"\(9, 9, 1, 8\), expected \(9, 9, 1, 16\).*new --workdir"):
+        job.run(cnn10_cfg(model_config__features=(16, 8)), wd, scans=scans)
+    assert {k: v for k, v in files_of(wd).items() if not k.startswith("data")} == before
+    assert not os.path.exists(os.path.join(wd, "checkpoints_corrupt"))
+
+
+@pytest.mark.slow
+def test_a_run_with_constant_schedules_may_be_extended(tmp_path):
+    scans = phantom_scans()
+    straight = job.run(cnn10_cfg(num_steps=6, optimizer__schedule="constant"),
+                       str(tmp_path / "straight"), scans=scans)
+    wd = str(tmp_path / "run")
+    job.run(cnn10_cfg(num_steps=4, optimizer__schedule="constant"), wd, scans=scans)
+    extended = job.run(cnn10_cfg(num_steps=6, optimizer__schedule="constant"), wd, scans=scans)
+    assert extended["step"] == 6
+    _assert_trees_close(jax.device_get(straight["state"]), jax.device_get(extended["state"]),
+                        tol=1e-6)
+    with pytest.raises(job.ConfigChangedError, match=r"config\.num_steps: 6 -> 5"):
+        job.run(cnn10_cfg(num_steps=5, optimizer__schedule="constant"), wd, scans=scans)
+
+
+def test_a_stopped_run_exits_143_or_130():
+    assert jobs.exit_code({"step": 3, "stopped": "SIGTERM"}) == 143
+    assert jobs.exit_code({"step": 3, "stopped": "SIGINT"}) == 130
+    assert jobs.exit_code({"step": 6, "stopped": None}) == 0 == jobs.exit_code(None)
+
+
 def test_outputs_in_workdir(tmp_path, capsys):
     wd = str(tmp_path / "run")
     result = job.run(cnn10_cfg(), wd, scans=phantom_scans())
@@ -372,6 +432,9 @@ def test_unknown_key_is_rejected_by_the_locked_config():
     (lambda: cnn10_cfg(data__source="mayo", data__root="/nonexistent/mayo"),
      r"config.data.root='/nonexistent/mayo' is not a directory"),
     (lambda: cnn10_cfg(data__source="tcia"), r"config.data.source='tcia'"),
+    (lambda: cnn10_cfg(data__source="dicom", data__full_dir="/x"),
+     r"config.data.low_dir is empty, but config.data.source='dicom' with a series pair needs "
+     r"both"),
     (lambda: cnn10_cfg(num_steps=0), r"config.num_steps=0 must be > 0"),
     (lambda: cnn10_cfg(optimizer__b1=1.0), r"config.optimizer.b1=1.0 must be in \[0, 1\)"),
     (lambda: wgan_cfg(patch_size=24), r"config.patch_size=24: .*too small"),
@@ -379,8 +442,8 @@ def test_unknown_key_is_rejected_by_the_locked_config():
     (lambda: wgan_cfg(critic_optimizer__schedule="step"),
      r"config.critic_optimizer.schedule='step'"),
     (lambda: wgan_cfg(wgan__mse_weight=-1.0), r"config.wgan.mse_weight=-1.0 must be >= 0"),
-], ids=["patch", "batch", "no-root", "missing-root", "source", "steps", "beta", "critic", "tap",
-        "schedule", "mse"])
+], ids=["patch", "batch", "no-root", "missing-root", "source", "dicom-pair", "steps", "beta",
+        "critic", "tap", "schedule", "mse"])
 def test_bad_config_fails_at_start(cfg, message, tmp_path):
     wd = tmp_path / "run"
     with pytest.raises(ValueError, match=message):

@@ -19,6 +19,8 @@ def check_images(images: Any, what: str = "images") -> np.ndarray:
                          f"{x.shape}")
     if x.ndim == 2:
         x = x[None]
+    if x.size == 0:
+        raise ValueError(f"{what}: no pixels (shape {x.shape}); expected at least one image")
     bad = ~np.isfinite(x)
     if bad.any():
         i, r, c = np.argwhere(bad)[0]

@@ -139,6 +139,19 @@ def check_distances(names: Sequence[str], vgg=None) -> tuple[str, ...]:
     return tuple(n for n in known if n in set(names))
 
 
+def check_image_size(shape: Sequence[int], distances: Sequence[str]) -> None:
+    """Images of `shape` (`[..., H, W]`) are large enough for the metrics (SSIM's window) and
+    for the distances asked for (VGG16 pools four times); a ValueError otherwise."""
+    need = {"SSIM (the input_ssim metric)": metrics_lib.SSIM_FILTER_SIZE}
+    if "vgg16" in distances:
+        need["the vgg16 distance"] = distances_lib.VGG16_MIN_SIZE
+    h, w = shape[-2:]
+    for what, size in need.items():
+        if min(h, w) < size:
+            raise ValueError(f"search: images of {h}x{w} px are smaller than {what} needs "
+                             f"({size}x{size} px)")
+
+
 def net_range(spec: DenoiserSpec) -> tuple[float, float]:
     return float(spec.to_net(ct.HU_MIN)), float(spec.to_net(ct.HU_MAX))
 
@@ -285,6 +298,7 @@ class Searcher:
           A `SearchResult` with one row per row of `rows`.
         """
         x = arrays.check_images(images)
+        check_image_size(x.shape, self.distances)
         m = arrays.check_mask(mask, x.shape)
         n = len(rows.lam)
         idx = np.asarray(rows.image_index)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import signal
+from typing import Any
 
 import ml_collections
 
@@ -34,9 +36,22 @@ def default_workdir(config_arg: str) -> str:
     return os.path.join("runs", f"{name}_{preset}" if preset else name)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> None:
+def run(config: ml_collections.ConfigDict, workdir: str) -> Any:
+    """Runs the job `config.job` names; returns what it returns (e.g. the training job's
+    `{'step', 'stopped', ...}`)."""
     job = config.get("job")
     if job not in JOBS:
         raise ValueError(f"config.job={job!r} is not a job; expected one of {sorted(JOBS)}")
     module_name, function = JOBS[job].split(":")
-    getattr(importlib.import_module(module_name), function)(config, workdir)
+    return getattr(importlib.import_module(module_name), function)(config, workdir)
+
+
+def exit_code(result: Any) -> int:
+    """The process exit status for a job's result: 128 + the signal number when a stop signal
+    ended it early (143 for SIGTERM, 130 for Ctrl-C), so that `train && sweep` chains stop
+    there; 0 otherwise."""
+    stopped = result.get("stopped") if isinstance(result, dict) else None
+    if not stopped:
+        return 0
+    # Another host's signal stops this one too; it reports SIGTERM.
+    return 128 + signal.Signals.__members__.get(stopped, signal.SIGTERM).value

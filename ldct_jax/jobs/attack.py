@@ -36,6 +36,7 @@ TARGETS = ("", "remove_center")
 @dataclasses.dataclass
 class Setup:
     inputs: inputs.Inputs
+    compared: list[dict]             # the summaries of config.report.compare
     target: Optional[np.ndarray]     # [N, H, W] HU output images, or None
     units: list[tuple[str, int]]     # (method, image) in chunk order
     slices: list[slice]              # over units; a chunk never mixes methods
@@ -80,10 +81,9 @@ def load_target(config: Any, denoiser: Denoiser, images: np.ndarray) -> Optional
         return remove_center(models.denoise(denoiser.spec, denoiser.params, images),
                              config.target_radius_px)
     path = config.target
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"config.target={path!r}: no such file (expected a .npy of "
-                                f"output images in HU, [H, W] or {list(images.shape)})")
-    t = arrays.check_images(np.load(path, allow_pickle=False), f"config.target={path!r}")
+    raw = inputs.load_npy("target", path, f"a .npy of output images in HU, [H, W] or "
+                                          f"{list(images.shape)}")
+    t = arrays.check_images(raw, f"config.target={path!r}")
     t = inputs.crop(t, config.crop) if config.crop and t.shape[1:] != images.shape[1:] else t
     if t.shape[1:] != images.shape[1:] or len(t) not in (1, len(images)):
         raise ValueError(f"config.target={path!r}: shape {t.shape} does not fit the images "
@@ -94,6 +94,7 @@ def load_target(config: Any, denoiser: Denoiser, images: np.ndarray) -> Optional
 def prepare(config: Any, workdir: str) -> Setup:
     """Checks the config, loads the model, images and target; fails before any attack."""
     check_config(config)
+    compared = sweep_report.load_compared(config.report.compare)
     loaded = inputs.load(config, workdir)
     target = load_target(config, loaded.denoiser, loaded.images)
     n = len(loaded.images)
@@ -103,7 +104,7 @@ def prepare(config: Any, workdir: str) -> Setup:
         units += [(m, i) for i in range(n)]
         slices += [slice(base + s.start, base + s.stop)
                    for s in chunks.split(n, config.images_per_chunk)]
-    return Setup(loaded, target, units, slices)
+    return Setup(loaded, compared, target, units, slices)
 
 
 def _kwargs(config: Any, method: str) -> dict:
@@ -147,13 +148,16 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
         for j, r in enumerate(attacks.result_table(result)):
             r["image_index"] = int(idx[r["image_index"]])
             records.append(dict(row=first_row + j, chunk=index, model=config.model, **r))
+        chunks.check_finite(index, {"perturbation": result.perturbation}, records,
+                            ("row", "image_index", "method", "epsilon_hu"),
+                            "Check the model (config.checkpoint) and the images.")
         return ({"perturbation": result.perturbation.astype(np.float32)}, records,
                 {"method": method})
 
     computed = chunks.run_chunks(workdir, setup.slices, compute, progress)
     summary = None
     if jax.process_index() == 0:
-        summary = sweep_report.attack_report(workdir, loaded, setup.target, len(setup.slices),
-                                             config)
+        summary = sweep_report.attack_report(workdir, loaded, setup.compared, setup.target,
+                                             len(setup.slices), config)
     return {"computed": computed, "chunks": len(setup.slices), "summary": summary,
             "report": os.path.join(workdir, "report")}

@@ -33,17 +33,6 @@ class ConfigChangedError(ValueError):
     """The workdir holds a sweep with other settings."""
 
 
-def digest(*arrays: Any) -> str:
-    """sha256 of arrays (shape, dtype and bytes) or pytrees of arrays, e.g. a model's params."""
-    h = hashlib.sha256()
-    for tree in arrays:
-        for leaf in jax.tree.leaves(tree):
-            a = np.ascontiguousarray(np.asarray(leaf))
-            h.update(f"{a.shape}{a.dtype}".encode())
-            h.update(a.tobytes())
-    return h.hexdigest()
-
-
 def fingerprint(settings: Mapping[str, Any]) -> str:
     """sha256 of `settings` as canonical JSON."""
     return hashlib.sha256(json.dumps(files.plain(settings), sort_keys=True).encode()).hexdigest()
@@ -71,7 +60,7 @@ def claim(workdir: str, settings: Mapping[str, Any]) -> dict:
             changed = files.diff(old.get("settings", {}), settings) or ["(fingerprint)"]
             raise ConfigChangedError(
                 f"{workdir} holds a sweep with other settings ({path}); changed: "
-                f"{'; '.join(changed)}. Finished chunks would not match: "
+                f"{'; '.join(map(str, changed))}. Finished chunks would not match: "
                 "use a new --workdir, or delete this one to start over.")
         return old
     if jax.process_index() == 0:
@@ -123,6 +112,26 @@ def read_chunk(workdir: str, index: int, arrays: Iterable[str] = ()
     d = chunk_dir(workdir, index)
     meta = files.read_json(os.path.join(d, METRICS_JSON))
     return {name: np.load(os.path.join(d, f"{name}.npy")) for name in arrays}, meta
+
+
+def check_finite(index: int, arrays: Mapping[str, np.ndarray],
+                 records: Sequence[Mapping[str, Any]], keys: Sequence[str], hint: str,
+                 allow_inf: Sequence[str] = ()) -> None:
+    """Raises FloatingPointError, naming the rows (by `keys`), when any array row or metric of
+    chunk `index` is not finite; `allow_inf` metrics may be +-inf but not NaN. Called before
+    the chunk is written, so that no sweep ever reports on a diverged row."""
+    bad = []
+    for j, r in enumerate(records):
+        fields = [name for name, a in arrays.items() if not np.all(np.isfinite(a[j]))]
+        fields += [k for k, v in r.items() if isinstance(v, float) and not np.isfinite(v)
+                   and not (k in allow_inf and np.isinf(v))]
+        if fields:
+            bad.append(", ".join(f"{k}={r[k]:.4g}" if isinstance(r[k], float) else
+                                 f"{k}={r[k]}" for k in keys) + f" ({', '.join(fields)})")
+    if bad:
+        raise FloatingPointError(
+            f"chunk {index}: non-finite results in {len(bad)} row(s): {'; '.join(bad[:8])}"
+            f"{'; ...' if len(bad) > 8 else ''}. Nothing of this chunk was written. {hint}")
 
 
 def split(n: int, per_chunk: int) -> list[slice]:

@@ -8,6 +8,9 @@ it: the paper's and ldct-benchmark's settings appear here once.
 from __future__ import annotations
 
 import contextlib
+import difflib
+import importlib.util
+import os
 from typing import Any, Iterator, Sequence
 
 import ml_collections
@@ -50,6 +53,43 @@ def naming(key: str, value: Any) -> Iterator[None]:
         yield
     except ValueError as e:
         raise ValueError(f"config.{key}={value!r}: {e}") from None
+
+
+def load(arg: str) -> ml_collections.ConfigDict:
+    """The config of `configs/<job>.py[:preset]` (as `--config=` names it)."""
+    path, _, preset = arg.partition(":")
+    spec = importlib.util.spec_from_file_location("ldct_jax_config", path)
+    if spec is None or not os.path.isfile(path):
+        raise FileNotFoundError(f"--config={arg}: no config file {path!r}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(preset or None)
+
+
+def unknown_overrides(config: ml_collections.ConfigDict, argv: Sequence[str]) -> list[str]:
+    """One line per `--config.<key>=...` of `argv` naming a field `config` does not have, with
+    the nearest field there is."""
+    keys = _dotted_keys(config.to_dict())
+    lines = []
+    for arg in argv:
+        if not arg.startswith("--config."):
+            continue
+        key = arg[len("--config."):].split("=", 1)[0]
+        if key in keys:
+            continue
+        near = difflib.get_close_matches(key, keys, n=1)
+        hint = f"; did you mean --config.{near[0]}?" if near else ""
+        lines.append(f"--config.{key}: the config has no field {key!r}{hint}")
+    return lines
+
+
+def _dotted_keys(d: dict, prefix: str = "") -> list[str]:
+    out = []
+    for name, value in d.items():
+        out.append(prefix + name)
+        if isinstance(value, dict):
+            out += _dotted_keys(value, f"{prefix}{name}.")
+    return out
 
 
 def check_choices(config: Any, key: str, known: Sequence[str], what: str) -> None:

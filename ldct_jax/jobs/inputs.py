@@ -64,6 +64,18 @@ def load_denoiser(model: str, checkpoint: str = "", model_config: Optional[dict]
     return d
 
 
+def load_npy(key: str, path: str, expected: str) -> np.ndarray:
+    """The array of `config.<key>` (a .npy file); errors name the key, the file and `expected`.
+    Pickled object arrays are refused: loading them could run code."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config.{key}={path!r}: no such file (expected {expected})")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise ValueError(f"config.{key}={path!r}: not a plain .npy array (expected {expected}; "
+                         f"pickled object arrays are refused): {e}") from None
+
+
 def load_images(config: Any, workdir: str) -> tuple[np.ndarray, list[str], list[str]]:
     """The sweep's images in HU, their anatomies (display windows) and where each came from.
 
@@ -76,13 +88,7 @@ def load_images(config: Any, workdir: str) -> tuple[np.ndarray, list[str], list[
     """
     if config.images:
         path = config.images
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"config.images={path!r}: no such file (expected a .npy "
-                                    "of HU, [H, W] or [N, H, W])")
-        try:
-            raw = np.load(path, allow_pickle=False)
-        except ValueError as e:
-            raise ValueError(f"config.images={path!r}: not a plain .npy array ({e})") from None
+        raw = load_npy("images", path, "a .npy of HU, [H, W] or [N, H, W]")
         images = arrays.check_images(raw, f"config.images={path!r}")
         anatomy = [str(config.anatomy)] * len(images)
         source = [f"{os.path.basename(path)}[{i}]" for i in range(len(images))]
@@ -131,10 +137,7 @@ def load_mask(path: str, shape: tuple[int, ...], crop_size: int = 0) -> Optional
     """
     if not path:
         return None
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"config.mask={path!r}: no such file (expected a .npy in "
-                                f"[0, 1], [H, W] or [N, H, W], for images {tuple(shape)})")
-    m = np.load(path, allow_pickle=False)
+    m = load_npy("mask", path, f"a .npy of 0/1, [H, W] or [N, H, W], for images {tuple(shape)}")
     if crop_size and m.ndim in (2, 3) and m.shape[-2:] != tuple(shape[-2:]):
         m = crop(m, crop_size) if m.ndim == 3 else crop(m[None], crop_size)[0]
     return arrays.check_mask(m, tuple(shape), f"config.mask={path!r}")
@@ -171,15 +174,14 @@ class Inputs:
                  **extra: Any) -> dict:
         """What a sweep's results depend on (its manifest): the config without NOT_RESULTS,
         the model (name, module config, params digest) and digests of `arrays_`."""
-        from ldct_jax.jobs import chunks
         cfg = files.plain(config.to_dict())
         for k in NOT_RESULTS:
             cfg.pop(k, None)
         spec = self.denoiser.spec
         out = {"config": cfg,
                "model": {"name": spec.name, "config": files.plain(spec.config),
-                         "params": chunks.digest(self.denoiser.params)}}
-        out.update({k: None if a is None else chunks.digest(a) for k, a in arrays_.items()})
+                         "params": files.digest(self.denoiser.params)}}
+        out.update({k: None if a is None else files.digest(a) for k, a in arrays_.items()})
         out.update(extra)
         return out
 

@@ -32,7 +32,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from ldct_jax import distances, parallel
+from ldct_jax import distances, files, parallel
 from ldct_jax.analysis import search
 from ldct_jax.jobs import chunks, configs, inputs, sweep_report
 
@@ -42,6 +42,7 @@ class Setup:
     """Everything a sweep computes from, checked and loaded."""
 
     inputs: inputs.Inputs
+    compared: list[dict]        # the summaries of config.report.compare
     mask: Optional[np.ndarray]  # [N, H, W] or None
     rows: search.Rows
     slices: list[slice]
@@ -78,7 +79,9 @@ def prepare(config: Any, workdir: str) -> Setup:
     """Checks the config and loads the model, images and mask; fails before any search."""
     check_grid(config)
     options = options_from(config)
+    compared = sweep_report.load_compared(config.report.compare)
     loaded = inputs.load(config, workdir)
+    search.check_image_size(loaded.images.shape, [str(d) for d in config.distances])
     mask = inputs.load_mask(config.mask, loaded.images.shape, config.crop)
     notes = {}
     vgg = None
@@ -88,8 +91,8 @@ def prepare(config: Any, workdir: str) -> Setup:
         notes["vgg16"] = vgg.describe()
     rows = search.grid(len(loaded.images), list(config.lambdas),
                        [str(d) for d in config.distances], list(config.seeds))
-    return Setup(loaded, mask, rows, chunks.split(len(rows.lam), config.rows_per_chunk), options,
-                 vgg, notes)
+    return Setup(loaded, compared, mask, rows,
+                 chunks.split(len(rows.lam), config.rows_per_chunk), options, vgg, notes)
 
 
 def run(config: Any, workdir: str) -> dict[str, Any]:
@@ -106,7 +109,7 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
     parallel.maybe_initialize_distributed(config.distributed)
     setup = prepare(config, workdir)
     loaded = setup.inputs
-    vgg_digest = chunks.digest(setup.vgg.params) if setup.vgg is not None else None
+    vgg_digest = files.digest(setup.vgg.params) if setup.vgg is not None else None
     loaded.start(config, workdir, {"mask": setup.mask}, vgg16=vgg_digest,
                  rows=len(setup.rows.lam))
     mesh = parallel.make_mesh(config.num_devices or None)
@@ -125,6 +128,11 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
                               progress=callback, batch_size=config.rows_per_chunk)
         records = [dict(row=rows.start + j, chunk=index, model=config.model, **r)
                    for j, r in enumerate(search.result_table(result))]
+        # ratio is +inf where the output did not change at all.
+        chunks.check_finite(index, {"perturbation": result.perturbation}, records,
+                            ("row", "image_index", "distance", "lam", "seed"),
+                            "The search diverged: lower config.search.learning_rate, or check "
+                            "the model (config.checkpoint) and the images.", allow_inf=("ratio",))
         curves = np.stack([result.curves[k] for k in search.CURVES], axis=-1)
         return (dict(perturbation=result.perturbation.astype(np.float32),
                      curves=curves.astype(np.float32)),
@@ -133,7 +141,7 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
     computed = chunks.run_chunks(workdir, setup.slices, compute, progress)
     summary = None
     if jax.process_index() == 0:
-        summary = sweep_report.invariance_report(workdir, loaded, len(setup.slices), config,
-                                                 setup.notes)
+        summary = sweep_report.invariance_report(workdir, loaded, setup.compared,
+                                                 len(setup.slices), config, setup.notes)
     return {"computed": computed, "chunks": len(setup.slices), "summary": summary,
             "report": os.path.join(workdir, "report")}

@@ -64,6 +64,8 @@ def save_panels(path: str, rows: Sequence[Sequence[Panel]], title: Optional[str]
 
 
 def _cell(v) -> str:
+    if v is None:  # a metric that does not apply (e.g. the target distance of untargeted rows)
+        return "-"
     return f"{v:.4g}" if isinstance(v, (float, np.floating)) else str(v)
 
 

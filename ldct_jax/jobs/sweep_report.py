@@ -36,9 +36,12 @@ def gather(workdir: str, num_chunks: int, arrays: Sequence[str]
 
 def summarise(records: Sequence[Mapping[str, Any]], keys: Sequence[str],
               metrics: Sequence[str]) -> list[dict]:
-    """Mean of `metrics` per group of equal `keys` (in first-seen order), with `n` rows each.
+    """Mean of `metrics` over every row of each group of equal `keys` (first-seen order), with
+    the group's row count `n`. A metric no row of a group has is None.
 
-    Means skip non-finite values (an output that did not change gives an infinite ratio).
+    Raises:
+      ValueError: a metric that is missing or not finite in some rows of a group (the chunks
+        are checked when written, so this means a chunk was changed since).
     """
     groups: dict[tuple, list] = collections.OrderedDict()
     for r in records:
@@ -47,15 +50,23 @@ def summarise(records: Sequence[Mapping[str, Any]], keys: Sequence[str],
     for key, rs in groups.items():
         row = dict(zip(keys, key), n=len(rs))
         for m in metrics:
-            v = np.array([r[m] for r in rs if r.get(m) is not None], np.float64)
-            v = v[np.isfinite(v)]
-            row[m] = float(v.mean()) if v.size else float("nan")
+            values = [r.get(m) for r in rs]
+            if all(v is None for v in values):
+                row[m] = None
+                continue
+            bad = [r["row"] for r, v in zip(rs, values) if v is None or not np.isfinite(v)]
+            if bad:
+                raise ValueError(f"{m} is missing or not finite in rows {bad} "
+                                 f"({dict(zip(keys, key))}); were the chunks changed after "
+                                 "they were written?")
+            row[m] = float(np.mean(np.asarray(values, np.float64)))
         out.append(row)
     return out
 
 
 def load_compared(workdirs: Sequence[str]) -> list[dict]:
-    """The summary records of other sweeps (their report/summary.json)."""
+    """The summary records of other sweeps (their report/summary.json), read before a sweep
+    starts so that a wrong path fails at once."""
     out = []
     for w in workdirs:
         path = os.path.join(w, "report", "summary.json")
@@ -120,8 +131,8 @@ def figure(path: str, denoiser: Denoiser, x: np.ndarray, perturbed: Sequence[np.
     return report.save_panels(path, rows, title=title)
 
 
-def invariance_report(workdir: str, study: Inputs, num_chunks: int, config: Any,
-                      notes: Mapping[str, str]) -> list[dict]:
+def invariance_report(workdir: str, study: Inputs, compared: Sequence[Mapping[str, Any]],
+                      num_chunks: int, config: Any, notes: Mapping[str, str]) -> list[dict]:
     """Writes report/ for a finished invariance sweep and prints its table.
 
     Returns:
@@ -135,7 +146,7 @@ def invariance_report(workdir: str, study: Inputs, num_chunks: int, config: Any,
     summary = summarise(records, ("model", "distance", "lam"), metrics)
     for s in summary:  # ratio of the means: robust where some outputs did not change at all
         s["ratio"] = s["input_rms_hu"] / s["output_rms_hu"] if s["output_rms_hu"] else float("inf")
-    table = summary + load_compared(config.report.compare)
+    table = summary + list(compared)
     table = sorted(table, key=lambda r: (r["distance"], r["lam"], r["model"]))
     random_vgg = "RANDOM INIT" in notes.get("vgg16", "")
     text = write_tables(report_dir, records, summary, table, INVARIANCE_COLUMNS,
@@ -170,8 +181,8 @@ def invariance_report(workdir: str, study: Inputs, num_chunks: int, config: Any,
     return summary
 
 
-def attack_report(workdir: str, study: Inputs, target: Optional[np.ndarray], num_chunks: int,
-                  config: Any) -> list[dict]:
+def attack_report(workdir: str, study: Inputs, compared: Sequence[Mapping[str, Any]],
+                  target: Optional[np.ndarray], num_chunks: int, config: Any) -> list[dict]:
     """Writes report/ for a finished attack sweep and prints its table; returns its summary."""
     denoiser, images, anatomy, source = (study.denoiser, study.images, study.anatomy,
                                          study.source)
@@ -182,7 +193,7 @@ def attack_report(workdir: str, study: Inputs, target: Optional[np.ndarray], num
     for s in summary:
         s["amplification"] = (s["output_rms_hu"] / s["input_rms_hu"] if s["input_rms_hu"]
                               else float("nan"))
-    table = summary + load_compared(config.report.compare)
+    table = summary + list(compared)
     table = sorted(table, key=lambda r: (r["method"], r["targeted"], r["epsilon_hu"],
                                          r["model"]))
     text = write_tables(report_dir, records, summary, table, ATTACK_COLUMNS,

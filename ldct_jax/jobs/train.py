@@ -24,22 +24,56 @@ from ldct_jax.jobs import configs, report, trainers
 from ldct_jax.jobs import data as data_job
 from ldct_jax.jobs.metrics_log import MetricsLog
 from ldct_jax.train import evaluate
-from ldct_jax.train.checkpoint import Checkpointer, StopSignals
+from ldct_jax.train.checkpoint import CheckpointMismatchError, Checkpointer, StopSignals
 
 
 class NonFiniteLossError(FloatingPointError):
     """Training met a non-finite loss; the newest checkpoint is the last good state."""
 
 
+class ConfigChangedError(ValueError):
+    """The workdir holds a training run with settings a restart may not change."""
+
+
+# Fields a restart may change: they change how a run is watched and where it runs, not what it
+# computes. num_steps may also grow when every learning-rate schedule is constant (a cosine
+# schedule depends on it).
+RESTART_FREE = ("progress_bar", "log_every_steps", "eval.every_steps", "eval.batch_size",
+                "checkpoint.every_steps", "checkpoint.keep", "distributed", "num_devices")
+CONFIG_FILE = "config.json"
+
+
+def check_restart(config, workdir: str) -> None:
+    """Refuses to continue a run in `workdir` whose config differs in what the run computes.
+
+    Raises:
+      ConfigChangedError: naming every field that differs, before anything is read or written.
+    """
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(path):
+        return
+    changes = files.diff(files.read_json(path), files.plain(config.to_dict()))
+    constant = all(config[k].get("schedule", "constant") == "constant"
+                   for k in ("optimizer", "critic_optimizer") if k in config)
+    refused = [c for c in changes if c.key not in RESTART_FREE and not (
+        c.key == "num_steps" and constant and isinstance(c.old, int) and c.new >= c.old)]
+    if refused:
+        raise ConfigChangedError(
+            f"{workdir} holds a training run with other settings ({path}); changed: "
+            f"{'; '.join(f'config.{c}' for c in refused)}. A restart continues that run, so "
+            "these must stay as they were: use a new --workdir for the new settings (or delete "
+            f"this one to start over). A restart may change {', '.join(RESTART_FREE)}, and raise "
+            "num_steps when every learning-rate schedule is 'constant'.")
+
+
 def _record_config(config, workdir: str) -> None:
-    """Writes config.json; on a resume, logs which values differ from the first start."""
-    path = os.path.join(workdir, "config.json")
+    """Writes config.json (after `check_restart`); logs the fields a restart changed."""
+    path = os.path.join(workdir, CONFIG_FILE)
     current = files.plain(config.to_dict())
     if os.path.exists(path):
-        changed = files.diff(files.read_json(path), current, "config")
+        changed = files.diff(files.read_json(path), current)
         if changed:
-            logging.warning("config differs from the earlier start of this workdir: %s",
-                            "; ".join(changed))
+            logging.info("restart with config.%s", "; config.".join(map(str, changed)))
     files.write_json(path, current)
 
 
@@ -89,13 +123,12 @@ def run(config, workdir: str, *, scans: Optional[Sequence[Scan]] = None) -> dict
     t_start = time.time()
     parallel.maybe_initialize_distributed(config.distributed)
     trainers.check_config(config)
+    check_restart(config, workdir)
     mesh = parallel.make_mesh(config.num_devices or None)
     with configs.naming("batch_size", config.batch_size):
         parallel.check_batch_divisible(config.batch_size, mesh)
     main = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
-    if main:
-        _record_config(config, workdir)
 
     if scans is None:
         scans = data_job.load_scans(config.data, workdir)
@@ -116,11 +149,16 @@ def run(config, workdir: str, *, scans: Optional[Sequence[Scan]] = None) -> dict
 
 def _train(config, workdir, mesh, trainer, held_out, ckpt, t_start, main):
     """Resume, the step loop, checkpoints, the final evaluation: `run` after the set-up."""
-    state, start = ckpt.restore_latest(trainer.init_state)
+    try:
+        state, start = ckpt.restore_latest(trainer.init_state)
+    except CheckpointMismatchError as e:
+        raise ConfigChangedError(f"{e} Run these settings in a new --workdir.") from None
     if state is None:
         state, start = trainer.init_state, 0
     else:
         logging.info("resuming from the checkpoint at step %d", start)
+    if main:  # after the checkpoint is known to fit these settings
+        _record_config(config, workdir)
 
     evals = evaluate.eval_set(held_out, config.eval.slices_per_patient, config.seed) \
         if held_out else None

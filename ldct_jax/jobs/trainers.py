@@ -102,10 +102,17 @@ def check_config(config) -> None:
     if data.source not in data_job.SOURCES:
         raise ValueError(f"config.data.source={data.source!r}; expected one of "
                          f"{data_job.SOURCES}")
-    if data.source in ("mayo", "dicom") and not (data.root or (data.get("full_dir") and
-                                                               data.get("low_dir"))):
+    if data.source == "dicom" and (data.full_dir or data.low_dir):
+        for key in ("full_dir", "low_dir"):
+            if not data[key]:
+                raise ValueError(f"config.data.{key} is empty, but config.data.source='dicom' "
+                                 "with a series pair needs both config.data.full_dir and "
+                                 "config.data.low_dir")
+    elif data.source in ("mayo", "dicom") and not data.root:
         raise ValueError(f"config.data.root is empty, but config.data.source={data.source!r} "
-                         "needs it: pass --config.data.root=/path/to/the/data")
+                         "needs it: pass --config.data.root=/path/to/the/data"
+                         + (" (or config.data.full_dir and config.data.low_dir for one series "
+                            "pair)" if data.source == "dicom" else ""))
     for key in ("root", "full_dir", "low_dir"):
         path = data.get(key)
         if data.source != "synthetic" and path and not os.path.isdir(path):

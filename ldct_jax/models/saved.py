@@ -1,9 +1,11 @@
 """Saving and loading denoisers as self-describing directories.
 
-    <path>/model.json   format, version, name, module config, shift, scale, param shapes
+    <path>/model.json   format, version, name, module config, shift, scale, param shapes,
+                        and the sha256 of the params (`files.digest`)
     <path>/params/      the params, written by orbax (absent when the model has none)
 
-`load(path)` needs nothing else. Writing is atomic (`files.atomic_dir`). Nothing is pickled.
+`load(path)` needs nothing else, and refuses params that do not match their checksum or are not
+finite. Writing is atomic (`files.atomic_dir`). Nothing is pickled.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ from typing import Any, Mapping
 import flax.traverse_util
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ldct_jax import files, parallel
 from ldct_jax.models.denoiser import Denoiser, Params
 from ldct_jax.models.registry import ARCHITECTURES, param_shapes, spec
 
 FORMAT = "ldct_jax.denoiser"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2   # 2: params_sha256; version 1 (without it) is still read
 META_FILE = "model.json"
 PARAMS_DIR = "params"
 
@@ -72,6 +75,14 @@ def _module_config(config: Mapping[str, Any]) -> dict[str, Any]:
     return {k: tup(v) for k, v in config.items()}
 
 
+def _check_finite(arrays: Mapping[str, np.ndarray], what: str) -> None:
+    bad = {k: int(np.size(v) - np.isfinite(v).sum()) for k, v in sorted(arrays.items())
+           if not np.all(np.isfinite(v))}
+    if bad:
+        raise ValueError(f"{what}: non-finite params (NaN/inf count per key: {bad}); a model "
+                         "must be finite")
+
+
 def _checkpointer():
     import orbax.checkpoint as ocp
 
@@ -96,11 +107,13 @@ def save(d: Denoiser, path: str, *, overwrite: bool = False) -> None:
     if d.spec.name not in ARCHITECTURES:
         raise ValueError(f"save: unknown architecture {d.spec.name!r}")
     arrays = parallel.to_host(flat(d.params))
+    _check_finite(arrays, f"save {path}")
     meta = {"format": FORMAT, "version": FORMAT_VERSION, "name": d.spec.name,
             "config": _json_config(d.spec.config), "shift": float(d.spec.shift),
             "scale": float(d.spec.scale),
             "params": {k: {"shape": list(v.shape), "dtype": str(v.dtype)}
-                       for k, v in sorted(arrays.items())}}
+                       for k, v in sorted(arrays.items())},
+            "params_sha256": _checksum(arrays)}
     with files.atomic_dir(path, overwrite=overwrite) as tmp:
         if arrays:
             with _checkpointer() as ckpt:
@@ -108,6 +121,10 @@ def save(d: Denoiser, path: str, *, overwrite: bool = False) -> None:
                           flax.traverse_util.unflatten_dict(arrays, sep="/"))
                 ckpt.wait_until_finished()
         files.write_json(os.path.join(tmp, META_FILE), meta)
+
+
+def _checksum(arrays: Mapping[str, np.ndarray]) -> str:
+    return files.digest([arrays[k] for k in sorted(arrays)])
 
 
 def _read_meta(path: str) -> dict:
@@ -124,10 +141,12 @@ def _read_meta(path: str) -> dict:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise ValueError(f"{meta_path}: format {got!r}, expected {FORMAT!r}")
-    if meta.get("version") != FORMAT_VERSION:
+    if meta.get("version") not in (1, FORMAT_VERSION):
         raise ValueError(f"{meta_path}: format version {meta.get('version')!r}; this ldct-jax "
-                         f"reads version {FORMAT_VERSION}")
-    for key in ("name", "config", "shift", "scale"):
+                         f"reads versions 1 to {FORMAT_VERSION}")
+    required = ("name", "config", "shift", "scale") + (
+        ("params_sha256",) if meta["version"] >= 2 else ())
+    for key in required:
         if key not in meta:
             raise ValueError(f"{meta_path}: missing field {key!r}")
     if meta["name"] not in ARCHITECTURES:
@@ -162,5 +181,10 @@ def load(path: str) -> Denoiser:
             raise ValueError(f"{params_dir}: could not restore the {name} params (expected an "
                              f"orbax checkpoint written by ldct_jax.models.save): {e}") from e
     check_params(arrays, expected, path)
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    if "params_sha256" in meta and _checksum(arrays) != meta["params_sha256"]:
+        raise ValueError(f"{params_dir}: the params do not match the checksum in {META_FILE} "
+                         "(changed or corrupted since they were saved); not loading them")
+    _check_finite(arrays, params_dir)
     s = dataclasses.replace(s, shift=float(meta["shift"]), scale=float(meta["scale"]))
     return Denoiser(s, unflat(arrays))

@@ -55,5 +55,6 @@ def init_critic(key, patch_size: int, **config):
     critic = Critic(**config)
     critic_output_size(patch_size, critic.strides)
     # Jitted: Flax's eager init runs every initialiser op by op (seconds on a CPU).
-    params = jax.jit(critic.init)(key, jnp.zeros((1, patch_size, patch_size, 1), jnp.float32))["params"]
+    x = jnp.zeros((1, patch_size, patch_size, 1), jnp.float32)
+    params = jax.jit(critic.init)(key, x)["params"]
     return critic, params

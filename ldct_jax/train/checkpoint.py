@@ -38,6 +38,25 @@ def fingerprint(tree: Any) -> float:
     return float(_fingerprint(tree))
 
 
+class CheckpointMismatchError(ValueError):
+    """A checkpoint written by a run of other settings (another tree of shapes)."""
+
+
+def _param_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """`{'params/conv1/kernel': shape, ...}` of the params (and critic params) of a train state
+    or of orbax's metadata tree of one (both are nested dicts there)."""
+    def name(k):
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                return str(getattr(k, attr))
+        return str(k)
+
+    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda v: hasattr(v, "shape"))[0]
+    shapes = {"/".join(name(k) for k in path): tuple(v.shape) for path, v in leaves
+              if hasattr(v, "shape")}
+    return {k: v for k, v in shapes.items() if k.split("/")[0] in ("params", "critic_params")}
+
+
 class Checkpointer:
     """Saves and restores a train state under `directory`, one orbax step directory per save.
 
@@ -95,6 +114,12 @@ class Checkpointer:
         """
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
         for step in reversed(self.all_steps()):
+            mismatch = self._mismatch(step, abstract)
+            if mismatch:  # not corrupt: written by a run with other settings
+                raise CheckpointMismatchError(
+                    f"{os.path.join(self.directory, str(step))}: the checkpoint holds a train "
+                    f"state of other shapes than this run's ({mismatch}); it was written with "
+                    "other settings. Nothing was moved.")
             try:
                 restored = self._manager.restore(step, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
@@ -113,6 +138,24 @@ class Checkpointer:
                 continue
             return state, step
         return None, None
+
+    def _mismatch(self, step: int, abstract: Any) -> str:
+        """What differs between the params' shapes saved at `step` and `abstract`'s ('' if
+        nothing does, or if the saved metadata cannot be read: then the restore decides)."""
+        try:
+            saved = ocp.StandardCheckpointer().metadata(
+                os.path.join(self.directory, str(step), "state")).item_metadata
+            saved = _param_shapes(saved)
+        except Exception:  # noqa: BLE001 - unreadable metadata: a corrupt checkpoint
+            return ""
+        want = _param_shapes(abstract)
+        if not saved:
+            return ""
+        diffs = [f"{k}: missing" for k in sorted(set(want) - set(saved))]
+        diffs += [f"{k}: unexpected" for k in sorted(set(saved) - set(want))]
+        diffs += [f"{k}: saved {saved[k]}, expected {want[k]}"
+                  for k in sorted(set(want) & set(saved)) if saved[k] != want[k]]
+        return "; ".join(diffs[:6]) + ("; ..." if len(diffs) > 6 else "")
 
     def _quarantine(self, step: int) -> str:
         src = os.path.join(self.directory, str(step))

@@ -82,7 +82,7 @@ def _check_existing(root: str, params: dict) -> bool:
             raise ValueError(f"synthetic data root {root} exists and is not empty but has no "
                              f"{MANIFEST}: not a synthetic data set; pick an empty or new folder")
         return False
-    diff = files.diff(manifest.get("params", {}), files.plain(params))
+    diff = [str(c) for c in files.diff(manifest.get("params", {}), files.plain(params))]
     if diff:
         raise ValueError(f"synthetic data set at {root} was built with other parameters ("
                          + "; ".join(diff) + "). Delete that folder to rebuild it, or build "
