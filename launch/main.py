@@ -37,15 +37,18 @@ def main(argv):
 
 def _parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, with a one-line error for `--config.<key>` overrides of fields the
-    config does not have (ml_collections would raise a long traceback)."""
-    try:
-        return flags.FLAGS(argv)
-    except Exception:  # noqa: BLE001 - explained below, or raised as it was
-        config = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-        lines = configs.unknown_overrides(configs.load(config), argv) if config else []
-        if not lines:
-            raise
+    config does not have (ml_collections would raise a long traceback); every other error as
+    absl reports it."""
+    config = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    lines = []
+    if config:
+        try:
+            lines = configs.unknown_overrides(configs.load(config), argv)
+        except Exception:  # noqa: BLE001 - a bad --config itself: absl says what is wrong
+            lines = []
+    if lines:
         sys.exit("error: " + "\n       ".join(lines))
+    return app.parse_flags_with_usage(argv)
 
 
 if __name__ == "__main__":

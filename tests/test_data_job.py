@@ -77,3 +77,23 @@ def test_unknown_config_key_is_one_line_naming_the_nearest_field(tmp_path):
         "       --config.optimizer.lrr: the config has no field 'optimizer.lrr'; did you mean "
         "--config.optimizer.lr?"]
     assert os.listdir(tmp_path) == []
+
+
+def test_main_exits_143_or_130_when_a_signal_stopped_the_job(monkeypatch):
+    import importlib.util
+
+    from absl import flags
+    spec = importlib.util.spec_from_file_location("ldct_jax_launch_main",
+                                                  os.path.join(ROOT, "launch", "main.py"))
+    main = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(main)
+    try:
+        flags.FLAGS(["main", "--config=" + os.path.join(ROOT, "configs", "cnn10.py")])
+        for stopped, status in (("SIGTERM", 143), ("SIGINT", 130), (None, 0)):
+            monkeypatch.setattr(main.jobs, "run", lambda config, workdir, s=stopped: {
+                "step": 3, "stopped": s})
+            assert main.main(["main"]) == status
+    finally:
+        flags.FLAGS.unparse_flags()
+        for name in ("config", "workdir"):
+            flags.FLAGS.__delattr__(name)

@@ -12,7 +12,7 @@ import pydicom
 import pydicom.data
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RLELossless, generate_uid
 
 from ldct_jax import data
 from ldct_jax.data import dicom
@@ -177,6 +177,7 @@ def series(tmp_path, name, n=4, **kw):
     ("header", r"no Modality tag in its 300 bytes: a truncated header"),
     ("huge", r"Rows x Columns is 65535 x 65535; expected a CT slice of at most 4096 x 4096 "
              r"\(not decoded\)"),
+    ("frames", r"3 frames; expected one slice per file \(not decoded\)"),
 ])
 def test_bad_slice_errors_name_file_and_problem(tmp_path, caplog, problem, message):
     folder, files = series(tmp_path, "s")
@@ -200,8 +201,15 @@ def test_bad_slice_errors_name_file_and_problem(tmp_path, caplog, problem, messa
     elif problem == "header":
         raw = open(bad, "rb").read()
         open(bad, "wb").write(raw[:300])
-    elif problem == "huge":  # a header that would make the decoder allocate 8 GB
-        write_ct(bad, np.zeros((6, 8), np.uint16), z=1.6, instance=3, size=(65535, 65535))
+    elif problem in ("huge", "frames"):  # compressed: decoding would allocate what it says
+        write_ct(bad, np.zeros((6, 8), np.uint16), z=1.6, instance=3)
+        ds = pydicom.dcmread(bad)
+        ds.compress(RLELossless)
+        if problem == "huge":
+            ds.Rows = ds.Columns = 65535   # 8 GB of pixels
+        else:
+            ds.NumberOfFrames = 3
+        ds.save_as(bad)
     with pytest.raises(dicom.DicomError, match=re.escape(bad) + ": " + message):
         dicom.read_series(folder, str(tmp_path / "cache"))
     with caplog.at_level(logging.WARNING):
@@ -252,6 +260,30 @@ def test_skip_bad_pairs_each_slice_with_the_nearest_within_tolerance(tmp_path):
     open(os.path.join(folder, files[4]), "w").write("garbage")  # the slice at 3.2 mm
     scan = dicom.load_pairs(full, folder, cache_dir=str(tmp_path / "c"), skip_bad=True)
     np.testing.assert_allclose(scan.positions, 0.8 * np.arange(4))
+    np.testing.assert_array_equal(scan.low, scan.full)
+
+
+def test_pairs_of_different_orientation_fail_naming_both(tmp_path):
+    full, _ = series(tmp_path, "full", n=3)
+    low, _ = series(tmp_path, "low", n=3, orientation=(1, 0, 0, 0, -1, 0))
+    with pytest.raises(dicom.DicomError, match=r"full dose .*full has ImageOrientationPatient "
+                       r"\[1\.0, 0\.0, 0\.0, 0\.0, 1\.0, 0\.0\], low dose .*low \[1\.0, 0\.0, "
+                       r"0\.0, 0\.0, -1\.0, 0\.0\]"):
+        dicom.load_pairs(full, low, cache_dir=str(tmp_path / "c"))
+
+
+def test_skip_bad_gives_each_low_dose_slice_one_partner(tmp_path):
+    """Two full-dose slices 7 um apart, both within tolerance of one low-dose slice: only the
+    nearer one keeps it (no low-dose slice is used twice)."""
+    rng = random.Random(4)
+    full, low = str(tmp_path / "full"), str(tmp_path / "low")
+    raws = [np.full((6, 8), 1024 + 10 * k, np.uint16) for k in range(5)]
+    names = write_series(full, raws, [0.0, 0.8, 0.807, 1.6, 2.4], rng)
+    open(os.path.join(full, names[4]), "w").write("garbage")  # the slice at 2.4 mm
+    lows = [raws[0], raws[2], raws[3], raws[4]]
+    write_series(low, lows, [0.0, 0.804, 1.6, 2.4], rng)
+    scan = dicom.load_pairs(full, low, cache_dir=str(tmp_path / "c"), skip_bad=True)
+    np.testing.assert_allclose(scan.positions, [0.0, 0.807, 1.6])
     np.testing.assert_array_equal(scan.low, scan.full)
 
 

@@ -395,8 +395,31 @@ def test_load_refuses_params_changed_after_saving(denoisers, tmp_path):
     mid = len(raw) // 2
     raw[mid:mid + 40] = bytes(b ^ 0xFF for b in raw[mid:mid + 40])
     open(data, "wb").write(bytes(raw))
-    with pytest.raises(ValueError, match=re.escape(str(path / "params")) + r": (the params do "
-                       r"not match the checksum in model\.json|could not restore)"):
+    with pytest.raises(ValueError, match=re.escape(str(path)) + r"(/params: could not restore|"
+                       r": the params or the model's description do not match the checksum)"):
+        models.load(str(path))
+
+
+@pytest.mark.parametrize("change", ["param", "scale"])
+def test_load_refuses_a_changed_value_that_still_reads(denoisers, tmp_path, change):
+    """One finite value changed, the files otherwise intact: only the checksum can tell."""
+    import orbax.checkpoint as ocp
+    d = denoisers["cnn10"]
+    path = tmp_path / "model"
+    models.save(d, str(path))
+    if change == "param":
+        params = jax.device_get(d.params)
+        params["conv3"]["bias"] = params["conv3"]["bias"] + 1e-3
+        import shutil
+        shutil.rmtree(path / "params")
+        with ocp.StandardCheckpointer() as ckpt:
+            ckpt.save(str(path / "params"), params)
+    else:
+        meta = json.loads((path / "model.json").read_text())
+        meta["scale"] *= 1.001
+        (path / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=re.escape(str(path)) + r": the params or the model's "
+                       r"description do not match the checksum in model\.json"):
         models.load(str(path))
 
 
@@ -414,7 +437,7 @@ def test_non_finite_params_are_neither_saved_nor_loaded(denoisers, tmp_path):
     models.save(d, str(path))
     meta = json.loads((path / "model.json").read_text())
     meta["version"] = 1
-    del meta["params_sha256"]
+    del meta["sha256"]
     (path / "model.json").write_text(json.dumps(meta))
     assert models.load(str(path)).spec == d.spec  # version 1 still reads
     import shutil

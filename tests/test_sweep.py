@@ -4,6 +4,7 @@ report layout. gauss_ri on tiny images with few iterations."""
 import csv
 import json
 import os
+import shutil
 
 import jax
 import matplotlib.image
@@ -249,7 +250,7 @@ def test_bad_inputs_fail_at_start(image_file, tmp_path, change, error, message):
     workdir = str(tmp_path / "run")
     with pytest.raises(error, match=message):
         sweep.run(config, workdir)
-    assert not os.path.exists(os.path.join(workdir, "chunks"))  # nothing computed
+    assert not os.path.exists(workdir)  # nothing written
 
 
 @pytest.mark.slow  # shares the sweep of `uninterrupted`
@@ -277,6 +278,37 @@ def test_diverging_search_fails_naming_rows_and_writes_no_chunk(image_file, tmp_
                        r".*Nothing of this chunk was written\. The search diverged"):
         sweep.run(config, workdir)
     assert os.listdir(os.path.join(workdir, "chunks")) == []
+
+
+@pytest.mark.slow
+def test_diverging_attack_fails_naming_rows_and_writes_no_chunk(image_file, tmp_path):
+    d = models.create("cnn10", jax.random.key(0), features=(4, 4))
+    model = str(tmp_path / "exploding")
+    models.save(d.replace(params=jax.tree.map(lambda a: a * 1e20, d.params)), model)
+    workdir = str(tmp_path / "run")
+    with pytest.raises(FloatingPointError, match=r"chunk 0: non-finite results in \d row\(s\): "
+                       r"row=0, image_index=0, method=fgsm, epsilon_hu=2 \(perturbation.*Nothing "
+                       r"of this chunk was written"):
+        attack_sweep.run(attack_cfg(image_file, model="cnn10", checkpoint=model), workdir)
+    assert os.listdir(os.path.join(workdir, "chunks")) == []
+
+
+@pytest.mark.slow  # shares the sweep of `uninterrupted`
+def test_a_finished_chunk_with_nan_rows_is_named_before_anything_runs(image_file, uninterrupted,
+                                                                       tmp_path):
+    """As an older ldct-jax could leave it: the sweep stops at start, naming the chunk."""
+    workdir = str(tmp_path / "old")
+    shutil.copytree(uninterrupted, workdir)
+    path = os.path.join(chunks.chunk_dir(workdir, 1), chunks.METRICS_JSON)
+    meta = json.load(open(path))
+    meta["rows"][2]["output_rms_hu"] = float("nan")
+    json.dump(meta, open(path, "w"))
+    shutil.rmtree(chunks.chunk_dir(workdir, 2))
+    with pytest.raises(FloatingPointError, match=r"chunk 1: non-finite results in 1 row\(s\): "
+                       r"row=5, .*\(output_rms_hu\)\. It was finished earlier \(.*chunks/00001\): "
+                       r"delete that folder to compute it again"):
+        sweep.run(invariance_cfg(image_file), workdir)
+    assert not os.path.exists(chunks.chunk_dir(workdir, 2))  # nothing computed
 
 
 def test_summary_n_counts_exactly_the_rows_of_its_means():
@@ -374,14 +406,26 @@ def test_attack_sweep_resume_budget_and_report(image_file, tmp_path, monkeypatch
     (dict(target="lesion"), r"config\.target='lesion'; expected ''"),
     (dict(target="BAD_TARGET"), r"config\.target=.*target\.npy': shape \(1, 32, 32\) does "
      r"not fit the images \(2, 64, 64\)"),
+    (dict(target="PICKLED"), r"config\.target=.*target\.npy': not a plain \.npy array \("
+     r"expected a \.npy of output images in HU; pickled object arrays are refused\)"),
+    (dict(report=dict(compare="INVARIANCE")), r"config\.report\.compare: .*summary\.json is not "
+     r"the summary of a sweep of this kind \(records with model, method, epsilon_hu\)"),
 ])
-def test_attack_bad_config(image_file, tmp_path, change, message):
-    if change.get("target") == "BAD_TARGET":
-        change["target"] = str(tmp_path / "target.npy")
-        np.save(change["target"], np.zeros((32, 32), np.float32))
+def test_attack_bad_config(image_file, tmp_path, change, message, uninterrupted):
+    if change.get("target") in ("BAD_TARGET", "PICKLED"):
+        kind, change["target"] = change["target"], str(tmp_path / "target.npy")
+        np.save(change["target"], np.zeros((32, 32), np.float32) if kind == "BAD_TARGET" else
+                np.array([{"target": 1}], dtype=object), allow_pickle=True)
+    if "report" in change:  # an invariance sweep's summary compared in an attack sweep
+        config = attack_cfg(image_file)
+        config.report.compare = (uninterrupted,)
+        with pytest.raises(ValueError, match=message):
+            attack_sweep.run(config, str(tmp_path / "run"))
+        assert not os.path.exists(tmp_path / "run")
+        return
     with pytest.raises(ValueError, match=message):
         attack_sweep.run(attack_cfg(image_file, **change), str(tmp_path / "run"))
-    assert not os.path.exists(tmp_path / "run" / "chunks")
+    assert not os.path.exists(tmp_path / "run")  # nothing written
 
 
 @pytest.mark.slow

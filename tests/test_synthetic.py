@@ -10,6 +10,7 @@ from scipy import ndimage
 
 from ldct_jax.data import synthetic
 from ldct_jax.data.synthetic import dose, phantoms
+from tests.workdirs import files_of
 
 T = phantoms.TISSUES
 
@@ -160,22 +161,12 @@ def test_noise_is_deterministic_and_independent_per_dose():
 TINY = dict(patients_per_anatomy=1, slices=2, size=32, num_angles=24, progress=False)
 
 
-def _files(root):
-    out = {}
-    for folder, _, names in os.walk(root):
-        for n in names:
-            path = os.path.join(folder, n)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, root)] = f.read()
-    return out
-
-
 @pytest.mark.slow
 def test_build_is_deterministic_and_loads_scans(tmp_path):
     a = synthetic.build(str(tmp_path / "a"), **TINY)
     b = synthetic.build(str(tmp_path / "b"), **TINY)
-    files = _files(a)
-    assert files == _files(b)
+    files = files_of(a)
+    assert files == files_of(b)
     assert "synthetic-chest-000/low.npy" in files and "manifest.json" in files
     scans = synthetic.load(a)
     assert [s.patient for s in scans] == ["synthetic-abdomen-000", "synthetic-chest-000",
@@ -186,19 +177,19 @@ def test_build_is_deterministic_and_loads_scans(tmp_path):
     assert isinstance(chest.low, np.memmap) and not chest.low.flags.writeable
     np.testing.assert_allclose(np.diff(chest.positions), 5.0)
     c = synthetic.build(str(tmp_path / "c"), **dict(TINY, seed=1))
-    assert _files(c)["synthetic-chest-000/low.npy"] != files["synthetic-chest-000/low.npy"]
+    assert files_of(c)["synthetic-chest-000/low.npy"] != files["synthetic-chest-000/low.npy"]
 
 
 def test_second_build_reuses_and_other_params_raise(tmp_path, monkeypatch):
     root = synthetic.build(str(tmp_path / "d"), **TINY)
-    before = _files(root)
+    before = files_of(root)
 
     def fail(*args, **kwargs):
         raise AssertionError("rebuilt")
 
     monkeypatch.setattr(synthetic, "_write_patient", fail)
     assert synthetic.build(root, **TINY) == root
-    assert _files(root) == before
+    assert files_of(root) == before
     with pytest.raises(ValueError, match=r"at .*d was built with other parameters \(size: "
                                          r"32 -> 48; slices: 2 -> 3\)"):
         synthetic.build(root, **dict(TINY, size=48, slices=3))

@@ -332,10 +332,15 @@ def test_checkpoints_of_other_settings_are_refused_not_quarantined(tmp_path):
     os.remove(os.path.join(wd, "config.json"))
     before = {k: v for k, v in files_of(wd).items() if not k.startswith("data")}
     with pytest.raises(job.ConfigChangedError, match=r"checkpoints/6: the checkpoint holds a "
-                       r"train state of other shapes than this run's \(.*conv1/kernel: saved "
-                       r"\(9, 9, 1, 8\), expected \(9, 9, 1, 16\).*new --workdir"):
+                       r"train state of another structure than this run's \(.*conv1/kernel: "
+                       r"saved float32\(9, 9, 1, 8\), expected float32\(9, 9, 1, 16\).*new "
+                       r"--workdir"):
         job.run(cnn10_cfg(model_config__features=(16, 8)), wd, scans=scans)
     assert {k: v for k, v in files_of(wd).items() if not k.startswith("data")} == before
+    assert not os.path.exists(os.path.join(wd, "checkpoints_corrupt"))
+    # Another optimiser state (a cosine schedule counts its steps, a constant one does not).
+    with pytest.raises(job.ConfigChangedError, match=r"opt_state/1/count: unexpected"):
+        job.run(cnn10_cfg(optimizer__schedule="constant"), wd, scans=scans)
     assert not os.path.exists(os.path.join(wd, "checkpoints_corrupt"))
 
 
@@ -346,6 +351,15 @@ def test_a_run_with_constant_schedules_may_be_extended(tmp_path):
                        str(tmp_path / "straight"), scans=scans)
     wd = str(tmp_path / "run")
     job.run(cnn10_cfg(num_steps=4, optimizer__schedule="constant"), wd, scans=scans)
+    # As a run started before optimizer.schedule and the full synthetic block existed would have
+    # written its config.json: those fields, at the values such runs used, are no change.
+    path = os.path.join(wd, "config.json")
+    record = json.load(open(path))
+    del record["optimizer"]["schedule"], record["data"]["synthetic"]["num_angles"]
+    json.dump(record, open(path, "w"))
+    with pytest.raises(job.ConfigChangedError, match=r"config\.optimizer\.schedule: None -> "
+                       r"'cosine'"):
+        job.run(cnn10_cfg(num_steps=4, optimizer__schedule="cosine"), wd, scans=scans)
     extended = job.run(cnn10_cfg(num_steps=6, optimizer__schedule="constant"), wd, scans=scans)
     assert extended["step"] == 6
     _assert_trees_close(jax.device_get(straight["state"]), jax.device_get(extended["state"]),

@@ -89,6 +89,9 @@ def _read_slice(path: str) -> _Slice:
     if not (0 < rows <= MAX_SIDE and 0 < cols <= MAX_SIDE):
         raise DicomError(f"{path}: Rows x Columns is {rows} x {cols}; expected a CT slice of at "
                          f"most {MAX_SIDE} x {MAX_SIDE} (not decoded)")
+    frames = int(ds.get("NumberOfFrames") or 1)
+    if frames != 1:
+        raise DicomError(f"{path}: {frames} frames; expected one slice per file (not decoded)")
     if not ds.file_meta.TransferSyntaxUID.is_compressed:
         expected = rows * cols * int(ds.get("SamplesPerPixel", 1)) * int(ds.BitsAllocated) // 8
         if len(ds.PixelData) < expected:
@@ -115,7 +118,7 @@ def _read_slice(path: str) -> _Slice:
         slice_thickness=float(ds.SliceThickness) if ds.get("SliceThickness") else None,
     )
     return _Slice(path, hu, z, int(ds.get("InstanceNumber") or 0),
-                  tuple(np.round(iop, 4)), header)
+                  tuple(float(v) for v in np.round(iop, 4)), header)
 
 
 def _series_files(folder: str) -> list[str]:
@@ -292,6 +295,10 @@ def load_pairs(full_dir: str, low_dir: str, *, patient: Optional[str] = None,
     if full.shape[1:] != low.shape[1:]:
         raise DicomError(f"full dose {full_dir} has {full.shape[1]}x{full.shape[2]} images, "
                          f"low dose {low_dir} {low.shape[1]}x{low.shape[2]}")
+    if not np.allclose(mf["orientation"], ml["orientation"], atol=1e-4):
+        raise DicomError(f"full dose {full_dir} has ImageOrientationPatient "
+                         f"{mf['orientation']}, low dose {low_dir} {ml['orientation']}: the "
+                         "images of a pair must have the same orientation")
     sf, sl = mf.get("pixel_spacing"), ml.get("pixel_spacing")
     if (sf is None) != (sl is None) or (sf is not None and not np.allclose(
             sf, sl, rtol=0, atol=SPACING_ATOL_MM)):
@@ -308,7 +315,13 @@ def load_pairs(full_dir: str, low_dir: str, *, patient: Optional[str] = None,
         right = np.searchsorted(zl, zf).clip(0, len(zl) - 1)
         left = (right - 1).clip(0, len(zl) - 1)
         jl = np.where(np.abs(zl[left] - zf) < np.abs(zl[right] - zf), left, right)
-        near = np.abs(zl[jl] - zf) <= POSITION_ATOL_MM
+        gap = np.abs(zl[jl] - zf)
+        near = gap <= POSITION_ATOL_MM
+        # One partner each: where two full-dose slices have the same nearest low-dose slice,
+        # only the nearer of the two keeps it.
+        for j in np.unique(jl[near]):
+            rivals = np.flatnonzero(near & (jl == j))
+            near[rivals[np.argsort(gap[rivals], kind="stable")[1:]]] = False
         jf = np.flatnonzero(near)
         logging.warning("pairing %s with %s: dropped %d full and %d low slices without partner",
                         full_dir, low_dir, len(zf) - len(jf), len(zl) - len(jf))

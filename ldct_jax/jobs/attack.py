@@ -74,15 +74,24 @@ def remove_center(output: np.ndarray, radius: int) -> np.ndarray:
     return out
 
 
-def load_target(config: Any, denoiser: Denoiser, images: np.ndarray) -> Optional[np.ndarray]:
+def read_target(config: Any) -> Optional[np.ndarray]:
+    """config.target's .npy as it is on disk (None for '' or 'remove_center'): read before
+    anything else of the sweep."""
+    if not config.target or config.target == "remove_center":
+        return None
+    return inputs.load_npy("target", config.target, "a .npy of output images in HU")
+
+
+def load_target(config: Any, raw: Optional[np.ndarray], denoiser: Denoiser,
+                images: np.ndarray) -> Optional[np.ndarray]:
+    """The target output images `[N, H, W]` HU: f(x) with its centre removed, or `raw`
+    (`read_target`) checked against the images."""
     if not config.target:
         return None
     if config.target == "remove_center":
         return remove_center(models.denoise(denoiser.spec, denoiser.params, images),
                              config.target_radius_px)
     path = config.target
-    raw = inputs.load_npy("target", path, f"a .npy of output images in HU, [H, W] or "
-                                          f"{list(images.shape)}")
     t = arrays.check_images(raw, f"config.target={path!r}")
     t = inputs.crop(t, config.crop) if config.crop and t.shape[1:] != images.shape[1:] else t
     if t.shape[1:] != images.shape[1:] or len(t) not in (1, len(images)):
@@ -94,9 +103,10 @@ def load_target(config: Any, denoiser: Denoiser, images: np.ndarray) -> Optional
 def prepare(config: Any, workdir: str) -> Setup:
     """Checks the config, loads the model, images and target; fails before any attack."""
     check_config(config)
-    compared = sweep_report.load_compared(config.report.compare)
+    compared = sweep_report.load_compared(config.report.compare, ("method", "epsilon_hu"))
+    raw_target = read_target(config)
     loaded = inputs.load(config, workdir)
-    target = load_target(config, loaded.denoiser, loaded.images)
+    target = load_target(config, raw_target, loaded.denoiser, loaded.images)
     n = len(loaded.images)
     units, slices = [], []
     for m in config.methods:
@@ -148,13 +158,12 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
         for j, r in enumerate(attacks.result_table(result)):
             r["image_index"] = int(idx[r["image_index"]])
             records.append(dict(row=first_row + j, chunk=index, model=config.model, **r))
-        chunks.check_finite(index, {"perturbation": result.perturbation}, records,
-                            ("row", "image_index", "method", "epsilon_hu"),
-                            "Check the model (config.checkpoint) and the images.")
         return ({"perturbation": result.perturbation.astype(np.float32)}, records,
                 {"method": method})
 
-    computed = chunks.run_chunks(workdir, setup.slices, compute, progress)
+    check = chunks.FiniteCheck(("row", "image_index", "method", "epsilon_hu"),
+                               "Check the model (config.checkpoint) and the images.")
+    computed = chunks.run_chunks(workdir, setup.slices, compute, progress, check)
     summary = None
     if jax.process_index() == 0:
         summary = sweep_report.attack_report(workdir, loaded, setup.compared, setup.target,

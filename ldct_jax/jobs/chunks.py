@@ -13,6 +13,7 @@ Only process 0 writes; every process computes (the computations are collective).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -114,24 +115,32 @@ def read_chunk(workdir: str, index: int, arrays: Iterable[str] = ()
     return {name: np.load(os.path.join(d, f"{name}.npy")) for name in arrays}, meta
 
 
-def check_finite(index: int, arrays: Mapping[str, np.ndarray],
-                 records: Sequence[Mapping[str, Any]], keys: Sequence[str], hint: str,
-                 allow_inf: Sequence[str] = ()) -> None:
-    """Raises FloatingPointError, naming the rows (by `keys`), when any array row or metric of
-    chunk `index` is not finite; `allow_inf` metrics may be +-inf but not NaN. Called before
-    the chunk is written, so that no sweep ever reports on a diverged row."""
-    bad = []
-    for j, r in enumerate(records):
-        fields = [name for name, a in arrays.items() if not np.all(np.isfinite(a[j]))]
-        fields += [k for k, v in r.items() if isinstance(v, float) and not np.isfinite(v)
-                   and not (k in allow_inf and np.isinf(v))]
-        if fields:
-            bad.append(", ".join(f"{k}={r[k]:.4g}" if isinstance(r[k], float) else
-                                 f"{k}={r[k]}" for k in keys) + f" ({', '.join(fields)})")
-    if bad:
-        raise FloatingPointError(
-            f"chunk {index}: non-finite results in {len(bad)} row(s): {'; '.join(bad[:8])}"
-            f"{'; ...' if len(bad) > 8 else ''}. Nothing of this chunk was written. {hint}")
+@dataclasses.dataclass(frozen=True)
+class FiniteCheck:
+    """Which rows of a chunk are bad: any array row or metric that is not finite (`allow_inf`
+    metrics may be +-inf, not NaN). Rows are named by `keys`; `hint` says what to do."""
+
+    keys: tuple[str, ...]
+    hint: str
+    allow_inf: tuple[str, ...] = ()
+
+    def __call__(self, index: int, arrays: Mapping[str, np.ndarray],
+                 records: Sequence[Mapping[str, Any]], where: str) -> None:
+        """Raises FloatingPointError naming chunk `index`'s bad rows; `where` says what was
+        (not) done with the chunk."""
+        bad = []
+        for j, r in enumerate(records):
+            fields = [name for name, a in arrays.items() if not np.all(np.isfinite(a[j]))]
+            fields += [k for k, v in r.items() if isinstance(v, float) and not np.isfinite(v)
+                       and not (k in self.allow_inf and np.isinf(v))]
+            if fields:
+                bad.append(", ".join(f"{k}={r[k]:.4g}" if isinstance(r[k], float) else
+                                     f"{k}={r[k]}" for k in self.keys)
+                           + f" ({', '.join(fields)})")
+        if bad:
+            raise FloatingPointError(
+                f"chunk {index}: non-finite results in {len(bad)} row(s): {'; '.join(bad[:8])}"
+                f"{'; ...' if len(bad) > 8 else ''}. {where} {self.hint}")
 
 
 def split(n: int, per_chunk: int) -> list[slice]:
@@ -184,7 +193,7 @@ def run_chunks(workdir: str, slices: Sequence[slice],
                compute: Callable[[int, slice, Callable[[int], None]],
                                  tuple[Mapping[str, np.ndarray], Sequence[Mapping[str, Any]],
                                        Mapping[str, Any]]],
-               progress: Progress) -> list[int]:
+               progress: Progress, check: FiniteCheck) -> list[int]:
     """Computes and writes every chunk not yet finished, in order.
 
     Args:
@@ -192,6 +201,8 @@ def run_chunks(workdir: str, slices: Sequence[slice],
       slices: the rows of each chunk.
       compute: `(index, rows, progress_callback) -> (arrays, records, info)` for one chunk.
       progress: the bar.
+      check: applied to the records of the chunks finished earlier (before anything is
+        computed) and to every computed chunk (before it is written).
 
     Returns:
       The indices computed by this call (the others were finished before).
@@ -199,6 +210,11 @@ def run_chunks(workdir: str, slices: Sequence[slice],
     if jax.process_index() == 0:
         files.remove_stale_temps(os.path.join(workdir, CHUNKS))  # chunks of a killed run
     os.makedirs(os.path.join(workdir, CHUNKS), exist_ok=True)
+    for i in range(len(slices)):
+        if is_done(workdir, i):  # e.g. written by an older ldct-jax that let NaN rows through
+            check(i, {}, read_chunk(workdir, i)[1]["rows"],
+                  f"It was finished earlier ({chunk_dir(workdir, i)}): delete that folder to "
+                  "compute it again.")
     computed = []
     try:
         for i, rows in enumerate(slices):
@@ -207,6 +223,7 @@ def run_chunks(workdir: str, slices: Sequence[slice],
             progress.start_chunk(i, rows.stop - rows.start)
             arrays, records, info = compute(i, rows, progress.update_to)
             progress.end_chunk()
+            check(i, arrays, records, "Nothing of this chunk was written.")
             write_chunk(workdir, i, arrays, records, info)
             computed.append(i)
     finally:

@@ -130,17 +130,24 @@ def crop(images: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(images[:, top:top + size, left:left + size])
 
 
-def load_mask(path: str, shape: tuple[int, ...], crop_size: int = 0) -> Optional[np.ndarray]:
-    """config.mask (.npy `[H, W]` or `[N, H, W]` in [0, 1]) for images of `shape`, or None.
-
-    A mask of the uncropped slice size is cropped like the images.
-    """
-    if not path:
+def read_mask(config: Any) -> Optional[np.ndarray]:
+    """config.mask as it is on disk (None when unset): read before anything else of the sweep,
+    so that a bad file fails before the data set is built."""
+    if not config.mask:
         return None
-    m = load_npy("mask", path, f"a .npy of 0/1, [H, W] or [N, H, W], for images {tuple(shape)}")
-    if crop_size and m.ndim in (2, 3) and m.shape[-2:] != tuple(shape[-2:]):
-        m = crop(m, crop_size) if m.ndim == 3 else crop(m[None], crop_size)[0]
-    return arrays.check_mask(m, tuple(shape), f"config.mask={path!r}")
+    return load_npy("mask", config.mask, "a .npy of 0/1, [H, W] or [N, H, W]")
+
+
+def fit_mask(config: Any, raw: Optional[np.ndarray], shape: tuple[int, ...]
+             ) -> Optional[np.ndarray]:
+    """`read_mask`'s array checked against images of `shape` `[N, H, W]` (0/1, `[H, W]` or
+    `[N, H, W]`); a mask of the uncropped slice size is cropped like the images."""
+    if raw is None:
+        return None
+    m = raw
+    if config.crop and m.ndim in (2, 3) and m.shape[-2:] != tuple(shape[-2:]):
+        m = crop(m, config.crop) if m.ndim == 3 else crop(m[None], config.crop)[0]
+    return arrays.check_mask(m, tuple(shape), f"config.mask={config.mask!r}")
 
 
 # Config fields that do not change results (left out of a sweep's manifest).

@@ -79,10 +79,11 @@ def prepare(config: Any, workdir: str) -> Setup:
     """Checks the config and loads the model, images and mask; fails before any search."""
     check_grid(config)
     options = options_from(config)
-    compared = sweep_report.load_compared(config.report.compare)
+    compared = sweep_report.load_compared(config.report.compare, ("distance", "lam"))
+    raw_mask = inputs.read_mask(config)
     loaded = inputs.load(config, workdir)
     search.check_image_size(loaded.images.shape, [str(d) for d in config.distances])
-    mask = inputs.load_mask(config.mask, loaded.images.shape, config.crop)
+    mask = inputs.fit_mask(config, raw_mask, loaded.images.shape)
     notes = {}
     vgg = None
     if "vgg16" in config.distances:
@@ -128,17 +129,17 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
                               progress=callback, batch_size=config.rows_per_chunk)
         records = [dict(row=rows.start + j, chunk=index, model=config.model, **r)
                    for j, r in enumerate(search.result_table(result))]
-        # ratio is +inf where the output did not change at all.
-        chunks.check_finite(index, {"perturbation": result.perturbation}, records,
-                            ("row", "image_index", "distance", "lam", "seed"),
-                            "The search diverged: lower config.search.learning_rate, or check "
-                            "the model (config.checkpoint) and the images.", allow_inf=("ratio",))
         curves = np.stack([result.curves[k] for k in search.CURVES], axis=-1)
         return (dict(perturbation=result.perturbation.astype(np.float32),
                      curves=curves.astype(np.float32)),
                 records, dict(seconds=result.seconds, iterations=setup.options.iterations))
 
-    computed = chunks.run_chunks(workdir, setup.slices, compute, progress)
+    check = chunks.FiniteCheck(
+        ("row", "image_index", "distance", "lam", "seed"),
+        "The search diverged: lower config.search.learning_rate, or check the model "
+        "(config.checkpoint) and the images.",
+        allow_inf=("ratio",))  # +inf where the output did not change at all
+    computed = chunks.run_chunks(workdir, setup.slices, compute, progress, check)
     summary = None
     if jax.process_index() == 0:
         summary = sweep_report.invariance_report(workdir, loaded, setup.compared,

@@ -64,16 +64,26 @@ def summarise(records: Sequence[Mapping[str, Any]], keys: Sequence[str],
     return out
 
 
-def load_compared(workdirs: Sequence[str]) -> list[dict]:
-    """The summary records of other sweeps (their report/summary.json), read before a sweep
-    starts so that a wrong path fails at once."""
+def load_compared(workdirs: Sequence[str], keys: Sequence[str]) -> list[dict]:
+    """The summary records of other sweeps of the same kind (their report/summary.json, each
+    record with `keys` and a model), read before a sweep starts so that a wrong path fails at
+    once."""
     out = []
     for w in workdirs:
         path = os.path.join(w, "report", "summary.json")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"config.report.compare: {path} does not exist (run that "
                                     "sweep to its end first)")
-        out += files.read_json(path)["summary"]
+        try:
+            records = files.read_json(path)["summary"]
+            for r in records:
+                missing = [k for k in ("model", *keys) if k not in r]
+                if missing:
+                    raise ValueError(f"a record without {missing}")
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"config.report.compare: {path} is not the summary of a sweep of "
+                             f"this kind (records with model, {', '.join(keys)}): {e}") from None
+        out += records
     return out
 
 

@@ -42,6 +42,26 @@ RESTART_FREE = ("progress_bar", "log_every_steps", "eval.every_steps", "eval.bat
                 "checkpoint.every_steps", "checkpoint.keep", "distributed", "num_devices")
 CONFIG_FILE = "config.json"
 
+# Fields added to the training configs after runs were started without them, with the value
+# those runs used: a restart of such a run with that value changes nothing.
+BEFORE_ADDED = {
+    "optimizer.schedule": "constant",
+    "critic_optimizer.schedule": "constant",
+    "wgan.mse_weight": 0.0,
+    "data.synthetic.anatomies": ("chest", "abdomen", "head"),
+    "data.synthetic.num_angles": 360,
+    "data.synthetic.spacing_mm": 5.0,
+    "data.synthetic.dose_fractions": {"chest": 0.1, "abdomen": 0.25, "head": 0.25},
+}
+
+
+def _has(record: dict, key: str) -> bool:
+    for part in key.split("."):
+        if not isinstance(record, dict) or part not in record:
+            return False
+        record = record[part]
+    return True
+
 
 def check_restart(config, workdir: str) -> None:
     """Refuses to continue a run in `workdir` whose config differs in what the run computes.
@@ -52,11 +72,13 @@ def check_restart(config, workdir: str) -> None:
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.exists(path):
         return
-    changes = files.diff(files.read_json(path), files.plain(config.to_dict()))
+    old = files.read_json(path)
+    changes = files.diff(old, files.plain(config.to_dict()))
     constant = all(config[k].get("schedule", "constant") == "constant"
                    for k in ("optimizer", "critic_optimizer") if k in config)
     refused = [c for c in changes if c.key not in RESTART_FREE and not (
-        c.key == "num_steps" and constant and isinstance(c.old, int) and c.new >= c.old)]
+        c.key == "num_steps" and constant and isinstance(c.old, int) and c.new >= c.old)
+        and not (not _has(old, c.key) and files.plain(BEFORE_ADDED.get(c.key)) == c.new)]
     if refused:
         raise ConfigChangedError(
             f"{workdir} holds a training run with other settings ({path}); changed: "

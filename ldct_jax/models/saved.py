@@ -1,7 +1,7 @@
 """Saving and loading denoisers as self-describing directories.
 
     <path>/model.json   format, version, name, module config, shift, scale, param shapes,
-                        and the sha256 of the params (`files.digest`)
+                        and the sha256 of name, config, shift, scale and params
     <path>/params/      the params, written by orbax (absent when the model has none)
 
 `load(path)` needs nothing else, and refuses params that do not match their checksum or are not
@@ -11,6 +11,7 @@ finite. Writing is atomic (`files.atomic_dir`). Nothing is pickled.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from typing import Any, Mapping
@@ -25,7 +26,7 @@ from ldct_jax.models.denoiser import Denoiser, Params
 from ldct_jax.models.registry import ARCHITECTURES, param_shapes, spec
 
 FORMAT = "ldct_jax.denoiser"
-FORMAT_VERSION = 2   # 2: params_sha256; version 1 (without it) is still read
+FORMAT_VERSION = 2   # 2: sha256; version 1 (without it) is still read
 META_FILE = "model.json"
 PARAMS_DIR = "params"
 
@@ -112,8 +113,8 @@ def save(d: Denoiser, path: str, *, overwrite: bool = False) -> None:
             "config": _json_config(d.spec.config), "shift": float(d.spec.shift),
             "scale": float(d.spec.scale),
             "params": {k: {"shape": list(v.shape), "dtype": str(v.dtype)}
-                       for k, v in sorted(arrays.items())},
-            "params_sha256": _checksum(arrays)}
+                       for k, v in sorted(arrays.items())}}
+    meta["sha256"] = _checksum(meta, arrays)
     with files.atomic_dir(path, overwrite=overwrite) as tmp:
         if arrays:
             with _checkpointer() as ckpt:
@@ -123,8 +124,12 @@ def save(d: Denoiser, path: str, *, overwrite: bool = False) -> None:
         files.write_json(os.path.join(tmp, META_FILE), meta)
 
 
-def _checksum(arrays: Mapping[str, np.ndarray]) -> str:
-    return files.digest([arrays[k] for k in sorted(arrays)])
+def _checksum(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> str:
+    """sha256 of what the model computes: its name, config, normalisation and params."""
+    described = json.dumps({k: meta[k] for k in ("name", "config", "shift", "scale")},
+                           sort_keys=True)
+    return hashlib.sha256((described + files.digest([arrays[k] for k in sorted(arrays)])
+                           ).encode()).hexdigest()
 
 
 def _read_meta(path: str) -> dict:
@@ -145,7 +150,7 @@ def _read_meta(path: str) -> dict:
         raise ValueError(f"{meta_path}: format version {meta.get('version')!r}; this ldct-jax "
                          f"reads versions 1 to {FORMAT_VERSION}")
     required = ("name", "config", "shift", "scale") + (
-        ("params_sha256",) if meta["version"] >= 2 else ())
+        ("sha256",) if meta["version"] >= 2 else ())
     for key in required:
         if key not in meta:
             raise ValueError(f"{meta_path}: missing field {key!r}")
@@ -182,9 +187,10 @@ def load(path: str) -> Denoiser:
                              f"orbax checkpoint written by ldct_jax.models.save): {e}") from e
     check_params(arrays, expected, path)
     arrays = {k: np.asarray(v) for k, v in arrays.items()}
-    if "params_sha256" in meta and _checksum(arrays) != meta["params_sha256"]:
-        raise ValueError(f"{params_dir}: the params do not match the checksum in {META_FILE} "
-                         "(changed or corrupted since they were saved); not loading them")
+    if "sha256" in meta and _checksum(meta, arrays) != meta["sha256"]:
+        raise ValueError(f"{path}: the params or the model's description do not match the "
+                         f"checksum in {META_FILE} (changed or corrupted since they were "
+                         "saved); not loading them")
     _check_finite(arrays, params_dir)
     s = dataclasses.replace(s, shift=float(meta["shift"]), scale=float(meta["scale"]))
     return Denoiser(s, unflat(arrays))

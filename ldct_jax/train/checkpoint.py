@@ -42,9 +42,9 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint written by a run of other settings (another tree of shapes)."""
 
 
-def _param_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
-    """`{'params/conv1/kernel': shape, ...}` of the params (and critic params) of a train state
-    or of orbax's metadata tree of one (both are nested dicts there)."""
+def _leaves(tree: Any) -> dict[str, str]:
+    """`{'params/conv1/kernel': 'float32(9, 9, 1, 64)', ...}` of a train state, or of orbax's
+    metadata tree of one (they name the leaves alike)."""
     def name(k):
         for attr in ("key", "name", "idx"):
             if hasattr(k, attr):
@@ -52,9 +52,8 @@ def _param_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
         return str(k)
 
     leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda v: hasattr(v, "shape"))[0]
-    shapes = {"/".join(name(k) for k in path): tuple(v.shape) for path, v in leaves
-              if hasattr(v, "shape")}
-    return {k: v for k, v in shapes.items() if k.split("/")[0] in ("params", "critic_params")}
+    return {"/".join(name(k) for k in path): f"{np.dtype(v.dtype).name}{tuple(v.shape)}"
+            for path, v in leaves if hasattr(v, "shape")}
 
 
 class Checkpointer:
@@ -118,8 +117,8 @@ class Checkpointer:
             if mismatch:  # not corrupt: written by a run with other settings
                 raise CheckpointMismatchError(
                     f"{os.path.join(self.directory, str(step))}: the checkpoint holds a train "
-                    f"state of other shapes than this run's ({mismatch}); it was written with "
-                    "other settings. Nothing was moved.")
+                    f"state of another structure than this run's ({mismatch}); it was written "
+                    "with other settings, and is left where it is.")
             try:
                 restored = self._manager.restore(step, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
@@ -140,15 +139,19 @@ class Checkpointer:
         return None, None
 
     def _mismatch(self, step: int, abstract: Any) -> str:
-        """What differs between the params' shapes saved at `step` and `abstract`'s ('' if
-        nothing does, or if the saved metadata cannot be read: then the restore decides)."""
+        """What differs between the tree saved at `step` (leaf paths, shapes, dtypes) and
+        `abstract`'s ('' if nothing does, or if the saved metadata cannot be read: then the
+        restore decides whether the checkpoint is corrupt)."""
+        from etils import epath
+        handler = ocp.StandardCheckpointHandler()
         try:
-            saved = ocp.StandardCheckpointer().metadata(
-                os.path.join(self.directory, str(step), "state")).item_metadata
-            saved = _param_shapes(saved)
+            saved = _leaves(handler.metadata(
+                epath.Path(os.path.join(self.directory, str(step), "state"))))
         except Exception:  # noqa: BLE001 - unreadable metadata: a corrupt checkpoint
             return ""
-        want = _param_shapes(abstract)
+        finally:
+            handler.close()
+        want = _leaves(abstract)
         if not saved:
             return ""
         diffs = [f"{k}: missing" for k in sorted(set(want) - set(saved))]
