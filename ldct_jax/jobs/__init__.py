@@ -23,6 +23,7 @@ JOBS: dict[str, str] = {
     "train": "ldct_jax.jobs.train:run",
     "invariance": "ldct_jax.jobs.invariance:run",
     "attack": "ldct_jax.jobs.attack:run",
+    "jacobian": "ldct_jax.jobs.jacobian:run",
 }
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -24,13 +24,23 @@ class Panel:
     window: ct.Window
 
 
-def save_panels(path: str, rows: Sequence[Sequence[Panel]], title: Optional[str] = None,
-                panel_size: float = 3.0) -> str:
-    """Writes a grid of windowed CT images to `path` (PNG or PDF), atomically.
+@dataclasses.dataclass(frozen=True)
+class Plot:
+    """A panel of curves: `{label: (x, y)}`, optionally on a log y axis."""
+
+    title: str
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray]]
+    xlabel: str = ""
+    log_y: bool = False
+
+
+def save_panels(path: str, rows: Sequence[Sequence[Union[Panel, Plot]]],
+                title: Optional[str] = None, panel_size: float = 3.0) -> str:
+    """Writes a grid of windowed CT images (and plots) to `path` (PNG or PDF), atomically.
 
     Args:
       path: output file; its extension picks the format.
-      rows: the grid, row by row; rows may differ in length.
+      rows: the grid, row by row, of `Panel`s and `Plot`s; rows may differ in length.
       title: figure title (e.g. the model and the distance, or 'VGG RANDOM INIT').
       panel_size: inches per panel.
 
@@ -51,6 +61,16 @@ def save_panels(path: str, rows: Sequence[Sequence[Panel]], title: Optional[str]
             if c >= len(row):
                 continue
             panel = row[c]
+            if isinstance(panel, Plot):
+                ax.axis("on")
+                for label, (x, y) in panel.curves.items():
+                    ax.plot(x, y, ".-", label=label)
+                if panel.log_y:
+                    ax.set_yscale("log")
+                ax.set_xlabel(panel.xlabel, fontsize=8)
+                ax.legend(fontsize=7)
+                ax.set_title(panel.title, fontsize=8)
+                continue
             low, high = ct.window_bounds(panel.window)
             ax.imshow(np.asarray(panel.image, np.float32), cmap="gray", vmin=low, vmax=high,
                       interpolation="nearest")
