@@ -1,55 +1,7 @@
-"""ldct-jax command line: `python launch/main.py --config=configs/<job>.py[:preset] [--workdir=DIR]`.
+"""ldct-jax command line as a script: `python launch/main.py --config=configs/<job>.py[:preset]
+[--workdir=DIR]`, the same as the installed `ldct-jax` command (`ldct_jax.jobs.cli`)."""
 
-Every config field can be overridden as `--config.a.b=value`. The config's `job` field picks the
-job; all logic lives in `ldct_jax.jobs` and the modules it names.
-"""
-
-import logging as std_logging
-import sys
-
-from absl import app, flags, logging
-from ml_collections import config_flags
-
-from ldct_jax import jobs
-from ldct_jax.jobs import configs
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Job config: configs/<job>.py[:preset].")
-_WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Where the job writes (and resumes from). Default: runs/<config>[_<preset>].")
-flags.mark_flags_as_required(["config"])
-
-
-class _OrbaxInfoFilter(std_logging.Filter):
-    """Drops orbax's INFO lines (a dozen per checkpoint) so the progress bar stays readable."""
-
-    def filter(self, record: std_logging.LogRecord) -> bool:
-        return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
-
-
-def main(argv):
-    logging.get_absl_handler().addFilter(_OrbaxInfoFilter())
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    workdir = _WORKDIR.value or jobs.default_workdir(flags.FLAGS["config"].config_filename)
-    # A run stopped by a signal (its checkpoint saved) exits 143 / 130, not 0.
-    return jobs.exit_code(jobs.run(_CONFIG.value, workdir))
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, with a one-line error for `--config.<key>` overrides of fields the
-    config does not have (ml_collections would raise a long traceback); every other error as
-    absl reports it."""
-    config = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-    lines = []
-    if config:
-        try:
-            lines = configs.unknown_overrides(configs.load(config), argv)
-        except Exception:  # noqa: BLE001 - a bad --config itself: absl says what is wrong
-            lines = []
-    if lines:
-        sys.exit("error: " + "\n       ".join(lines))
-    return app.parse_flags_with_usage(argv)
-
+from ldct_jax.jobs import cli
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse_flags)
+    cli.main()

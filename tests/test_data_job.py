@@ -1,6 +1,7 @@
 """The data job: config presets, build into the workdir, preview figure and summary."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -52,15 +53,18 @@ def test_job_builds_into_workdir_and_writes_preview(tmp_path):
 
 
 @pytest.mark.slow
-def test_launch_main_runs_the_data_job(tmp_path):
-    cmd = [sys.executable, os.path.join(ROOT, "launch", "main.py"),
-           "--config=" + os.path.join(ROOT, "configs", "data.py") + ":small",
-           f"--workdir={tmp_path}", "--config.data.synthetic.size=32",
-           "--config.data.synthetic.slices=1", "--config.data.anatomies=('head',)"]
+def test_the_console_command_runs_the_data_job_from_any_directory(tmp_path):
+    """`ldct-jax` (installed by `pip install -e .`) with the README's relative config path, run
+    outside the repository: the path is found in the repository."""
+    command = shutil.which("ldct-jax")
+    assert command, "ldct-jax is not on PATH: pip install -e . installs it"
+    cmd = [command, "--config=configs/data.py:small", f"--workdir={tmp_path / 'run'}",
+           "--config.data.synthetic.size=32", "--config.data.synthetic.slices=1",
+           "--config.data.anatomies=('head',)"]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert os.path.isfile(tmp_path / "preview.png")
+    assert os.path.isfile(tmp_path / "run" / "preview.png")
     assert "synthetic-head-000" in out.stdout
 
 
@@ -80,20 +84,14 @@ def test_unknown_config_key_is_one_line_naming_the_nearest_field(tmp_path):
 
 
 def test_main_exits_143_or_130_when_a_signal_stopped_the_job(monkeypatch):
-    import importlib.util
-
     from absl import flags
-    spec = importlib.util.spec_from_file_location("ldct_jax_launch_main",
-                                                  os.path.join(ROOT, "launch", "main.py"))
-    main = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(main)
+
+    from ldct_jax.jobs import cli
     try:
         flags.FLAGS(["main", "--config=" + os.path.join(ROOT, "configs", "cnn10.py")])
         for stopped, status in (("SIGTERM", 143), ("SIGINT", 130), (None, 0)):
-            monkeypatch.setattr(main.jobs, "run", lambda config, workdir, s=stopped: {
+            monkeypatch.setattr(cli.jobs, "run", lambda config, workdir, s=stopped: {
                 "step": 3, "stopped": s})
-            assert main.main(["main"]) == status
+            assert cli._main(["main"]) == status
     finally:
         flags.FLAGS.unparse_flags()
-        for name in ("config", "workdir"):
-            flags.FLAGS.__delattr__(name)

@@ -10,6 +10,7 @@ import pytest
 from ldct_jax import models, parallel
 from ldct_jax.analysis import jacobian
 from ldct_jax.models.gauss_ri import central_square
+from tests.browser import Page
 from tests.nets import small_cnn10
 
 
@@ -151,6 +152,8 @@ def test_job_writes_the_spectrum_report(tmp_path):
             assert summary[i]["norm"] == pytest.approx(float(z["largest_values"][i, 0]))
             assert summary[i]["smallest_1"] == pytest.approx(float(z["smallest_values"][i, 0]))
     assert sorted(os.listdir(report / "figures")) == ["image0.png", "image1.png"]
+    page = Page(open(report / "index.html").read())  # the figures embedded, a row per image
+    assert page.figures == page.images == 2 and len(page.rows) == 2
     assert jobs.run(c, str(tmp_path / "run"))["computed"] == []   # finished: nothing to redo
     c.k = 400
     with pytest.raises(ValueError, match=r"config\.k=400: spectrum: k=400 .* too large for 1024 "

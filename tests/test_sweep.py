@@ -18,6 +18,7 @@ from ldct_jax.analysis import attacks, search
 from ldct_jax.jobs import attack as attack_sweep
 from ldct_jax.jobs import chunks, sweep_report
 from ldct_jax.jobs import invariance as sweep
+from tests.browser import Page, check_report
 from tests.workdirs import files_of
 
 SIZE = 64
@@ -180,6 +181,16 @@ def test_invariance_report_layout(uninterrupted):
     assert md[2].startswith("| model | distance | lam |") and len(md) == 4 + 4
     with open(os.path.join(uninterrupted, "inputs", "images.json")) as f:
         assert json.load(f)["anatomy"] == ["abdomen", "abdomen"]
+
+
+@pytest.mark.slow  # shares the sweep of `uninterrupted`
+def test_invariance_report_page_shows_every_figure_and_summary_row(uninterrupted):
+    report = os.path.join(uninterrupted, "report")
+    assert matplotlib.image.imread(os.path.join(report, "changes.png")).shape[:2] == (550, 750)
+    # The changes plot and a figure per image and distance; a row per distance and lambda.
+    page = check_report(os.path.join(report, "index.html"), figures=1 + 4, rows=4)
+    assert page.images == 1 and page.canvases == page.drawn == 4 * 2 * 6
+    assert page.bounds[:6] == ["[-150, 250] HU"] * 4 + ["[-50, 50] HU"] * 2  # abdomen, diff
 
 
 @pytest.mark.slow  # shares the sweep of `uninterrupted`
@@ -397,6 +408,8 @@ def test_attack_sweep_resume_budget_and_report(image_file, tmp_path, monkeypatch
     assert [(r["method"], float(r["epsilon_hu"])) for r in summary] == [
         ("bim", 2.0), ("bim", 10.0), ("fgsm", 2.0), ("fgsm", 10.0)]
     assert len(read_csv(os.path.join(report, "results.csv"))) == 4
+    page = Page(open(os.path.join(report, "index.html")).read())  # as written, not run
+    assert page.figures == 1 + 2 and len(page.rows) == 4 and page.canvases == 2 * 2 * 6
 
 
 @pytest.mark.parametrize("change, message", [

@@ -14,6 +14,10 @@ and writes, in the workdir:
                                 method, targeted and budget (plus config.report.compare)
     report/figures/image<i>_<method>.png   one per image and method, one row per budget:
                                 x, x_adv, f(x), f(x_adv), delta, f(x_adv) - f(x) [, target]
+    report/changes.png          mean output against mean input change per method and budget,
+                                a marker per model
+    report/index.html           all of it on one self-contained page (summary sortable,
+                                windows switchable)
 """
 
 from __future__ import annotations

@@ -18,6 +18,11 @@ and writes, in the workdir:
     report/figures/image<i>_<distance>.png   one per image and distance, one row per lambda:
                                 x, x + x_inv, f(x), f(x + x_inv), x_inv, f(x + x_inv) - f(x)
                                 (the first seed; ..._seed<s>.png for config.report.figure_seed)
+    report/changes.png          mean output against mean input change per distance and lambda,
+                                a marker per model
+    report/index.html           all of it on one self-contained page: the summary table
+                                sortable, the figures with their anatomy and difference windows
+                                switchable (open it in a browser)
 
 A killed sweep started again with the same config continues with the first missing chunk.
 """

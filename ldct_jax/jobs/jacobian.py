@@ -13,6 +13,7 @@ run does not redo, then in the workdir:
                                 value, the pairs converged, iterations, J products, seconds
     report/figures/image<i>.png x, f(x), the first smallest and largest singular vectors, and
                                 the two ends of the spectrum on a log axis
+    report/index.html           the summary table (sortable) and the figures on one page
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 
 from ldct_jax import ct, files, models, parallel
 from ldct_jax.analysis import jacobian
-from ldct_jax.jobs import chunks, inputs, report, sweep_report
+from ldct_jax.jobs import chunks, html_report, inputs, report, sweep_report
 
 COLUMNS = ("model", "image_index", "source", "norm", "largest_k", "smallest_1", "smallest_k",
            "converged", "iterations_largest", "iterations_smallest", "products", "seconds")
@@ -110,6 +111,7 @@ def write_report(workdir: str, study: inputs.Inputs, num_chunks: int, config: An
                                      "Jacobian spectrum: what the network keeps and ignores")
     print(f"\nJacobian spectrum, {config.model}, k={config.k} (singular values of J in HU/HU)"
           f"\n{text}")
+    figures = []
     if config.report.figures:
         fig_dir = os.path.join(report_dir, "figures")
         y = models.denoise(study.denoiser.spec, study.denoiser.params, study.images,
@@ -131,6 +133,9 @@ def write_report(workdir: str, study: inputs.Inputs, num_chunks: int, config: An
                     "smallest": (np.arange(1, len(s_small) + 1), s_small)},
                     xlabel="rank from each end", log_y=True),
             ]], title=title)
+            figures.append(html_report.Figure(title, png=path))
+    html_report.write(report_dir, f"Jacobian spectrum of {config.model}", COLUMNS, records,
+                      figures, settings=config.to_dict())
     print(f"report: {report_dir}")
     return records
 

@@ -83,7 +83,63 @@ def save_panels(path: str, rows: Sequence[Sequence[Union[Panel, Plot]]],
     return path
 
 
-def _cell(v) -> str:
+@dataclasses.dataclass(frozen=True)
+class Point:
+    """A point of a scatter plot: `marker` picks its marker (e.g. the model), `series` its
+    colour (e.g. the distance), `label` is written next to it (e.g. lambda)."""
+
+    x: float
+    y: float
+    marker: str
+    series: str
+    label: str = ""
+
+
+def save_scatter(path: str, points: Sequence[Point], xlabel: str, ylabel: str,
+                 title: str) -> str:
+    """Writes a log-log scatter plot of `points` to `path` (PNG), atomically; returns `path`.
+    Points with a non-positive coordinate cannot be drawn on log axes and are named in a note
+    above the plot."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 5.5))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    markers = list(dict.fromkeys(p.marker for p in points))
+    series = list(dict.fromkeys(p.series for p in points))
+    shapes, colours = "os^Dvx*P", [f"C{i}" for i in range(10)]
+    drawn = [p for p in points if p.x > 0 and p.y > 0]
+    for p in drawn:
+        ax.scatter(p.x, p.y, marker=shapes[markers.index(p.marker) % len(shapes)],
+                   color=colours[series.index(p.series) % len(colours)], s=36)
+        if p.label:
+            ax.annotate(p.label, (p.x, p.y), fontsize=7, xytext=(4, 3),
+                        textcoords="offset points")
+    handles = [ax.scatter([], [], marker=shapes[i % len(shapes)], color="k", label=m)
+               for i, m in enumerate(markers)]
+    handles += [ax.scatter([], [], marker="o", color=colours[i % len(colours)], label=s)
+                for i, s in enumerate(series)]
+    ax.legend(handles=handles, fontsize=8)
+    if drawn:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+    skipped = [p for p in points if not (p.x > 0 and p.y > 0)]
+    if skipped:
+        ax.set_title("not drawn (zero on a log axis): "
+                     + ", ".join(f"{p.marker} {p.series} {p.label}" for p in skipped), fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    with files.atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    return path
+
+
+def format_cell(v) -> str:
+    """A table cell: floats to 4 significant digits, None as '-'."""
     if v is None:  # a metric that does not apply (e.g. the target distance of untargeted rows)
         return "-"
     return f"{v:.4g}" if isinstance(v, (float, np.floating)) else str(v)
@@ -91,7 +147,7 @@ def _cell(v) -> str:
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A plain-text table with aligned columns (floats to 4 significant digits)."""
-    cells = [list(map(str, header))] + [[_cell(v) for v in row] for row in rows]
+    cells = [list(map(str, header))] + [[format_cell(v) for v in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     lines = ["  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -102,5 +158,5 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
     """A GitHub-flavoured markdown table (floats to 4 significant digits)."""
     lines = ["| " + " | ".join(map(str, header)) + " |",
              "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(format_cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"

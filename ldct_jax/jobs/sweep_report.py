@@ -2,19 +2,21 @@
 
 Figures: one per image and distance (attacks: per image and method), one row per lambda
 (budget): x, x + x_inv, f(x), f(x + x_inv) in the image's anatomy window, then x_inv and
-f(x + x_inv) - f(x) in the difference window (0/100 HU).
+f(x + x_inv) - f(x) in the difference window (0/100 HU). A plot of output change against
+input change for every summary row (report/changes.png), and report/index.html, the page that
+holds it all (`html_report`).
 """
 
 from __future__ import annotations
 
 import collections
 import os
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
 from ldct_jax import ct, files, models, parallel
-from ldct_jax.jobs import chunks, report
+from ldct_jax.jobs import chunks, html_report, report
 from ldct_jax.jobs.inputs import Inputs
 from ldct_jax.models.denoiser import Denoiser
 
@@ -102,15 +104,13 @@ def write_tables(report_dir: str, records: Sequence[Mapping[str, Any]],
     return report.format_table(columns, cells)
 
 
-def figure(path: str, denoiser: Denoiser, x: np.ndarray, perturbed: Sequence[np.ndarray],
-           labels: Sequence[str], anatomy: str, title: str,
-           names: Sequence[str] = ("x + x_inv", "x_inv"),
-           target: Optional[np.ndarray] = None) -> str:
-    """One figure: one row per perturbed image, the slides' six panels. An existing `path` is
-    kept (a sweep's figures depend only on its finished chunks).
+def figure_rows(denoiser: Denoiser, x: np.ndarray, perturbed: Sequence[np.ndarray],
+                labels: Sequence[str], anatomy: str,
+                names: Sequence[str] = ("x + x_inv", "x_inv"),
+                target: Optional[np.ndarray] = None) -> list[list[report.Panel]]:
+    """One figure's panels: one row per perturbed image, the slides' six panels.
 
     Args:
-      path: the PNG to write.
       denoiser: f.
       x: the image, HU `[H, W]`.
       perturbed: x + perturbation per row, HU `[H, W]` each.
@@ -119,8 +119,6 @@ def figure(path: str, denoiser: Denoiser, x: np.ndarray, perturbed: Sequence[np.
       names: how the perturbed image and the perturbation are called.
       target: a targeted attack's output image (HU), shown as a seventh panel.
     """
-    if os.path.exists(path):  # written atomically from chunks that never change: complete
-        return path
     win = ct.window_for(anatomy)
     stack = np.stack([x] + list(perturbed)).astype(np.float32)
     # Process 0 draws alone: on its own devices, not in a collective over every host.
@@ -138,7 +136,28 @@ def figure(path: str, denoiser: Denoiser, x: np.ndarray, perturbed: Sequence[np.
             report.Panel(f"f({names[0]}) - f(x): {rms(dy):.3g} HU RMS", dy, "diff"),
         ] + ([report.Panel(f"target: {rms(y[k + 1] - target):.3g} HU RMS away", target, win)]
              if target is not None else []))
-    return report.save_panels(path, rows, title=title)
+    return rows
+
+
+def figure(path: str, rows: Sequence[Sequence[report.Panel]], title: str,
+           figures: list[html_report.Figure]) -> None:
+    """Writes `rows` to the PNG `path` unless it exists (a sweep's figures depend only on its
+    finished chunks, written atomically), and adds them to the page's `figures`."""
+    if not os.path.exists(path):
+        report.save_panels(path, rows, title=title)
+    figures.append(html_report.Figure(title, rows))
+
+
+def changes_plot(report_dir: str, table: Sequence[Mapping[str, Any]], series: Sequence[str],
+                 label: Callable[[Mapping[str, Any]], str], title: str) -> html_report.Figure:
+    """report/changes.png: mean output change against mean input change (RMS HU) of every
+    summary row, a marker per model, a colour per `series` value."""
+    path = report.save_scatter(
+        os.path.join(report_dir, "changes.png"),
+        [report.Point(r["input_rms_hu"], r["output_rms_hu"], r["model"],
+                      " ".join(str(r[k]) for k in series), label(r)) for r in table],
+        "input change, RMS HU (mean over images)", "output change, RMS HU", title)
+    return html_report.Figure(title, png=path)
 
 
 def invariance_report(workdir: str, study: Inputs, compared: Sequence[Mapping[str, Any]],
@@ -167,6 +186,8 @@ def invariance_report(workdir: str, study: Inputs, compared: Sequence[Mapping[st
     if random_vgg:
         print(f"vgg16: {notes['vgg16']}")
 
+    figures = [changes_plot(report_dir, table, ("distance",), lambda r: f"{r['lam']:.0e}",
+                            "Output change against input change per distance and lambda")]
     if config.report.figures:
         seed = config.seeds[0] if config.report.figure_seed < 0 else config.report.figure_seed
         fig_dir = os.path.join(report_dir, "figures")
@@ -184,9 +205,12 @@ def invariance_report(workdir: str, study: Inputs, compared: Sequence[Mapping[st
                 if dist == "vgg16" and random_vgg:
                     title += " (VGG RANDOM INIT)"
                 name = f"image{i}_{dist}" + ("" if seed == config.seeds[0] else f"_seed{seed}")
-                figure(os.path.join(fig_dir, name + ".png"), denoiser, images[i],
-                       [images[i] + arrays["perturbation"][r["row"]] for r in picked],
-                       [f"lambda={r['lam']:.3g}" for r in picked], anatomy[i], title)
+                rows = figure_rows(denoiser, images[i],
+                                   [images[i] + arrays["perturbation"][r["row"]] for r in picked],
+                                   [f"lambda={r['lam']:.3g}" for r in picked], anatomy[i])
+                figure(os.path.join(fig_dir, name + ".png"), rows, title, figures)
+    html_report.write(report_dir, f"Invariances of {config.model}", INVARIANCE_COLUMNS, table,
+                      figures, settings=config.to_dict())
     print(f"report: {report_dir}")
     return summary
 
@@ -211,6 +235,9 @@ def attack_report(workdir: str, study: Inputs, compared: Sequence[Mapping[str, A
     kind = "targeted" if target is not None else "untargeted"
     print(f"\n{kind} attacks, {config.model}: mean over images (HU; amplification = output "
           f"RMS / input RMS)\n{text}")
+    figures = [changes_plot(report_dir, table, ("method", "targeted"),
+                            lambda r: f"{r['epsilon_hu']:g}",
+                            "Output change against input change per method and budget (HU)")]
     if config.report.figures:
         fig_dir = os.path.join(report_dir, "figures")
         for i in range(len(images)):
@@ -221,9 +248,12 @@ def attack_report(workdir: str, study: Inputs, compared: Sequence[Mapping[str, A
                          f"{anatomy[i]})")
                 adv = [np.clip(images[i] + arrays["perturbation"][r["row"]], ct.HU_MIN,
                                ct.HU_MAX) for r in picked]
-                figure(os.path.join(fig_dir, f"image{i}_{method}.png"), denoiser, images[i],
-                       adv, [f"eps={r['epsilon_hu']:.3g} HU" for r in picked], anatomy[i],
-                       title, names=("x_adv", "delta"),
-                       target=None if target is None else target[i])
+                rows = figure_rows(denoiser, images[i], adv,
+                                   [f"eps={r['epsilon_hu']:.3g} HU" for r in picked],
+                                   anatomy[i], names=("x_adv", "delta"),
+                                   target=None if target is None else target[i])
+                figure(os.path.join(fig_dir, f"image{i}_{method}.png"), rows, title, figures)
+    html_report.write(report_dir, f"{kind.capitalize()} attacks on {config.model}",
+                      ATTACK_COLUMNS, table, figures, settings=config.to_dict())
     print(f"report: {report_dir}")
     return summary

@@ -1,0 +1,252 @@
+"""`report/index.html`: a sweep's report as one self-contained page to browse.
+
+No network and no server: the figures' images are embedded as deflated int16 arrays (0.1 HU
+steps at most) that the page windows itself, so the anatomy window (as read, lung, abdomen,
+head) and the difference window can be switched for every figure at once; plots are embedded
+PNGs. The summary table sorts by any column (click its header, or open the page as
+`index.html#sort=<column>`, `#sort=-<column>` for descending). Images wider than
+`MAX_SIDE` pixels are shown block-averaged (the PNGs in figures/ keep every pixel).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import html
+import json
+import os
+import zlib
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+from ldct_jax import ct, files
+from ldct_jax.jobs import report
+
+MAX_SIDE = 256
+ANATOMY_WINDOWS = ("lung", "abdomen", "head")
+DIFF_WINDOWS = (("±10 HU", 20.0), ("±50 HU", 100.0), ("±250 HU", 500.0))
+
+
+@dataclasses.dataclass(frozen=True)
+class Figure:
+    """A figure of the page: a grid of `report.Panel`s (drawn and windowed by the page) or a
+    PNG file (embedded as it is)."""
+
+    title: str
+    rows: Sequence[Sequence[report.Panel]] = ()
+    png: Optional[str] = None
+
+
+def _pixels(image: np.ndarray) -> tuple[np.ndarray, int]:
+    """The image as shown: block-averaged to at most MAX_SIDE pixels a side; and the factor."""
+    image = np.asarray(image, np.float32)
+    factor = max(1, -(-max(image.shape) // MAX_SIDE))
+    if factor > 1:
+        h, w = (s // factor * factor for s in image.shape)
+        image = image[:h, :w].reshape(h // factor, factor, w // factor, factor).mean((1, 3))
+    return image, factor
+
+
+def _encode(image: np.ndarray) -> dict[str, Any]:
+    """int16 steps of `scale` HU (max |image| / 32000: 0.1 HU for the HU range), deflated,
+    base64."""
+    image, factor = _pixels(image)
+    if not np.all(np.isfinite(image)):
+        raise ValueError("html report: a figure image is not finite")
+    scale = max(float(np.max(np.abs(image))) / 32000.0, 1e-6)
+    data = np.round(image / scale).astype("<i2")
+    return dict(h=data.shape[0], w=data.shape[1], scale=scale, factor=factor,
+                data=base64.b64encode(zlib.compress(data.tobytes(), 6)).decode("ascii"))
+
+
+def _panel_window(panel: report.Panel) -> tuple[str, list[float]]:
+    """('anatomy' | 'diff', [low, high]) of a panel."""
+    kind = "diff" if panel.window == "diff" else "anatomy"
+    return kind, list(ct.window_bounds(panel.window))
+
+
+def _figure_html(fig: Figure, arrays: dict[str, dict]) -> str:
+    caption = f"<figcaption>{html.escape(fig.title)}</figcaption>"
+    if fig.png is not None:
+        with open(fig.png, "rb") as f:
+            data = base64.b64encode(f.read()).decode("ascii")
+        return (f'<figure class="plot">{caption}<img alt="{html.escape(fig.title)}" '
+                f'src="data:image/png;base64,{data}"></figure>')
+    out = [f'<figure class="grid">{caption}<table>']
+    for row in fig.rows:
+        out.append("<tr>")
+        for panel in row:
+            key = hashlib.sha1(np.ascontiguousarray(panel.image, np.float32).tobytes()
+                               ).hexdigest()[:16]
+            if key not in arrays:
+                arrays[key] = _encode(panel.image)
+            kind, bounds = _panel_window(panel)
+            out.append(f'<td><canvas data-array="{key}" data-kind="{kind}" '
+                       f'data-window="{json.dumps(bounds)}"></canvas>'
+                       f'<div class="label">{html.escape(panel.title)} '
+                       f'<span class="bounds"></span></div></td>')
+        out.append("</tr>")
+    return "".join(out) + "</table></figure>"
+
+
+def _table_html(columns: Sequence[str], table: Sequence[Mapping[str, Any]]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = []
+    for r in table:
+        cells = []
+        for c in columns:
+            v = r.get(c)
+            sort = "" if not isinstance(v, (int, float)) or isinstance(v, bool) else \
+                f' data-value="{float(v)!r}"'
+            cells.append(f"<td{sort}>{html.escape(report.format_cell(v))}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return (f'<table id="summary"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}'
+            f"</tbody></table>")
+
+
+def write(report_dir: str, title: str, columns: Sequence[str],
+          table: Sequence[Mapping[str, Any]], figures: Sequence[Figure],
+          settings: Optional[Mapping[str, Any]] = None) -> str:
+    """Writes `report_dir/index.html` atomically and returns its path.
+
+    Args:
+      report_dir: the report folder.
+      title: the page title.
+      columns, table: the summary table (records with those columns).
+      figures: in page order.
+      settings: shown under the title (e.g. the run's config), as JSON.
+    """
+    arrays: dict[str, dict] = {}
+    body = "".join(_figure_html(f, arrays) for f in figures)
+    anatomy = "".join(f'<button data-anatomy="{name}">{name}</button>'
+                      for name in ("as read",) + ANATOMY_WINDOWS)
+    diff = "".join(f'<button data-diff="{width}">{html.escape(name)}</button>'
+                   for name, width in DIFF_WINDOWS)
+    config = ("<details><summary>settings</summary><pre>"
+              + html.escape(json.dumps(settings, indent=1, sort_keys=True, default=str))
+              + "</pre></details>") if settings else ""
+    page = _PAGE.format(
+        title=html.escape(title), config=config, table=_table_html(columns, table),
+        figures=body, anatomy=anatomy, diff=diff, count=len(figures),
+        arrays=json.dumps(arrays).replace("</", "<\\/"),
+        windows=json.dumps({w: ct.window_bounds(w) for w in ANATOMY_WINDOWS}), script=_SCRIPT)
+    path = os.path.join(report_dir, "index.html")
+    files.write_text(path, page)
+    return path
+
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }}
+table#summary {{ border-collapse: collapse; font-size: 13px; margin-bottom: 1.5em; }}
+#summary th, #summary td {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }}
+#summary th {{ cursor: pointer; background: #f3f3f3; user-select: none; }}
+#summary th.asc::after {{ content: " \\25B2"; }} #summary th.desc::after {{ content: " \\25BC"; }}
+figure {{ margin: 1.5em 0; }} figcaption {{ font-weight: 600; margin-bottom: 0.4em; }}
+figure.grid td {{ vertical-align: top; padding: 2px; }}
+canvas {{ width: 180px; image-rendering: pixelated; display: block; }}
+.label {{ font-size: 11px; max-width: 180px; }} .bounds {{ color: #777; }}
+.controls button {{ margin-right: 4px; }} .controls button.on {{ background: #246; color: #fff; }}
+.plot img {{ max-width: 100%; }}
+</style></head>
+<body data-figures="{count}">
+<h1>{title}</h1>
+{config}
+<h2>Summary</h2>
+<p>Click a column header to sort.</p>
+{table}
+<h2>Figures</h2>
+<p class="controls">Anatomy window: {anatomy} &nbsp; Differences: {diff}</p>
+{figures}
+<script id="arrays" type="application/json">{arrays}</script>
+<script id="windows" type="application/json">{windows}</script>
+<script>{script}</script>
+</body></html>
+"""
+
+_SCRIPT = r"""
+"use strict";
+window.addEventListener("error", e => {
+  document.body.dataset.errors = (document.body.dataset.errors || "") + e.message + "\n"; });
+const arrays = JSON.parse(document.getElementById("arrays").textContent);
+const WINDOWS = JSON.parse(document.getElementById("windows").textContent);
+const state = {anatomy: "as read", diff: null};
+const decoded = {};
+
+async function decode(key) {
+  const a = arrays[key];
+  const bytes = Uint8Array.from(atob(a.data), c => c.charCodeAt(0));
+  const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("deflate"));
+  const buffer = await new Response(stream).arrayBuffer();
+  const ints = new Int16Array(buffer);
+  const hu = new Float32Array(ints.length);
+  for (let i = 0; i < ints.length; i++) hu[i] = ints[i] * a.scale;
+  return {h: a.h, w: a.w, hu: hu};
+}
+
+function bounds(canvas) {
+  if (canvas.dataset.kind === "diff")
+    return state.diff === null ? JSON.parse(canvas.dataset.window)
+                               : [-state.diff / 2, state.diff / 2];
+  return state.anatomy === "as read" ? JSON.parse(canvas.dataset.window) : WINDOWS[state.anatomy];
+}
+
+function draw(canvas) {
+  const img = decoded[canvas.dataset.array];
+  const [low, high] = bounds(canvas);
+  canvas.width = img.w; canvas.height = img.h;
+  const ctx = canvas.getContext("2d");
+  const out = ctx.createImageData(img.w, img.h);
+  for (let i = 0; i < img.hu.length; i++) {
+    const v = Math.round(255 * Math.min(1, Math.max(0, (img.hu[i] - low) / (high - low))));
+    out.data[4 * i] = out.data[4 * i + 1] = out.data[4 * i + 2] = v; out.data[4 * i + 3] = 255;
+  }
+  ctx.putImageData(out, 0, 0);
+  canvas.nextElementSibling.querySelector(".bounds").textContent = `[${low}, ${high}] HU`;
+  canvas.dataset.drawn = "1";
+}
+
+function redraw() {
+  document.querySelectorAll("canvas[data-array]").forEach(draw);
+  document.querySelectorAll("button[data-anatomy]").forEach(
+    b => b.classList.toggle("on", b.dataset.anatomy === state.anatomy));
+  document.querySelectorAll("button[data-diff]").forEach(
+    b => b.classList.toggle("on", Number(b.dataset.diff) === state.diff));
+}
+
+function sortBy(th) {
+  const table = th.closest("table"), index = [...th.parentNode.children].indexOf(th);
+  const ascending = !th.classList.contains("asc");
+  table.querySelectorAll("th").forEach(h => h.classList.remove("asc", "desc"));
+  th.classList.add(ascending ? "asc" : "desc");
+  const key = row => {
+    const cell = row.children[index];
+    return cell.dataset.value !== undefined ? Number(cell.dataset.value) : cell.textContent;
+  };
+  const rows = [...table.tBodies[0].rows].sort((a, b) => {
+    const x = key(a), y = key(b);
+    const numbers = typeof x === "number" && typeof y === "number";
+    const order = numbers ? x - y : String(x).localeCompare(String(y));
+    return ascending ? order : -order;
+  });
+  rows.forEach(r => table.tBodies[0].appendChild(r));
+}
+
+document.querySelectorAll("#summary th").forEach(
+  th => th.addEventListener("click", () => sortBy(th)));
+document.querySelectorAll("button[data-anatomy]").forEach(b => b.addEventListener("click", () => {
+  state.anatomy = b.dataset.anatomy; redraw(); }));
+document.querySelectorAll("button[data-diff]").forEach(b => b.addEventListener("click", () => {
+  state.diff = Number(b.dataset.diff); redraw(); }));
+// #sort=column or #sort=-column: the table sorted by it (ascending, descending) on opening.
+const wanted = decodeURIComponent(location.hash).match(/^#sort=(-?)(.+)$/);
+if (wanted) {
+  const th = [...document.querySelectorAll("#summary th")].find(h => h.textContent === wanted[2]);
+  if (th) { sortBy(th); if (wanted[1]) sortBy(th); }
+}
+Promise.all(Object.keys(arrays).map(async k => { decoded[k] = await decode(k); }))
+  .then(() => { redraw(); document.body.dataset.ready = "1"; });
+"""

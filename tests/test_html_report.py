@@ -1,0 +1,83 @@
+"""report/index.html: one self-contained page, checked in headless Chromium as a reader opens
+it (tests/browser.py), and its image encoding against scikit-image's block mean."""
+
+import base64
+import os
+import zlib
+
+import numpy as np
+import pytest
+from skimage.measure import block_reduce
+
+from ldct_jax.jobs import html_report, report
+from tests.browser import check_report
+
+ROWS = [dict(model="cnn10", distance="mse", lam=1e-4, input_rms_hu=40.0, output_rms_hu=2.0),
+        dict(model="cnn10", distance="mse", lam=1e-2, input_rms_hu=8.0, output_rms_hu=0.5),
+        dict(model="redcnn", distance="mse", lam=1e-3, input_rms_hu=20.0, output_rms_hu=9.0)]
+COLUMNS = ("model", "distance", "lam", "input_rms_hu", "output_rms_hu")
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    """A page with a 300 x 300 image figure (shown block-averaged) and a plot."""
+    d = tmp_path_factory.mktemp("report")
+    rng = np.random.default_rng(0)
+    x = rng.normal(40, 30, (300, 300)).astype(np.float32)
+    dx = rng.normal(0, 5, (300, 300)).astype(np.float32)
+    rows = [[report.Panel("x", x, "abdomen"), report.Panel("x_inv", dx, "diff")]] * 2
+    plot = report.save_scatter(str(d / "changes.png"), [
+        report.Point(r["input_rms_hu"], r["output_rms_hu"], r["model"], r["distance"],
+                     f"{r['lam']:g}") for r in ROWS], "input", "output", "changes")
+    figures = [html_report.Figure("changes", png=plot), html_report.Figure("image 0", rows)]
+    return html_report.write(str(d), "a sweep", COLUMNS, ROWS, figures, settings=dict(k=1))
+
+
+@pytest.mark.slow
+def test_page_shows_every_figure_and_row_in_its_window(page):
+    shown = check_report(page, figures=2, rows=3)
+    assert shown.canvases == 4 and shown.images == 1
+    # Each panel drawn in its own window until another is picked.
+    assert shown.bounds == ["[-150, 250] HU", "[-50, 50] HU"] * 2
+
+
+@pytest.mark.slow
+def test_page_sorts_by_the_column_the_address_names(page):
+    shown = check_report(page, figures=2, rows=3, fragment="#sort=-output_rms_hu")
+    assert [r[4] for r in shown.rows] == ["9", "2", "0.5"]
+    shown = check_report(page, figures=2, rows=3, fragment="#sort=model")
+    assert [r[0] for r in shown.rows] == ["cnn10", "cnn10", "redcnn"]
+
+
+@pytest.mark.slow
+def test_the_check_fails_on_a_missing_figure_or_a_script_error(page, tmp_path):
+    text = open(page).read()
+    missing = tmp_path / "missing.html"
+    start = text.index('<figure class="grid">')
+    missing.write_text(text[:start] + text[text.index("</figure>", start) + 9:])
+    with pytest.raises(AssertionError):
+        check_report(str(missing), figures=2, rows=3)
+    broken = tmp_path / "broken.html"
+    broken.write_text(text.replace("<script>", "<script>undefinedFunction();", 1))
+    with pytest.raises(AssertionError):
+        check_report(str(broken), figures=2, rows=3)
+
+
+def test_embedded_images_are_the_block_means_to_a_tenth_of_a_hu():
+    x = np.random.default_rng(1).normal(-300, 400, (520, 520)).astype(np.float32)
+    a = html_report._encode(x)
+    data = np.frombuffer(zlib.decompress(base64.b64decode(a["data"])), "<i2")
+    shown = data.reshape(a["h"], a["w"]) * a["scale"]
+    expected = block_reduce(x[:519, :519].astype(np.float64), (3, 3), np.mean)  # 520 -> 173
+    assert a["factor"] == 3 and shown.shape == expected.shape == (173, 173)
+    assert a["scale"] <= 0.1
+    np.testing.assert_allclose(shown, expected, atol=a["scale"] / 2 + 1e-3)
+
+
+def test_a_non_finite_image_is_refused(tmp_path):
+    bad = np.zeros((8, 8), np.float32)
+    bad[2, 3] = np.nan
+    with pytest.raises(ValueError, match="not finite"):
+        html_report.write(str(tmp_path), "t", COLUMNS, ROWS, [html_report.Figure(
+            "f", [[report.Panel("x", bad, "abdomen")]])])
+    assert not os.path.exists(tmp_path / "index.html")
