@@ -16,7 +16,7 @@ from scipy import ndimage
 from ldct_jax import ct, models
 from ldct_jax.models import ldctbench, vgg_weights, wgan_vgg
 
-NAMES = ("cnn10", "wgan_vgg", "gauss_ri")
+NAMES = ("cnn10", "wgan_vgg", "gauss_ri", "redcnn", "dugan")
 H, W = 40, 44  # >= 30 for gauss_ri's square; not square, to catch H/W mix-ups
 
 
@@ -157,6 +157,40 @@ def test_import_ldctbench_errors(tmp_path):
         models.import_ldctbench_critic(str(tmp_path / "critic32.pt"), 48)
 
 
+@pytest.mark.parametrize("trainer,out_ch", [("redcnn", 96), ("dugan", 32)])
+def test_ldctbench_redcnn_imports_by_its_method_name_within_0_05_hu(trainer, out_ch, tmp_path):
+    """Against the real package's class (pip install --no-deps ldct-benchmark): RED-CNN and
+    DU-GAN's generator (a RED-CNN), saved as ldct-benchmark's trainer saves them, imported
+    without naming the method; out_ch is read off the weights."""
+    torch, _ = _torch()
+    network = pytest.importorskip("ldctbench.methods.redcnn.network")
+    torch.manual_seed(2)
+    model = network.Model(argparse.Namespace(), out_ch=out_ch).eval()
+    args = argparse.Namespace(trainer=trainer, lr=1e-4, patchsize=64)
+    torch.save({"args": args, "iteration": 10, "model_state_dict": model.state_dict()},
+               tmp_path / "best_SSIM.pt")
+    d = models.import_ldctbench(str(tmp_path / "best_SSIM.pt"))
+    assert d.spec.name == trainer and d.spec.module.features == out_ch
+    x = _hu(3, (1, 64, 64))
+    ref = _torch_hu(torch, model, x)
+    assert np.abs(ref - x).max() > 10.0  # the network does something
+    assert np.abs(np.asarray(d(x)) - ref).max() <= 0.05
+
+
+def test_import_ldctbench_names_an_unknown_method(tmp_path):
+    torch, tden = _torch()
+    torch.save({"args": argparse.Namespace(trainer="transct"), "iteration": 1,
+                "model_state_dict": tden.CNN10().state_dict()}, tmp_path / "t.pt")
+    with pytest.raises(ValueError, match=r"t\.pt: args\.trainer is 'transct'; expected one of "
+                       r"\['cnn10', 'dugan', 'redcnn', 'wganvgg'\]"):
+        models.import_ldctbench(str(tmp_path / "t.pt"))
+    d = models.import_ldctbench(str(tmp_path / "t.pt"), "cnn10")  # an explicit name still works
+    assert d.spec.name == "cnn10"
+    torch.save({"args": argparse.Namespace(trainer="wganvgg"), "iteration": 1,
+                "model_state_dict": tden.Generator().state_dict()}, tmp_path / "w.pt")
+    assert models.import_ldctbench(str(tmp_path / "w.pt")).spec.name == "wgan_vgg"
+
+
 def test_import_ldctbench_without_torch_says_how_to_get_it(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
     with pytest.raises(ImportError, match=r"needs PyTorch \(pip install 'ldct-jax\[torch\]'\)"):
@@ -214,7 +248,8 @@ def test_jit_vmap_and_grads(denoisers, apply_jit, name):
     gp, gx = jax.jit(jax.grad(loss, argnums=(0, 1)))(d.params, x)
     assert np.all(np.isfinite(gx)) and np.abs(gx).max() > 0
     leaves = jax.tree.leaves(gp)
-    assert len(leaves) == (0 if name == "gauss_ri" else 2 * (3 if name == "cnn10" else 8))
+    layers = {"gauss_ri": 0, "cnn10": 3, "wgan_vgg": 8, "redcnn": 10, "dugan": 10}[name]
+    assert len(leaves) == 2 * layers
     for leaf in leaves:
         assert np.all(np.isfinite(leaf)) and np.abs(leaf).max() > 0
 
@@ -362,7 +397,7 @@ def test_load_errors(denoisers, tmp_path):
                        "to 2"):
         load_with(version=99)
     with pytest.raises(ValueError, match=r"unknown architecture 'unet'; expected one of "
-                       r"\['cnn10', 'gauss_ri', 'wgan_vgg'\]"):
+                       r"\['cnn10', 'dugan', 'gauss_ri', 'redcnn', 'wgan_vgg'\]"):
         load_with(name="unet")
     with pytest.raises(ValueError, match=r"param shapes differ from the architecture's: "
                        r"'conv1/bias' \(64,\), expected \(16,\); 'conv1/kernel' "

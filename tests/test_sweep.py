@@ -337,6 +337,10 @@ def test_default_checkpoint_message(image_file, tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match=r"'runs/wgan/model': no saved wgan_vgg model "
                        r"there; train one with `python launch/main.py --config=configs/wgan.py`"):
         sweep.run(invariance_cfg(image_file, model="wgan_vgg"), str(tmp_path / "run"))
+    # A network with weights is never studied at a random init: without a checkpoint it fails.
+    with pytest.raises(FileNotFoundError, match=r"config\.checkpoint='': no saved redcnn model "
+                       r"there; point --config\.checkpoint at"):
+        sweep.run(invariance_cfg(image_file, model="redcnn"), str(tmp_path / "run"))
 
 
 def test_configs_presets_locked_and_checked():

@@ -33,7 +33,7 @@ def load_denoiser(model: str, checkpoint: str = "", model_config: Optional[dict]
     Args:
       model: 'gauss_ri', 'cnn10' or 'wgan_vgg' (config.model).
       checkpoint: a saved model directory (`ldct_jax.models.save`) or an ldct-benchmark
-        `.pt`; '' -> the training job's default (TRAINED); gauss_ri needs none.
+        `.pt`; '' -> the training job's default (TRAINED); gauss_ri (no weights) needs none.
       model_config: module arguments for a model built without a checkpoint (gauss_ri).
       seed: init key of such a model.
 
@@ -44,7 +44,7 @@ def load_denoiser(model: str, checkpoint: str = "", model_config: Optional[dict]
     if model not in models.ARCHITECTURES:
         raise ValueError(f"config.model={model!r} is not a denoiser; expected one of "
                          f"{sorted(models.ARCHITECTURES)}")
-    if model not in TRAINED and not checkpoint:
+    if not checkpoint and not models.param_shapes(models.spec(model, **dict(model_config or {}))):
         return models.create(model, jax.random.key(seed), **dict(model_config or {}))
     default, train = TRAINED.get(model, ("", ""))
     path = checkpoint or default

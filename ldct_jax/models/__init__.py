@@ -4,7 +4,8 @@
     y = d(x)                                # x: [H, W] or [B, H, W] HU -> same shape, HU
     y = d.spec.apply(d.params, x)           # pure form: one compiled program per spec
     ldct_jax.models.save(d, "runs/cnn10/model"); d = ldct_jax.models.load("runs/cnn10/model")
-    d = ldct_jax.models.import_ldctbench("best_SSIM.pt", "cnn10")   # ldct-benchmark weights
+    d = ldct_jax.models.import_ldctbench("best_SSIM.pt")   # ldct-benchmark weights, any method
+                                                            # it names that ldct-jax has
 """
 
 from ldct_jax.models.denoiser import Denoiser, DenoiserSpec, denoise

@@ -3,14 +3,15 @@
 ldct-benchmark (github.com/eeulig/ldct-benchmark) saves `torch.save({"args": Namespace,
 "iteration": int, "model_state_dict": state_dict}, "best_SSIM.pt")`; its CNN-10 keys are
 `layers.{0,2,4}.{weight,bias}`, its WGAN-VGG generator's `net.{0,2,...,14}.*` and its critic's
-`net.{0,2,...,10}.*`, `fc1.*`, `fc2.*`. Conv weights are OIHW. Its inputs are normalised as
-`ct.LDCTBENCH_SHIFT/SCALE`, which is what `cnn10` and `wgan_vgg` use.
+`net.{0,2,...,10}.*`, `fc1.*`, `fc2.*`; RED-CNN's (also DU-GAN's generator) `conv{1..5}.*` and
+`tconv{1..5}.*`. Conv weights are OIHW, transposed-conv weights IOHW. Its inputs are normalised
+as `ct.LDCTBENCH_SHIFT/SCALE`, which is what every imported architecture uses.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from typing import Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -22,15 +23,34 @@ from ldct_jax.models.registry import build, param_shapes, spec
 from ldct_jax.models.saved import flat, unflat
 
 # ldct-benchmark state-dict prefix of each of our conv layers, per architecture.
+_REDCNN = {f"{kind}{i}": f"{kind}{i}" for kind in ("conv", "tconv") for i in range(1, 6)}
 LAYERS: dict[str, dict[str, str]] = {
     "cnn10": {"conv1": "layers.0", "conv2": "layers.2", "conv3": "layers.4"},
     "wgan_vgg": {f"conv{i + 1}": f"net.{2 * i}" for i in range(8)},
+    "redcnn": _REDCNN,
+    "dugan": _REDCNN,  # DU-GAN's generator is a RED-CNN
 }
+# ldct-benchmark's method names (`args.trainer`) -> ours.
+METHODS = {"cnn10": "cnn10", "wganvgg": "wgan_vgg", "redcnn": "redcnn", "dugan": "dugan"}
+
+
+def _module_config(name: str, state: Mapping[str, np.ndarray]) -> dict:
+    """Constructor arguments that ldct-benchmark lets vary, read off the weights' shapes."""
+    if name in ("redcnn", "dugan") and "conv1.weight" in state:
+        return {"features": int(state["conv1.weight"].shape[0])}  # out_ch
+    return {}
 _CRITIC_LAYERS = {**{f"conv{i + 1}": f"net.{2 * i}" for i in range(6)}, "fc1": "fc1",
                   "fc2": "fc2"}
 
 
+def _transposed(flax_key: str) -> bool:
+    """A transposed convolution (`ConvTranspose2d`, weight `[in, out, kh, kw]`)."""
+    return flax_key.startswith("tconv")
+
+
 def _torch_shape(flax_key: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    if flax_key.endswith("kernel") and len(shape) == 4 and _transposed(flax_key):
+        return (shape[2], shape[3], shape[0], shape[1])  # HWIO -> IOHW
     if flax_key.endswith("kernel") and len(shape) == 4:
         return (shape[3], shape[2], shape[0], shape[1])  # HWIO -> OIHW
     if flax_key.endswith("kernel") and len(shape) == 2:
@@ -59,7 +79,10 @@ def _convert(state: Mapping[str, np.ndarray], layers: Mapping[str, str],
         if value.shape != shape:
             raise ValueError(f"{path}: key {tkey!r} ({what} {fkey}) has shape "
                              f"{tuple(value.shape)}, expected {shape}")
-        if value.ndim == 4:
+        if value.ndim == 4 and _transposed(fkey):
+            # A stride-1 transposed convolution is a full convolution: the kernel flipped.
+            value = value.transpose(2, 3, 0, 1)[::-1, ::-1]
+        elif value.ndim == 4:
             value = value.transpose(2, 3, 1, 0)
         elif value.ndim == 2:
             value = value.T
@@ -75,12 +98,14 @@ def _which_architecture(state: Mapping[str, np.ndarray]) -> str:
     return ""
 
 
-def import_ldctbench(path: str, name: str) -> Denoiser:
+def import_ldctbench(path: str, name: Optional[str] = None) -> Denoiser:
     """A denoiser from an ldct-benchmark checkpoint (`.pt` with `model_state_dict`).
 
     Args:
       path: the `.pt` file (read with `torch.load(..., weights_only=True)`; needs PyTorch).
-      name: 'cnn10' or 'wgan_vgg' (the generator).
+      name: the architecture: one of `LAYERS` or an ldct-benchmark method name (`wganvgg`);
+        by default the method the checkpoint's `args.trainer` names. Constructor arguments
+        (RED-CNN's `out_ch`) are read off the weights' shapes.
 
     Returns:
       The denoiser, with ldct-benchmark's normalisation (`ct.LDCTBENCH_SHIFT/SCALE`), giving the
@@ -88,16 +113,25 @@ def import_ldctbench(path: str, name: str) -> Denoiser:
 
     Raises:
       ValueError naming the missing/unexpected keys, or a key and both shapes, when the
-      checkpoint is for another architecture.
+      checkpoint is for another architecture; or naming `args.trainer` when no name is given
+      and the checkpoint does not say a method this module imports.
     """
+    path = os.fspath(path)
+    state, args = torch_state.read_with_args(path, "an ldct-benchmark checkpoint")
+    if name is None:
+        trainer = getattr(args, "trainer", None)
+        if trainer not in METHODS:
+            raise ValueError(f"{path}: args.trainer is {trainer!r}; expected one of "
+                             f"{sorted(METHODS)} (or pass the architecture's name)")
+        name = METHODS[trainer]
+    name = METHODS.get(name, name)
     if name not in LAYERS:
         raise ValueError(f"import_ldctbench: no ldct-benchmark mapping for {name!r}; expected "
                          f"one of {sorted(LAYERS)}")
-    path = os.fspath(path)
-    state = torch_state.read(path, "an ldct-benchmark checkpoint")
-    arrays = _convert(state, LAYERS[name], param_shapes(spec(name)), name, path,
+    config = _module_config(name, state)
+    arrays = _convert(state, LAYERS[name], param_shapes(spec(name, **config)), name, path,
                       _which_architecture(state))
-    return build(name, unflat(arrays))
+    return build(name, unflat(arrays), **config)
 
 
 def import_ldctbench_critic(path: str, patch_size: int) -> tuple[wgan_vgg.Critic, Params]:

@@ -12,6 +12,7 @@ from ldct_jax import ct
 from ldct_jax.models.cnn10 import CNN10
 from ldct_jax.models.denoiser import Denoiser, DenoiserSpec
 from ldct_jax.models.gauss_ri import GaussRI
+from ldct_jax.models.redcnn import REDCNN
 from ldct_jax.models.wgan_vgg import Generator
 
 
@@ -22,11 +23,13 @@ class Architecture:
     scale: float
 
 
-# cnn10 and wgan_vgg use ldct-benchmark's normalisation, so imported and own weights agree.
+# The networks use ldct-benchmark's normalisation, so imported and own weights agree.
 # gauss_ri has shift 0 so that its zeroed square is 0 HU.
 ARCHITECTURES: dict[str, Architecture] = {
     "cnn10": Architecture(CNN10, ct.LDCTBENCH_SHIFT, ct.LDCTBENCH_SCALE),
     "wgan_vgg": Architecture(Generator, ct.LDCTBENCH_SHIFT, ct.LDCTBENCH_SCALE),
+    "redcnn": Architecture(REDCNN, ct.LDCTBENCH_SHIFT, ct.LDCTBENCH_SCALE),
+    "dugan": Architecture(REDCNN, ct.LDCTBENCH_SHIFT, ct.LDCTBENCH_SCALE),  # its generator
     "gauss_ri": Architecture(GaussRI, 0.0, ct.LDCTBENCH_SCALE),
 }
 
@@ -63,7 +66,8 @@ def create(name: str, key: jax.Array, **config) -> Denoiser:
     """A denoiser of architecture `name` with fresh params drawn from `key`.
 
     Args:
-      name: 'cnn10', 'wgan_vgg' (the generator) or 'gauss_ri'.
+      name: a key of `ARCHITECTURES`: 'cnn10', 'wgan_vgg' (the generator), 'redcnn', 'dugan'
+        (its generator, a RED-CNN) or 'gauss_ri'.
       key: a PRNG key.
       **config: constructor arguments of the Flax module (e.g. `features`).
     """

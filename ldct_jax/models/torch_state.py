@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Mapping
+from typing import Mapping, Optional
 
 import numpy as np
 
 
 def read(path: str, what: str = "a PyTorch state dict") -> dict[str, np.ndarray]:
-    """The tensors of a checkpoint file.
+    """The tensors of a checkpoint file (`read_with_args` without the args)."""
+    return read_with_args(path, what)[0]
+
+
+def read_with_args(path: str, what: str = "a PyTorch state dict"
+                   ) -> tuple[dict[str, np.ndarray], Optional[argparse.Namespace]]:
+    """The tensors of a checkpoint file, and the `args` saved beside them (ldct-benchmark's
+    command-line Namespace; None if there are none).
 
     A `.pt`/`.pth` may hold a bare state dict or a dict with `model_state_dict` (as
     ldct-benchmark saves it, beside an `argparse.Namespace`, the only class unpickled); keys of
@@ -28,7 +35,7 @@ def read(path: str, what: str = "a PyTorch state dict") -> dict[str, np.ndarray]
     if path.endswith(".safetensors"):
         _check_exists(path, what)
         from safetensors.numpy import load_file
-        return {k: np.asarray(v, np.float32) for k, v in load_file(path).items()}
+        return {k: np.asarray(v, np.float32) for k, v in load_file(path).items()}, None
     try:
         import torch
     except ImportError as e:
@@ -41,7 +48,10 @@ def read(path: str, what: str = "a PyTorch state dict") -> dict[str, np.ndarray]
         except Exception as e:  # torch raises UnpicklingError/RuntimeError, version-dependent
             raise ValueError(f"{path}: could not read as a PyTorch checkpoint with "
                              f"weights_only=True: {e}") from e
+    args = None
     if isinstance(obj, Mapping) and "model_state_dict" in obj:
+        args = obj.get("args")
+        args = args if isinstance(args, argparse.Namespace) else None
         obj = obj["model_state_dict"]
     if not isinstance(obj, Mapping) or not obj or not all(
             isinstance(v, torch.Tensor) for v in obj.values()):
@@ -50,7 +60,7 @@ def read(path: str, what: str = "a PyTorch state dict") -> dict[str, np.ndarray]
     state = {k: v.detach().float().cpu().numpy() for k, v in obj.items()}
     if all(k.startswith("module.") for k in state):  # saved from nn.DataParallel
         state = {k[len("module."):]: v for k, v in state.items()}
-    return state
+    return state, args
 
 
 def _check_exists(path: str, what: str) -> None:
