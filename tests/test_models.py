@@ -16,7 +16,7 @@ from scipy import ndimage
 from ldct_jax import ct, models
 from ldct_jax.models import ldctbench, vgg_weights, wgan_vgg
 
-NAMES = ("cnn10", "wgan_vgg", "gauss_ri", "redcnn", "dugan")
+NAMES = ("cnn10", "wgan_vgg", "gauss_ri", "redcnn", "dugan", "qae")
 H, W = 40, 44  # >= 30 for gauss_ri's square; not square, to catch H/W mix-ups
 
 
@@ -26,10 +26,18 @@ def _hu(seed, shape=(2, H, W)):
 
 
 def _random_params(name, seed, **config):
-    """He-normal kernels and small random biases in the architecture's shapes (no compile)."""
-    shapes = jax.eval_shape(models.architecture(name).module(**config).init, jax.random.key(0),
-                            jax.ShapeDtypeStruct((1, 32, 32, 1), jnp.float32))
+    """He-normal kernels and small random biases in the architecture's shapes (no compile).
+    Q-AE's products of ten quadratic layers overflow at that scale: its own init (b_g = 1)
+    with every parameter moved by 0.01 noise instead."""
+    module = models.architecture(name).module(**config)
+    x = jnp.zeros((1, 32, 32, 1), jnp.float32)
     rs = np.random.RandomState(seed)
+    if name == "qae":
+        params = jax.jit(module.init)(jax.random.key(seed), x)["params"]
+        return jax.tree.map(
+            lambda a: a + jnp.asarray(0.01 * rs.randn(*a.shape).astype(np.float32)), params)
+    shapes = jax.eval_shape(module.init, jax.random.key(0), jax.ShapeDtypeStruct(x.shape,
+                                                                                 x.dtype))
 
     def draw(a):
         if a.ndim == 4:
@@ -177,12 +185,33 @@ def test_ldctbench_redcnn_imports_by_its_method_name_within_0_05_hu(trainer, out
     assert np.abs(np.asarray(d(x)) - ref).max() <= 0.05
 
 
+def test_ldctbench_qae_imports_within_0_05_hu(tmp_path):
+    """Q-AE against the real package's class, its zero-initialised W_g, W_b, b_r, b_b made
+    non-zero so that every quadratic term counts."""
+    torch, _ = _torch()
+    network = pytest.importorskip("ldctbench.methods.qae.network")
+    torch.manual_seed(3)
+    model = network.Model(argparse.Namespace()).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.rsplit(".", 1)[1] in ("W_g", "W_b", "b_r", "b_b"):
+                p.copy_(0.01 * torch.randn_like(p))
+    torch.save({"args": argparse.Namespace(trainer="qae"), "iteration": 10,
+                "model_state_dict": model.state_dict()}, tmp_path / "best_SSIM.pt")
+    d = models.import_ldctbench(str(tmp_path / "best_SSIM.pt"))
+    assert d.spec.name == "qae"
+    x = _hu(4, (1, 64, 64))
+    ref = _torch_hu(torch, model, x)
+    assert np.abs(ref - x).max() > 10.0
+    assert np.abs(np.asarray(d(x)) - ref).max() <= 0.05
+
+
 def test_import_ldctbench_names_an_unknown_method(tmp_path):
     torch, tden = _torch()
     torch.save({"args": argparse.Namespace(trainer="transct"), "iteration": 1,
                 "model_state_dict": tden.CNN10().state_dict()}, tmp_path / "t.pt")
     with pytest.raises(ValueError, match=r"t\.pt: args\.trainer is 'transct'; expected one of "
-                       r"\['cnn10', 'dugan', 'redcnn', 'wganvgg'\]"):
+                       r"\['cnn10', 'dugan', 'qae', 'redcnn', 'wganvgg'\]"):
         models.import_ldctbench(str(tmp_path / "t.pt"))
     d = models.import_ldctbench(str(tmp_path / "t.pt"), "cnn10")  # an explicit name still works
     assert d.spec.name == "cnn10"
@@ -248,7 +277,8 @@ def test_jit_vmap_and_grads(denoisers, apply_jit, name):
     gp, gx = jax.jit(jax.grad(loss, argnums=(0, 1)))(d.params, x)
     assert np.all(np.isfinite(gx)) and np.abs(gx).max() > 0
     leaves = jax.tree.leaves(gp)
-    layers = {"gauss_ri": 0, "cnn10": 3, "wgan_vgg": 8, "redcnn": 10, "dugan": 10}[name]
+    layers = {"gauss_ri": 0, "cnn10": 3, "wgan_vgg": 8, "redcnn": 10, "dugan": 10,
+              "qae": 30}[name]
     assert len(leaves) == 2 * layers
     for leaf in leaves:
         assert np.all(np.isfinite(leaf)) and np.abs(leaf).max() > 0
@@ -397,7 +427,7 @@ def test_load_errors(denoisers, tmp_path):
                        "to 2"):
         load_with(version=99)
     with pytest.raises(ValueError, match=r"unknown architecture 'unet'; expected one of "
-                       r"\['cnn10', 'dugan', 'gauss_ri', 'redcnn', 'wgan_vgg'\]"):
+                       r"\['cnn10', 'dugan', 'gauss_ri', 'qae', 'redcnn', 'wgan_vgg'\]"):
         load_with(name="unet")
     with pytest.raises(ValueError, match=r"param shapes differ from the architecture's: "
                        r"'conv1/bias' \(64,\), expected \(16,\); 'conv1/kernel' "

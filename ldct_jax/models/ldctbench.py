@@ -4,8 +4,9 @@ ldct-benchmark (github.com/eeulig/ldct-benchmark) saves `torch.save({"args": Nam
 "iteration": int, "model_state_dict": state_dict}, "best_SSIM.pt")`; its CNN-10 keys are
 `layers.{0,2,4}.{weight,bias}`, its WGAN-VGG generator's `net.{0,2,...,14}.*` and its critic's
 `net.{0,2,...,10}.*`, `fc1.*`, `fc2.*`; RED-CNN's (also DU-GAN's generator) `conv{1..5}.*` and
-`tconv{1..5}.*`. Conv weights are OIHW, transposed-conv weights IOHW. Its inputs are normalised
-as `ct.LDCTBENCH_SHIFT/SCALE`, which is what every imported architecture uses.
+`tconv{1..5}.*`; Q-AE's `encoder.{0..4}.{W,b}_{r,g,b}` and `decoder.*`. Conv weights are
+OIHW, transposed-conv weights IOHW. Its inputs are normalised as `ct.LDCTBENCH_SHIFT/SCALE`,
+which is what every imported architecture uses.
 """
 
 from __future__ import annotations
@@ -29,9 +30,12 @@ LAYERS: dict[str, dict[str, str]] = {
     "wgan_vgg": {f"conv{i + 1}": f"net.{2 * i}" for i in range(8)},
     "redcnn": _REDCNN,
     "dugan": _REDCNN,  # DU-GAN's generator is a RED-CNN
+    "qae": {f"{ours}{i + 1}/{c}": f"{theirs}.{i}.{{}}_{c}" for i in range(5) for c in "rgb"
+            for ours, theirs in (("enc", "encoder"), ("dec", "decoder"))},
 }
 # ldct-benchmark's method names (`args.trainer`) -> ours.
-METHODS = {"cnn10": "cnn10", "wganvgg": "wgan_vgg", "redcnn": "redcnn", "dugan": "dugan"}
+METHODS = {"cnn10": "cnn10", "wganvgg": "wgan_vgg", "redcnn": "redcnn", "dugan": "dugan",
+           "qae": "qae"}
 
 
 def _module_config(name: str, state: Mapping[str, np.ndarray]) -> dict:
@@ -44,8 +48,9 @@ _CRITIC_LAYERS = {**{f"conv{i + 1}": f"net.{2 * i}" for i in range(6)}, "fc1": "
 
 
 def _transposed(flax_key: str) -> bool:
-    """A transposed convolution (`ConvTranspose2d`, weight `[in, out, kh, kw]`)."""
-    return flax_key.startswith("tconv")
+    """A transposed convolution (weight `[in, out, kh, kw]`): our modules name them tconv* or
+    dec*."""
+    return flax_key.split("/")[0].startswith(("tconv", "dec"))
 
 
 def _torch_shape(flax_key: str, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -59,7 +64,9 @@ def _torch_shape(flax_key: str, shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def _torch_key(layers: Mapping[str, str], flax_key: str) -> str:
-    layer, kind = flax_key.split("/")
+    layer, kind = flax_key.rsplit("/", 1)
+    if "{}" in layers[layer]:  # Q-AE's parameters: W_r, b_r, ...
+        return layers[layer].format("W" if kind == "kernel" else "b")
     return f"{layers[layer]}.{'weight' if kind == 'kernel' else 'bias'}"
 
 
@@ -92,7 +99,8 @@ def _convert(state: Mapping[str, np.ndarray], layers: Mapping[str, str],
 
 def _which_architecture(state: Mapping[str, np.ndarray]) -> str:
     for name, layers in LAYERS.items():
-        keys = {f"{p}.{s}" for p in layers.values() for s in ("weight", "bias")}
+        keys = {_torch_key(layers, f"{layer}/{kind}") for layer in layers
+                for kind in ("kernel", "bias")}
         if keys == set(state):
             return f" (its keys are those of an ldct-benchmark {name})"
     return ""

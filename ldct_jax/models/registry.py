@@ -12,6 +12,7 @@ from ldct_jax import ct
 from ldct_jax.models.cnn10 import CNN10
 from ldct_jax.models.denoiser import Denoiser, DenoiserSpec
 from ldct_jax.models.gauss_ri import GaussRI
+from ldct_jax.models.qae import QAE
 from ldct_jax.models.redcnn import REDCNN
 from ldct_jax.models.wgan_vgg import Generator
 
@@ -30,6 +31,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "wgan_vgg": Architecture(Generator, ct.LDCTBENCH_SHIFT, ct.LDCTBENCH_SCALE),
     "redcnn": Architecture(REDCNN, ct.LDCTBENCH_SHIFT, ct.LDCTBENCH_SCALE),
     "dugan": Architecture(REDCNN, ct.LDCTBENCH_SHIFT, ct.LDCTBENCH_SCALE),  # its generator
+    "qae": Architecture(QAE, ct.LDCTBENCH_SHIFT, ct.LDCTBENCH_SCALE),
     "gauss_ri": Architecture(GaussRI, 0.0, ct.LDCTBENCH_SCALE),
 }
 
@@ -67,7 +69,7 @@ def create(name: str, key: jax.Array, **config) -> Denoiser:
 
     Args:
       name: a key of `ARCHITECTURES`: 'cnn10', 'wgan_vgg' (the generator), 'redcnn', 'dugan'
-        (its generator, a RED-CNN) or 'gauss_ri'.
+        (its generator, a RED-CNN), 'qae' or 'gauss_ri'.
       key: a PRNG key.
       **config: constructor arguments of the Flax module (e.g. `features`).
     """
