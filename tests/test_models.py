@@ -16,7 +16,7 @@ from scipy import ndimage
 from ldct_jax import ct, models
 from ldct_jax.models import ldctbench, vgg_weights, wgan_vgg
 
-NAMES = ("cnn10", "wgan_vgg", "gauss_ri", "redcnn", "dugan", "qae")
+NAMES = ("cnn10", "wgan_vgg", "gauss_ri", "redcnn", "dugan", "qae", "resnet")
 H, W = 40, 44  # >= 30 for gauss_ri's square; not square, to catch H/W mix-ups
 
 
@@ -39,12 +39,15 @@ def _random_params(name, seed, **config):
     shapes = jax.eval_shape(module.init, jax.random.key(0), jax.ShapeDtypeStruct(x.shape,
                                                                                  x.dtype))
 
-    def draw(a):
+    def draw(path, a):
         if a.ndim == 4:
             return rs.randn(*a.shape).astype(np.float32) * np.sqrt(2.0 / np.prod(a.shape[:3]))
+        if path[-1].key == "var":  # BatchNorm's running variance
+            return (0.5 + rs.rand(*a.shape)).astype(np.float32)
         return 0.1 * rs.randn(*a.shape).astype(np.float32)
 
-    return jax.tree.map(lambda a: jnp.asarray(draw(a)), shapes.get("params", {}))
+    return jax.tree_util.tree_map_with_path(lambda p, a: jnp.asarray(draw(p, a)),
+                                            shapes.get("params", {}))
 
 
 @pytest.fixture(scope="module")
@@ -206,12 +209,37 @@ def test_ldctbench_qae_imports_within_0_05_hu(tmp_path):
     assert np.abs(np.asarray(d(x)) - ref).max() <= 0.05
 
 
+def test_ldctbench_resnet_imports_with_its_batchnorm_statistics_within_0_05_hu(tmp_path):
+    """ResNet (128 channels, 10 blocks) against the real package's class, BatchNorm in
+    inference mode with random running statistics and affine parameters."""
+    torch, _ = _torch()
+    network = pytest.importorskip("ldctbench.methods.resnet.network")
+    torch.manual_seed(4)
+    model = network.Model(argparse.Namespace()).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(0.1 * torch.randn_like(m.running_mean))
+                m.running_var.copy_(0.5 + torch.rand_like(m.running_var))
+                m.weight.copy_(0.5 + torch.rand_like(m.weight))
+                m.bias.copy_(0.1 * torch.randn_like(m.bias))
+    torch.save({"args": argparse.Namespace(trainer="resnet"), "iteration": 10,
+                "model_state_dict": model.state_dict()}, tmp_path / "best_SSIM.pt")
+    d = models.import_ldctbench(str(tmp_path / "best_SSIM.pt"))
+    assert d.spec.name == "resnet"
+    assert (d.spec.module.features, d.spec.module.blocks) == (128, 10)
+    x = _hu(5, (1, 64, 64))
+    ref = _torch_hu(torch, model, x)
+    assert np.abs(ref - x).max() > 10.0
+    assert np.abs(np.asarray(d(x)) - ref).max() <= 0.05
+
+
 def test_import_ldctbench_names_an_unknown_method(tmp_path):
     torch, tden = _torch()
     torch.save({"args": argparse.Namespace(trainer="transct"), "iteration": 1,
                 "model_state_dict": tden.CNN10().state_dict()}, tmp_path / "t.pt")
     with pytest.raises(ValueError, match=r"t\.pt: args\.trainer is 'transct'; expected one of "
-                       r"\['cnn10', 'dugan', 'qae', 'redcnn', 'wganvgg'\]"):
+                       r"\['cnn10', 'dugan', 'qae', 'redcnn', 'resnet', 'wganvgg'\]"):
         models.import_ldctbench(str(tmp_path / "t.pt"))
     d = models.import_ldctbench(str(tmp_path / "t.pt"), "cnn10")  # an explicit name still works
     assert d.spec.name == "cnn10"
@@ -276,12 +304,16 @@ def test_jit_vmap_and_grads(denoisers, apply_jit, name):
 
     gp, gx = jax.jit(jax.grad(loss, argnums=(0, 1)))(d.params, x)
     assert np.all(np.isfinite(gx)) and np.abs(gx).max() > 0
-    leaves = jax.tree.leaves(gp)
-    layers = {"gauss_ri": 0, "cnn10": 3, "wgan_vgg": 8, "redcnn": 10, "dugan": 10,
-              "qae": 30}[name]
-    assert len(leaves) == 2 * layers
-    for leaf in leaves:
-        assert np.all(np.isfinite(leaf)) and np.abs(leaf).max() > 0
+    leaves = jax.tree_util.tree_leaves_with_path(gp)
+    count = {"gauss_ri": 0, "cnn10": 6, "wgan_vgg": 16, "redcnn": 20, "dugan": 20, "qae": 60,
+             "resnet": 2 * 2 + 10 * (3 * 2 + 2 * 4)}[name]  # BatchNorm: 4 each
+    assert len(leaves) == count
+    for path, leaf in leaves:
+        assert np.all(np.isfinite(leaf))
+        if path[-1].key in ("mean", "var"):  # BatchNorm's fixed running statistics
+            assert np.all(leaf == 0)
+        else:
+            assert np.abs(leaf).max() > 0
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -427,7 +459,7 @@ def test_load_errors(denoisers, tmp_path):
                        "to 2"):
         load_with(version=99)
     with pytest.raises(ValueError, match=r"unknown architecture 'unet'; expected one of "
-                       r"\['cnn10', 'dugan', 'gauss_ri', 'qae', 'redcnn', 'wgan_vgg'\]"):
+                       r"\['cnn10', 'dugan', 'gauss_ri', 'qae', 'redcnn', 'resnet', 'wgan_vgg'\]"):
         load_with(name="unet")
     with pytest.raises(ValueError, match=r"param shapes differ from the architecture's: "
                        r"'conv1/bias' \(64,\), expected \(16,\); 'conv1/kernel' "

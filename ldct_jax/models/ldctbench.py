@@ -23,8 +23,16 @@ from ldct_jax.models.denoiser import Denoiser, Params
 from ldct_jax.models.registry import build, param_shapes, spec
 from ldct_jax.models.saved import flat, unflat
 
-# ldct-benchmark state-dict prefix of each of our conv layers, per architecture.
+def _resnet_layers(blocks: int) -> dict[str, str]:
+    out = {"in_conv": "in_conv", "out_conv": "out_conv"}
+    for i in range(blocks):  # ResBlock.layers: conv, BN, ReLU, grouped conv, BN, ReLU, conv
+        out.update({f"block{i}/{ours}": f"blocks.{i}.layers.{j}" for ours, j in (
+            ("conv1", 0), ("bn1", 1), ("conv2", 3), ("bn2", 4), ("conv3", 6))})
+    return out
+
+
 _REDCNN = {f"{kind}{i}": f"{kind}{i}" for kind in ("conv", "tconv") for i in range(1, 6)}
+# ldct-benchmark state-dict prefix of each of our layers, per architecture.
 LAYERS: dict[str, dict[str, str]] = {
     "cnn10": {"conv1": "layers.0", "conv2": "layers.2", "conv3": "layers.4"},
     "wgan_vgg": {f"conv{i + 1}": f"net.{2 * i}" for i in range(8)},
@@ -32,17 +40,26 @@ LAYERS: dict[str, dict[str, str]] = {
     "dugan": _REDCNN,  # DU-GAN's generator is a RED-CNN
     "qae": {f"{ours}{i + 1}/{c}": f"{theirs}.{i}.{{}}_{c}" for i in range(5) for c in "rgb"
             for ours, theirs in (("enc", "encoder"), ("dec", "decoder"))},
+    "resnet": _resnet_layers(10),  # n_blocks is read off a checkpoint (`_layers`)
 }
 # ldct-benchmark's method names (`args.trainer`) -> ours.
 METHODS = {"cnn10": "cnn10", "wganvgg": "wgan_vgg", "redcnn": "redcnn", "dugan": "dugan",
-           "qae": "qae"}
+           "qae": "qae", "resnet": "resnet"}
 
 
 def _module_config(name: str, state: Mapping[str, np.ndarray]) -> dict:
     """Constructor arguments that ldct-benchmark lets vary, read off the weights' shapes."""
     if name in ("redcnn", "dugan") and "conv1.weight" in state:
         return {"features": int(state["conv1.weight"].shape[0])}  # out_ch
+    if name == "resnet" and "in_conv.weight" in state:
+        blocks = {k.split(".")[1] for k in state if k.startswith("blocks.")}
+        return {"features": int(state["in_conv.weight"].shape[0]),  # n_channels
+                "blocks": len(blocks)}  # n_blocks
     return {}
+
+
+def _layers(name: str, config: Mapping) -> Mapping[str, str]:
+    return _resnet_layers(config["blocks"]) if name == "resnet" and config else LAYERS[name]
 _CRITIC_LAYERS = {**{f"conv{i + 1}": f"net.{2 * i}" for i in range(6)}, "fc1": "fc1",
                   "fc2": "fc2"}
 
@@ -63,17 +80,24 @@ def _torch_shape(flax_key: str, shape: tuple[int, ...]) -> tuple[int, ...]:
     return shape
 
 
+# Flax parameter -> PyTorch's (BatchNorm's statistics are buffers in its state dict).
+_KINDS = {"kernel": "weight", "bias": "bias", "scale": "weight", "mean": "running_mean",
+          "var": "running_var"}
+
+
 def _torch_key(layers: Mapping[str, str], flax_key: str) -> str:
     layer, kind = flax_key.rsplit("/", 1)
     if "{}" in layers[layer]:  # Q-AE's parameters: W_r, b_r, ...
         return layers[layer].format("W" if kind == "kernel" else "b")
-    return f"{layers[layer]}.{'weight' if kind == 'kernel' else 'bias'}"
+    return f"{layers[layer]}.{_KINDS[kind]}"
 
 
 def _convert(state: Mapping[str, np.ndarray], layers: Mapping[str, str],
              expected: Mapping[str, tuple[int, ...]], what: str, path: str,
              hint: str = "") -> dict[str, np.ndarray]:
     """Flat Flax params from a torch state dict, checking keys and shapes."""
+    # BatchNorm's step counter: bookkeeping of training, nothing inference uses.
+    state = {k: v for k, v in state.items() if not k.endswith(".num_batches_tracked")}
     want = {_torch_key(layers, k): (k, _torch_shape(k, s)) for k, s in expected.items()}
     missing = sorted(set(want) - set(state))
     unexpected = sorted(set(state) - set(want))
@@ -98,9 +122,11 @@ def _convert(state: Mapping[str, np.ndarray], layers: Mapping[str, str],
 
 
 def _which_architecture(state: Mapping[str, np.ndarray]) -> str:
+    state = {k for k in state if not k.endswith(".num_batches_tracked")}
     for name, layers in LAYERS.items():
         keys = {_torch_key(layers, f"{layer}/{kind}") for layer in layers
-                for kind in ("kernel", "bias")}
+                for kind in (("scale", "bias", "mean", "var") if "/bn" in layer
+                             else ("kernel", "bias"))}
         if keys == set(state):
             return f" (its keys are those of an ldct-benchmark {name})"
     return ""
@@ -137,8 +163,8 @@ def import_ldctbench(path: str, name: Optional[str] = None) -> Denoiser:
         raise ValueError(f"import_ldctbench: no ldct-benchmark mapping for {name!r}; expected "
                          f"one of {sorted(LAYERS)}")
     config = _module_config(name, state)
-    arrays = _convert(state, LAYERS[name], param_shapes(spec(name, **config)), name, path,
-                      _which_architecture(state))
+    arrays = _convert(state, _layers(name, config), param_shapes(spec(name, **config)), name,
+                      path, _which_architecture(state))
     return build(name, unflat(arrays), **config)
 
 

@@ -14,6 +14,7 @@ from ldct_jax.models.denoiser import Denoiser, DenoiserSpec
 from ldct_jax.models.gauss_ri import GaussRI
 from ldct_jax.models.qae import QAE
 from ldct_jax.models.redcnn import REDCNN
+from ldct_jax.models.resnet import ResNet
 from ldct_jax.models.wgan_vgg import Generator
 
 
@@ -32,6 +33,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "redcnn": Architecture(REDCNN, ct.LDCTBENCH_SHIFT, ct.LDCTBENCH_SCALE),
     "dugan": Architecture(REDCNN, ct.LDCTBENCH_SHIFT, ct.LDCTBENCH_SCALE),  # its generator
     "qae": Architecture(QAE, ct.LDCTBENCH_SHIFT, ct.LDCTBENCH_SCALE),
+    "resnet": Architecture(ResNet, ct.LDCTBENCH_SHIFT, ct.LDCTBENCH_SCALE),
     "gauss_ri": Architecture(GaussRI, 0.0, ct.LDCTBENCH_SCALE),
 }
 
@@ -69,7 +71,7 @@ def create(name: str, key: jax.Array, **config) -> Denoiser:
 
     Args:
       name: a key of `ARCHITECTURES`: 'cnn10', 'wgan_vgg' (the generator), 'redcnn', 'dugan'
-        (its generator, a RED-CNN), 'qae' or 'gauss_ri'.
+        (its generator, a RED-CNN), 'qae', 'resnet' or 'gauss_ri'.
       key: a PRNG key.
       **config: constructor arguments of the Flax module (e.g. `features`).
     """
