@@ -33,7 +33,7 @@ def define_flags() -> None:
     """The command-line flags (defined only when run as a script)."""
     flags.DEFINE_integer("size", 512, "image side, pixels")
     flags.DEFINE_integer("k", 16, "singular pairs per end")
-    flags.DEFINE_integer("iterations", 20, "LOBPCG iterations at most, per end")
+    flags.DEFINE_integer("iterations", 25, "LOBPCG iterations at most, per end")
     flags.DEFINE_bool("arpack", True, "time SciPy's ARPACK on the largest end too")
 
 

@@ -1,6 +1,6 @@
 """Opens a page in headless Chromium and returns what a reader would see: the DOM after its
 scripts ran, and the console errors. Chromium is the Debian `chromium` package (`.ci/run`
-installs it); without it the browser tests are skipped unless LDCT_JAX_REQUIRE_BROWSER=1."""
+installs it); without it the browser tests are skipped (`tests.optional`)."""
 
 import os
 import re
@@ -9,15 +9,13 @@ import subprocess
 import tempfile
 from html.parser import HTMLParser
 
-import pytest
+from tests import optional
 
 
 def chromium() -> str:
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:
-        if os.environ.get("LDCT_JAX_REQUIRE_BROWSER") == "1":
-            pytest.fail("chromium is not installed (apt-get install chromium)")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
+        optional.missing("chromium", "apt-get install chromium")
     return path
 
 

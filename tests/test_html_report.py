@@ -12,10 +12,15 @@ from skimage.measure import block_reduce
 from ldct_jax.jobs import html_report, report
 from tests.browser import check_report
 
-ROWS = [dict(model="cnn10", distance="mse", lam=1e-4, input_rms_hu=40.0, output_rms_hu=2.0),
-        dict(model="cnn10", distance="mse", lam=1e-2, input_rms_hu=8.0, output_rms_hu=0.5),
-        dict(model="redcnn", distance="mse", lam=1e-3, input_rms_hu=20.0, output_rms_hu=9.0)]
-COLUMNS = ("model", "distance", "lam", "input_rms_hu", "output_rms_hu")
+ROWS = [dict(model="cnn10", distance="mse", lam=1e-4, input_rms_hu=40.0, output_rms_hu=2.0,
+             ratio=20.0),
+        dict(model="qae", distance="mse", lam=1e-2, input_rms_hu=8.0, output_rms_hu=0.5,
+             ratio=16.0),
+        dict(model="redcnn", distance="mse", lam=1e-3, input_rms_hu=20.0, output_rms_hu=10.0,
+             ratio=2.0),
+        dict(model="dugan", distance="mse", lam=1e-3, input_rms_hu=5.0, output_rms_hu=0.0,
+             ratio=float("inf"))]
+COLUMNS = ("model", "distance", "lam", "input_rms_hu", "output_rms_hu", "ratio")
 
 
 @pytest.fixture(scope="module")
@@ -35,18 +40,23 @@ def page(tmp_path_factory):
 
 @pytest.mark.slow
 def test_page_shows_every_figure_and_row_in_its_window(page):
-    shown = check_report(page, figures=2, rows=3)
+    shown = check_report(page, figures=2, rows=4)
     assert shown.canvases == 4 and shown.images == 1
     # Each panel drawn in its own window until another is picked.
     assert shown.bounds == ["[-150, 250] HU", "[-50, 50] HU"] * 2
+    shown = check_report(page, figures=2, rows=4, fragment="#anatomy=lung&diff=20")
+    assert shown.bounds == ["[-1350, 150] HU", "[-10, 10] HU"] * 2
 
 
 @pytest.mark.slow
-def test_page_sorts_by_the_column_the_address_names(page):
-    shown = check_report(page, figures=2, rows=3, fragment="#sort=-output_rms_hu")
-    assert [r[4] for r in shown.rows] == ["9", "2", "0.5"]
-    shown = check_report(page, figures=2, rows=3, fragment="#sort=model")
-    assert [r[0] for r in shown.rows] == ["cnn10", "cnn10", "redcnn"]
+def test_page_sorts_numbers_by_value_and_text_alphabetically(page):
+    # As text, "10" < "2" and "inf" would sort anywhere; as numbers: 0.5 < 2 < 10, inf last.
+    shown = check_report(page, figures=2, rows=4, fragment="#sort=-output_rms_hu")
+    assert [r[4] for r in shown.rows] == ["10", "2", "0.5", "0"]
+    shown = check_report(page, figures=2, rows=4, fragment="#sort=ratio")
+    assert [r[5] for r in shown.rows] == ["2", "16", "20", "inf"]
+    shown = check_report(page, figures=2, rows=4, fragment="#sort=-model")
+    assert [r[0] for r in shown.rows] == ["redcnn", "qae", "dugan", "cnn10"]
 
 
 @pytest.mark.slow
@@ -56,11 +66,11 @@ def test_the_check_fails_on_a_missing_figure_or_a_script_error(page, tmp_path):
     start = text.index('<figure class="grid">')
     missing.write_text(text[:start] + text[text.index("</figure>", start) + 9:])
     with pytest.raises(AssertionError):
-        check_report(str(missing), figures=2, rows=3)
+        check_report(str(missing), figures=2, rows=4)
     broken = tmp_path / "broken.html"
     broken.write_text(text.replace("<script>", "<script>undefinedFunction();", 1))
     with pytest.raises(AssertionError):
-        check_report(str(broken), figures=2, rows=3)
+        check_report(str(broken), figures=2, rows=4)
 
 
 def test_embedded_images_are_the_block_means_to_a_tenth_of_a_hu():

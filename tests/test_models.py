@@ -15,6 +15,7 @@ from scipy import ndimage
 
 from ldct_jax import ct, models
 from ldct_jax.models import ldctbench, vgg_weights, wgan_vgg
+from tests import optional
 
 NAMES = ("cnn10", "wgan_vgg", "gauss_ri", "redcnn", "dugan", "qae", "resnet")
 H, W = 40, 44  # >= 30 for gauss_ri's square; not square, to catch H/W mix-ups
@@ -69,6 +70,12 @@ def _torch():
     torch = pytest.importorskip("torch")
     from benchmarks import torch_twins
     return torch, torch_twins
+
+
+def _ldctbench(method):
+    """The real package's network module (pip install --no-deps ldct-benchmark)."""
+    return optional.require(f"ldctbench.methods.{method}.network",
+                            "pip install --no-deps ldct-benchmark")
 
 
 def _write_ldctbench_checkpoint(torch, model, path):
@@ -174,7 +181,7 @@ def test_ldctbench_redcnn_imports_by_its_method_name_within_0_05_hu(trainer, out
     DU-GAN's generator (a RED-CNN), saved as ldct-benchmark's trainer saves them, imported
     without naming the method; out_ch is read off the weights."""
     torch, _ = _torch()
-    network = pytest.importorskip("ldctbench.methods.redcnn.network")
+    network = _ldctbench("redcnn")
     torch.manual_seed(2)
     model = network.Model(argparse.Namespace(), out_ch=out_ch).eval()
     args = argparse.Namespace(trainer=trainer, lr=1e-4, patchsize=64)
@@ -192,7 +199,7 @@ def test_ldctbench_qae_imports_within_0_05_hu(tmp_path):
     """Q-AE against the real package's class, its zero-initialised W_g, W_b, b_r, b_b made
     non-zero so that every quadratic term counts."""
     torch, _ = _torch()
-    network = pytest.importorskip("ldctbench.methods.qae.network")
+    network = _ldctbench("qae")
     torch.manual_seed(3)
     model = network.Model(argparse.Namespace()).eval()
     with torch.no_grad():
@@ -213,7 +220,7 @@ def test_ldctbench_resnet_imports_with_its_batchnorm_statistics_within_0_05_hu(t
     """ResNet (128 channels, 10 blocks) against the real package's class, BatchNorm in
     inference mode with random running statistics and affine parameters."""
     torch, _ = _torch()
-    network = pytest.importorskip("ldctbench.methods.resnet.network")
+    network = _ldctbench("resnet")
     torch.manual_seed(4)
     model = network.Model(argparse.Namespace()).eval()
     with torch.no_grad():
@@ -246,6 +253,10 @@ def test_import_ldctbench_names_an_unknown_method(tmp_path):
     torch.save({"args": argparse.Namespace(trainer="wganvgg"), "iteration": 1,
                 "model_state_dict": tden.Generator().state_dict()}, tmp_path / "w.pt")
     assert models.import_ldctbench(str(tmp_path / "w.pt")).spec.name == "wgan_vgg"
+    torch.save({"args": argparse.Namespace(trainer="cnn10", data_norm="minmax"), "iteration": 1,
+                "model_state_dict": tden.CNN10().state_dict()}, tmp_path / "m.pt")
+    with pytest.raises(ValueError, match=r"m\.pt: trained with args\.data_norm='minmax'"):
+        models.import_ldctbench(str(tmp_path / "m.pt"))
 
 
 def test_import_ldctbench_without_torch_says_how_to_get_it(monkeypatch, tmp_path):

@@ -4,7 +4,8 @@
 Every config field can be overridden as `--config.a.b=value`. The config's `job` field picks the
 job; all logic lives in `ldct_jax.jobs` and the modules it names. A `--config=configs/...` path
 that does not exist in the working directory is looked up in the repository ldct-jax was
-installed from, so the command works from any directory.
+installed from, so the command finds its configs from any directory (default workdirs and
+checkpoints, like runs/cnn10/model, stay relative to the working directory).
 """
 
 from __future__ import annotations
@@ -44,17 +45,24 @@ def _main(argv: list[str]) -> int:
     return jobs.exit_code(jobs.run(_CONFIG.value, workdir))
 
 
+def _in_repository(arg: str) -> str:
+    """`configs/x.py[:preset]`, its path made the repository's when it is missing here."""
+    path, sep, preset = arg.partition(":")
+    there = os.path.join(REPOSITORY, path)
+    if not os.path.isabs(path) and not os.path.exists(path) and os.path.isfile(there):
+        return f"{there}{sep}{preset}"
+    return arg
+
+
 def resolve_config(argv: list[str]) -> list[str]:
-    """`argv` with a relative `--config=` path that is missing here but present in the
-    repository replaced by the repository's file."""
-    out = []
-    for a in argv:
+    """`argv` with a relative `--config=` (or `--config `) path that is missing here but
+    present in the repository replaced by the repository's file."""
+    out = list(argv)
+    for i, a in enumerate(argv):
         if a.startswith("--config="):
-            path, sep, preset = a[len("--config="):].partition(":")
-            there = os.path.join(REPOSITORY, path)
-            if not os.path.isabs(path) and not os.path.exists(path) and os.path.isfile(there):
-                a = f"--config={there}{sep}{preset}"
-        out.append(a)
+            out[i] = "--config=" + _in_repository(a[len("--config="):])
+        elif a == "--config" and i + 1 < len(argv):
+            out[i + 1] = _in_repository(argv[i + 1])
     return out
 
 

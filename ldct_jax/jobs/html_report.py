@@ -3,8 +3,9 @@
 No network and no server: the figures' images are embedded as deflated int16 arrays (0.1 HU
 steps at most) that the page windows itself, so the anatomy window (as read, lung, abdomen,
 head) and the difference window can be switched for every figure at once; plots are embedded
-PNGs. The summary table sorts by any column (click its header, or open the page as
-`index.html#sort=<column>`, `#sort=-<column>` for descending). Images wider than
+PNGs. The summary table sorts by any column (click its header). The address can set both:
+`index.html#sort=-ratio&anatomy=lung&diff=20` (descending by ratio, lung window, +-10 HU
+differences). Images wider than
 `MAX_SIDE` pixels are shown block-averaged (the PNGs in figures/ keep every pixel).
 """
 
@@ -15,6 +16,7 @@ import dataclasses
 import hashlib
 import html
 import json
+import numbers
 import os
 import zlib
 from typing import Any, Mapping, Optional, Sequence
@@ -91,6 +93,18 @@ def _figure_html(fig: Figure, arrays: dict[str, dict]) -> str:
     return "".join(out) + "</table></figure>"
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (numbers.Real, np.number)) and not isinstance(v, (bool, np.bool_))
+
+
+def _sort_value(v: Any) -> str:
+    """A number as JavaScript's Number() reads it (inf -> Infinity, nan -> NaN)."""
+    v = float(v)
+    if np.isnan(v):
+        return "NaN"
+    return ("Infinity" if v > 0 else "-Infinity") if np.isinf(v) else repr(v)
+
+
 def _table_html(columns: Sequence[str], table: Sequence[Mapping[str, Any]]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = []
@@ -98,8 +112,7 @@ def _table_html(columns: Sequence[str], table: Sequence[Mapping[str, Any]]) -> s
         cells = []
         for c in columns:
             v = r.get(c)
-            sort = "" if not isinstance(v, (int, float)) or isinstance(v, bool) else \
-                f' data-value="{float(v)!r}"'
+            sort = f' data-value="{_sort_value(v)}"' if _is_number(v) else ""
             cells.append(f"<td{sort}>{html.escape(report.format_cell(v))}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return (f'<table id="summary"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}'
@@ -127,9 +140,11 @@ def write(report_dir: str, title: str, columns: Sequence[str],
     config = ("<details><summary>settings</summary><pre>"
               + html.escape(json.dumps(settings, indent=1, sort_keys=True, default=str))
               + "</pre></details>") if settings else ""
+    controls = (f'<p class="controls">Anatomy window: {anatomy} &nbsp; Differences: {diff}</p>'
+                if arrays else "")  # nothing to window on a page of plots
     page = _PAGE.format(
         title=html.escape(title), config=config, table=_table_html(columns, table),
-        figures=body, anatomy=anatomy, diff=diff, count=len(figures),
+        figures=body, controls=controls, count=len(figures),
         arrays=json.dumps(arrays).replace("</", "<\\/"),
         windows=json.dumps({w: ct.window_bounds(w) for w in ANATOMY_WINDOWS}), script=_SCRIPT)
     path = os.path.join(report_dir, "index.html")
@@ -159,7 +174,7 @@ canvas {{ width: 180px; image-rendering: pixelated; display: block; }}
 <p>Click a column header to sort.</p>
 {table}
 <h2>Figures</h2>
-<p class="controls">Anatomy window: {anatomy} &nbsp; Differences: {diff}</p>
+{controls}
 {figures}
 <script id="arrays" type="application/json">{arrays}</script>
 <script id="windows" type="application/json">{windows}</script>
@@ -217,6 +232,13 @@ function redraw() {
     b => b.classList.toggle("on", Number(b.dataset.diff) === state.diff));
 }
 
+// Numbers by value (NaN after every number), text alphabetically.
+function compare(x, y) {
+  if (typeof x !== "number" || typeof y !== "number") return String(x).localeCompare(String(y));
+  if (Number.isNaN(x) || Number.isNaN(y)) return Number.isNaN(x) - Number.isNaN(y);
+  return x === y ? 0 : (x < y ? -1 : 1);
+}
+
 function sortBy(th) {
   const table = th.closest("table"), index = [...th.parentNode.children].indexOf(th);
   const ascending = !th.classList.contains("asc");
@@ -228,9 +250,7 @@ function sortBy(th) {
   };
   const rows = [...table.tBodies[0].rows].sort((a, b) => {
     const x = key(a), y = key(b);
-    const numbers = typeof x === "number" && typeof y === "number";
-    const order = numbers ? x - y : String(x).localeCompare(String(y));
-    return ascending ? order : -order;
+    return ascending ? compare(x, y) : -compare(x, y);
   });
   rows.forEach(r => table.tBodies[0].appendChild(r));
 }
@@ -241,12 +261,16 @@ document.querySelectorAll("button[data-anatomy]").forEach(b => b.addEventListene
   state.anatomy = b.dataset.anatomy; redraw(); }));
 document.querySelectorAll("button[data-diff]").forEach(b => b.addEventListener("click", () => {
   state.diff = Number(b.dataset.diff); redraw(); }));
-// #sort=column or #sort=-column: the table sorted by it (ascending, descending) on opening.
-const wanted = decodeURIComponent(location.hash).match(/^#sort=(-?)(.+)$/);
+// The address may open the page sorted and windowed: #sort=column (-column: descending),
+// &anatomy=lung|abdomen|head, &diff=<window width in HU>.
+const address = new URLSearchParams(location.hash.slice(1));
+const wanted = (address.get("sort") || "").match(/^(-?)(.+)$/);
 if (wanted) {
   const th = [...document.querySelectorAll("#summary th")].find(h => h.textContent === wanted[2]);
   if (th) { sortBy(th); if (wanted[1]) sortBy(th); }
 }
+if (address.get("anatomy") in WINDOWS) state.anatomy = address.get("anatomy");
+if (Number(address.get("diff")) > 0) state.diff = Number(address.get("diff"));
 Promise.all(Object.keys(arrays).map(async k => { decoded[k] = await decode(k); }))
   .then(() => { redraw(); document.body.dataset.ready = "1"; });
 """

@@ -39,7 +39,7 @@ def options_from(config: Any) -> jacobian.SpectrumOptions:
     try:
         return jacobian.SpectrumOptions(
             k=config.k, extra=config.extra, iterations=config.iterations,
-            tolerance=config.tolerance, smallest_tolerance=config.smallest_tolerance,
+            tolerance=config.tolerance, smallest_tolerance=config.smallest_tolerance or None,
             seed=config.seed)
     except ValueError as e:
         raise ValueError(f"config (k, extra, iterations, tolerance, smallest_tolerance): {e}"

@@ -147,11 +147,16 @@ def import_ldctbench(path: str, name: Optional[str] = None) -> Denoiser:
 
     Raises:
       ValueError naming the missing/unexpected keys, or a key and both shapes, when the
-      checkpoint is for another architecture; or naming `args.trainer` when no name is given
-      and the checkpoint does not say a method this module imports.
+      checkpoint is for another architecture; naming `args.trainer` when no name is given
+      and the checkpoint does not say a method this module imports; or naming
+      `args.data_norm` when it is not 'meanstd' (its outputs would be off).
     """
     path = os.fspath(path)
     state, args = torch_state.read_with_args(path, "an ldct-benchmark checkpoint")
+    norm = getattr(args, "data_norm", "meanstd")
+    if norm != "meanstd":
+        raise ValueError(f"{path}: trained with args.data_norm={norm!r}; ldct-jax imports "
+                         "networks trained on ldct-benchmark's 'meanstd' normalisation only")
     if name is None:
         trainer = getattr(args, "trainer", None)
         if trainer not in METHODS:
