@@ -8,7 +8,7 @@ for what lands in the workdir.
 Models and images as in configs/invariance.py (gauss_ri needs no training; cnn10 and wgan_vgg
 read config.checkpoint, default runs/cnn10/model and runs/wgan/model).
 Variants (after a comma):
-  quick      one 64 x 64 image: gauss_ri about 30 s on a 2-core CPU, CNN-10 about 6 minutes
+  quick      one 64 x 64 image: gauss_ri under a minute on a 2-core CPU, CNN-10 about 6 minutes
              (both ends converged; fewer --config.iterations for a rougher answer).
 
 config.mask: a .npy [H, W] or [N, H, W] of 0/1 restricting the input directions. Every field
