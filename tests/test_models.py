@@ -175,6 +175,24 @@ def test_import_ldctbench_errors(tmp_path):
         models.import_ldctbench_critic(str(tmp_path / "critic32.pt"), 48)
 
 
+@pytest.mark.parametrize("trainer", ["cnn10", "wganvgg"])
+def test_ldctbench_cnn10_and_wganvgg_import_by_method_within_0_05_hu(trainer, tmp_path):
+    """The two networks ldct-jax also trains, against the real package's classes (the tests
+    above use the repository's PyTorch twins)."""
+    torch, _ = _torch()
+    network = _ldctbench(trainer)
+    torch.manual_seed(5)
+    model = network.Model(argparse.Namespace()).eval()
+    torch.save({"args": argparse.Namespace(trainer=trainer), "iteration": 10,
+                "model_state_dict": model.state_dict()}, tmp_path / "best_SSIM.pt")
+    d = models.import_ldctbench(str(tmp_path / "best_SSIM.pt"))
+    assert d.spec.name == ldctbench.METHODS[trainer]
+    x = _hu(6, (1, 64, 64))
+    ref = _torch_hu(torch, model, x)
+    assert np.abs(ref - x).max() > 10.0
+    assert np.abs(np.asarray(d(x)) - ref).max() <= 0.05
+
+
 @pytest.mark.parametrize("trainer,out_ch", [("redcnn", 96), ("dugan", 32)])
 def test_ldctbench_redcnn_imports_by_its_method_name_within_0_05_hu(trainer, out_ch, tmp_path):
     """Against the real package's class (pip install --no-deps ldct-benchmark): RED-CNN and
