@@ -31,7 +31,8 @@ def load_denoiser(model: str, checkpoint: str = "", model_config: Optional[dict]
     """The denoiser a sweep studies.
 
     Args:
-      model: 'gauss_ri', 'cnn10' or 'wgan_vgg' (config.model).
+      model: a registered architecture (`models.ARCHITECTURES`, config.model); 'gauss_ri', 'cnn10'
+        and 'wgan_vgg' have presets.
       checkpoint: a saved model directory (`ldct_jax.models.save`) or an ldct-benchmark
         `.pt`; '' -> the training job's default (TRAINED); gauss_ri (no weights) needs none.
       model_config: module arguments for a model built without a checkpoint (gauss_ri).
