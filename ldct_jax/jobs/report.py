@@ -47,12 +47,8 @@ def save_panels(path: str, rows: Sequence[Sequence[Union[Panel, Plot]]],
     Returns:
       `path`.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     ncols = max(len(r) for r in rows)
-    fig = Figure(figsize=(panel_size * ncols, panel_size * len(rows)))
-    FigureCanvasAgg(fig)
+    fig = _figure(panel_size * ncols, panel_size * len(rows))
     axes = fig.subplots(len(rows), ncols, squeeze=False)
     for r, row in enumerate(rows):
         for c in range(ncols):
@@ -75,12 +71,7 @@ def save_panels(path: str, rows: Sequence[Sequence[Union[Panel, Plot]]],
             ax.imshow(np.asarray(panel.image, np.float32), cmap="gray", vmin=low, vmax=high,
                       interpolation="nearest")
             ax.set_title(f"{panel.title}\n[{low:g}, {high:g}] HU", fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    with files.atomic_file(path) as tmp:
-        fig.savefig(tmp, dpi=100, format=os.path.splitext(path)[1].lstrip(".") or "png")
-    return path
+    return _save(fig, path, title)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,11 +91,7 @@ def save_scatter(path: str, points: Sequence[Point], xlabel: str, ylabel: str,
     """Writes a log-log scatter plot of `points` to `path` (PNG), atomically; returns `path`.
     Points with a non-positive coordinate cannot be drawn on log axes and are named in a note
     above the plot."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7.5, 5.5))
-    FigureCanvasAgg(fig)
+    fig = _figure(7.5, 5.5)
     ax = fig.subplots()
     markers = list(dict.fromkeys(p.marker for p in points))
     series = list(dict.fromkeys(p.series for p in points))
@@ -131,10 +118,27 @@ def save_scatter(path: str, points: Sequence[Point], xlabel: str, ylabel: str,
     if skipped:
         ax.set_title("not drawn (zero on a log axis): "
                      + ", ".join(f"{p.marker} {p.series} {p.label}" for p in skipped), fontsize=7)
-    fig.suptitle(title, fontsize=10)
+    return _save(fig, path, title)
+
+
+def _figure(width: float, height: float):
+    """A matplotlib Figure on its own Agg canvas (the notebook's backend is left alone)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: str, title: Optional[str]) -> str:
+    """`fig` with `title`, laid out and written to `path` atomically (its extension picks
+    the format)."""
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     with files.atomic_file(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
+        fig.savefig(tmp, dpi=100, format=os.path.splitext(path)[1].lstrip(".") or "png")
     return path
 
 
