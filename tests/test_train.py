@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from configs import cnn10 as cnn10_config
+from configs import supervised as supervised_config
 from configs import wgan as wgan_config
-from ldct_jax import jobs, parallel
+from ldct_jax import jobs, models, parallel
 from ldct_jax.data.scan import Scan
 from ldct_jax.jobs import train as job
 from ldct_jax.jobs import trainers
@@ -456,8 +457,10 @@ def test_unknown_key_is_rejected_by_the_locked_config():
     (lambda: wgan_cfg(critic_optimizer__schedule="step"),
      r"config.critic_optimizer.schedule='step'"),
     (lambda: wgan_cfg(wgan__mse_weight=-1.0), r"config.wgan.mse_weight=-1.0 must be >= 0"),
+    (lambda: cnn10_cfg(model="redcnn", model_config={}, patch_size=16),
+     r"config.patch_size=16: patches of 16x16 px are smaller than redcnn takes \(21x21 px"),
 ], ids=["patch", "batch", "no-root", "missing-root", "source", "dicom-pair", "steps", "beta",
-        "critic", "tap", "schedule", "mse"])
+        "critic", "tap", "schedule", "mse", "redcnn-patch"])
 def test_bad_config_fails_at_start(cfg, message, tmp_path):
     wd = tmp_path / "run"
     with pytest.raises(ValueError, match=message):
@@ -487,3 +490,58 @@ def test_paper_preset_has_the_published_settings(tmp_path):
             c.data.root = str(tmp_path)
             trainers.check_config(c)
             assert c.optimizer.schedule == "constant"
+
+
+# ldct-benchmark's configs/<method>.yaml: lr, max_iterations, mbs, patchsize, seed.
+LDCTBENCH_YAML = {
+    "cnn10": (0.00015837006124497214, 86188, 68, 92, 1341),
+    "redcnn": (9.583417460320728e-05, 92994, 73, 128, 1339),
+    "resnet": (0.0001, 20000, 64, 64, 1332),
+    "qae": (2.8427860979114494e-05, 94025, 125, 36, 1371),
+}
+
+
+@pytest.mark.parametrize("method", sorted(LDCTBENCH_YAML))
+def test_ldctbench_presets_are_the_package_settings(method, tmp_path):
+    c = supervised_config.get_config(f"{method},ldctbench")
+    lr, steps, batch, patch, seed = LDCTBENCH_YAML[method]
+    assert (c.optimizer.lr, c.num_steps, c.batch_size, c.patch_size, c.seed) == (
+        lr, steps, batch, patch, seed)
+    assert (c.optimizer.b1, c.optimizer.b2, c.optimizer.schedule) == (0.9, 0.999, "constant")
+    # The architecture at ldct-benchmark's defaults (e.g. RED-CNN's 96 channels).
+    assert dict(c.model_config) == {} and c.data.source == "mayo" and c.model == method
+    c.data.root = str(tmp_path)
+    trainers.check_config(c)
+    default = supervised_config.get_config(method)
+    assert default.data.source == "synthetic" and default.optimizer.schedule == "cosine"
+    with pytest.raises(AttributeError):
+        default.not_a_field = 1
+    assert cnn10_config.get_config().to_dict() == supervised_config.get_config("cnn10").to_dict()
+
+
+@pytest.mark.parametrize("method, model_config", [
+    ("redcnn", dict(features=4)), ("resnet", dict(features=8, blocks=2)), ("qae", dict())])
+def test_every_mse_method_trains_and_saves_its_model(method, model_config, tmp_path):
+    c = supervised_config.get_config(method)
+    c.model_config = model_config
+    c.num_steps, c.batch_size, c.patch_size = 4, 4, 24
+    c.optimizer.lr = 1e-3
+    c.checkpoint.every_steps, c.log_every_steps = 2, 1
+    c.eval.slices_per_patient = 1
+    c.progress_bar = False
+    wd = str(tmp_path / "run")
+    job.run(c, wd, scans=phantom_scans())
+    trained = models.load(os.path.join(wd, "model"))
+    assert trained.spec == models.spec(method, **model_config)
+    losses = [r["loss"] for r in _records(wd) if r.get("split") == "train"]
+    assert len(losses) == 4 and np.all(np.isfinite(losses))
+    if not models.architecture(method).flax_default_init:
+        # The module's own initialisers: Q-AE's quadratic weights W_g, W_b at 0 (as
+        # ldct-benchmark's), BatchNorm's scale at 1 and statistics at 0 and 1.
+        init = trainers._init_params(trained.spec.module, jax.random.key(0), 32, False)
+        reference = trained.spec.module.init(
+            jax.random.key(0), np.zeros((1, 32, 32, 1), np.float32))["params"]
+        _assert_trees_close(init, reference, tol=0.0)
+    if method == "resnet":  # the running statistics are fixed: training leaves them
+        assert np.all(np.asarray(trained.params["block0"]["bn1"]["mean"]) == 0.0)
+        assert np.all(np.asarray(trained.params["block0"]["bn1"]["var"]) == 1.0)

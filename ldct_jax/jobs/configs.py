@@ -19,8 +19,10 @@ import numpy as np
 # Adam of Yang et al. 2018 for generator and critic (the paper presets of both trainings).
 PAPER_ADAM = dict(lr=1e-5, b1=0.5, b2=0.9, schedule="constant")
 
-# The denoisers the sweeps study; gauss_ri needs no training and is the default.
-SWEEP_MODELS = ("gauss_ri", "cnn10", "wgan_vgg")
+# The denoisers the sweeps study (presets `configs/<sweep>.py:<model>`): gauss_ri needs no
+# training and is the default; the others are ldct-benchmark's methods ('wganvgg' is its name
+# of wgan_vgg), trained here or imported.
+SWEEP_MODELS = ("gauss_ri", "cnn10", "wgan_vgg", "wganvgg", "redcnn", "dugan", "qae", "resnet")
 
 # Anatomies of the sweeps' images (the head window is too narrow to read x_inv in).
 SWEEP_ANATOMIES = ("chest", "abdomen")
@@ -155,6 +157,63 @@ def train_config(model: str, model_config: dict, *, checkpoint_every: int,
     return c
 
 
+# Synthetic-data defaults of the MSE-trained methods: minutes on a 2-core CPU. RED-CNN and
+# ResNet are narrower than ldct-benchmark's (96 and 128 channels, 10 blocks: about 230 times
+# CNN-10's arithmetic per pixel); their `ldctbench` preset has the package's widths.
+SUPERVISED_DEFAULTS = {
+    # 2000 steps with a cosine decay: 38.5 % RMSE reduction on the held-out synthetic slices in
+    # about 5 minutes of training on 2 cores; 600 constant-lr steps gave 30.2 %, 900 gave 27.6 %
+    # (the last iterate of a constant lr is noisy), 1200 cosine 32.4 %.
+    "cnn10": dict(model_config=dict(features=(64, 32)), num_steps=2000, batch_size=16),
+    "redcnn": dict(model_config=dict(features=16), num_steps=1000, batch_size=8),
+    "resnet": dict(model_config=dict(features=32, blocks=4), num_steps=1000, batch_size=8),
+    "qae": dict(model_config=dict(), num_steps=1000, batch_size=8),
+}
+
+# ldct-benchmark's tuned values (configs/<method>.yaml of eeulig/ldct-benchmark): Adam lr
+# (betas 0.9, 0.999), iterations, minibatch, patch size, seed; architectures at its defaults.
+LDCTBENCH_SUPERVISED = {
+    "cnn10": dict(lr=0.00015837006124497214, num_steps=86188, batch_size=68, patch_size=92,
+                  seed=1341),
+    "redcnn": dict(lr=9.583417460320728e-05, num_steps=92994, batch_size=73, patch_size=128,
+                   seed=1339),
+    "resnet": dict(lr=1e-4, num_steps=20000, batch_size=64, patch_size=64, seed=1332),
+    "qae": dict(lr=2.8427860979114494e-05, num_steps=94025, batch_size=125, patch_size=36,
+                seed=1371),
+}
+
+
+def supervised_config(method: str, preset: str) -> ml_collections.ConfigDict:
+    """The training config of an MSE-trained method (configs/supervised.py, configs/cnn10.py).
+
+    Args:
+      method: a key of `SUPERVISED_DEFAULTS`.
+      preset: 'default' (synthetic data, minutes on a CPU), 'paper' (Mayo data, the published
+        WGAN-VGG settings, so that every network is trained alike) or 'ldctbench' (Mayo data,
+        ldct-benchmark's tuned values); both Mayo presets build the architecture at its
+        defaults (ldct-benchmark's).
+    """
+    d = SUPERVISED_DEFAULTS[method]
+    c = train_config(method, d["model_config"], checkpoint_every=200, slices_per_patient=4)
+    c.num_steps = d["num_steps"]
+    c.batch_size = d["batch_size"]
+    c.patch_size = 48
+    # schedule: 'constant' or 'cosine' (decay to 5 % of lr over num_steps).
+    c.optimizer = ml_collections.ConfigDict(dict(lr=1e-3, b1=0.9, b2=0.999, schedule="cosine"))
+    if preset != "default":  # the architecture's own widths on the Mayo data
+        c.model_config = ml_collections.ConfigDict()
+    if preset == "paper":
+        mayo_run(c, num_steps=100_000, batch_size=128, patch_size=64)
+        c.optimizer.update(PAPER_ADAM)
+    elif preset == "ldctbench":
+        t = LDCTBENCH_SUPERVISED[method]
+        mayo_run(c, num_steps=t["num_steps"], batch_size=t["batch_size"],
+                 patch_size=t["patch_size"])
+        c.seed = t["seed"]
+        c.optimizer.update(lr=t["lr"], schedule="constant")
+    return c
+
+
 def mayo_run(c: ml_collections.ConfigDict, *, num_steps: int, batch_size: int,
              patch_size: int) -> None:
     """Turns a training config into a long run on the Mayo data (the paper/ldctbench presets)."""
@@ -174,10 +233,13 @@ def sweep_config(job: str, model: str) -> ml_collections.ConfigDict:
     centre-cropped to 128 px so that a CPU finishes in reasonable time; gauss_ri needs no
     training and gets small whole slices.
     """
+    from ldct_jax import models
     c = ml_collections.ConfigDict()
     c.job = job
-    c.model = model
-    c.checkpoint = ""          # '' -> runs/cnn10/model or runs/wgan/model (unused by gauss_ri)
+    c.model = models.canonical(model)
+    # '' -> the training job's model (ldct_jax.jobs.inputs.TRAINED; unused by gauss_ri); a
+    # model directory (ldct_jax.models.save) or an ldct-benchmark .pt
+    c.checkpoint = ""
     c.model_config = ml_collections.ConfigDict()  # module arguments for gauss_ri (sigma, square)
     c.images = ""              # .npy [H, W] or [N, H, W] HU; '' -> slices from config.data
     c.anatomy = "abdomen"      # anatomy of .npy images (picks the display window)

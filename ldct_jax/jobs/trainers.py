@@ -16,13 +16,16 @@ import numpy as np
 
 from ldct_jax import models, parallel
 from ldct_jax.data.scan import Scan
+from ldct_jax.jobs import configs
 from ldct_jax.jobs import data as data_job
 from ldct_jax.models import vgg as vgg_lib
 from ldct_jax.models import vgg_weights, wgan_vgg
 from ldct_jax.train import supervised, wgan
 from ldct_jax.train.state import TrainState
 
-MODELS = ("cnn10", "wgan_vgg")
+# Trained with the MSE, as ldct-benchmark trains them; WGAN-VGG as a WGAN-GP.
+SUPERVISED = ("cnn10", "redcnn", "resnet", "qae")
+MODELS = SUPERVISED + ("wgan_vgg",)
 # VGG19 pools 4 times before conv5_4.
 _MIN_PERCEPTUAL_PATCH = 16
 
@@ -98,6 +101,8 @@ def check_config(config) -> None:
         if config.vgg.weights and not os.path.exists(config.vgg.weights):
             raise ValueError(f"config.vgg.weights={config.vgg.weights!r} does not exist (leave "
                              "it empty for a random-init VGG)")
+    with configs.naming("patch_size", config.patch_size):
+        models.check_input_size(config.model, (config.patch_size,) * 2, "patches")
     data = config.data
     if data.source not in data_job.SOURCES:
         raise ValueError(f"config.data.source={data.source!r}; expected one of "
@@ -138,7 +143,7 @@ def _get(config, dotted: str):
     return value
 
 
-def _init_params(module, key: jax.Array, size: int):
+def _init_params(module, key: jax.Array, size: int, flax_default_init: bool = True):
     """Fresh params for `module` on `[1, size, size, 1]` inputs, drawn with numpy.
 
     The distributions of Flax's defaults for Conv and Dense, which these modules use: kernels
@@ -147,6 +152,8 @@ def _init_params(module, key: jax.Array, size: int):
     tens of seconds on a busy 2-core CPU; the shapes come from `jax.eval_shape` (no compile).
     """
     x = jax.ShapeDtypeStruct((1, size, size, 1), jnp.float32)
+    if not flax_default_init:  # the module's own initialisers (e.g. Q-AE's, BatchNorm's)
+        return jax.jit(module.init)(key, jnp.zeros(x.shape, x.dtype))["params"]
     shapes = jax.eval_shape(lambda k, x: module.init(k, x)["params"], key, x)
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
 
@@ -181,12 +188,13 @@ def build(config, mesh, train_scans: Sequence[Scan]) -> Trainer:
     keys = _keys(config.seed)
     model_config = dict(config.model_config)
     spec = models.spec(config.model, **model_config)
-    denoiser = models.Denoiser(spec, _init_params(spec.module, keys["model"], 32))
+    denoiser = models.Denoiser(spec, _init_params(
+        spec.module, keys["model"], 32, models.architecture(spec.name).flax_default_init))
     opt = config.optimizer
     optimizer = _adam(opt, config.num_steps)
     common = dict(batch_size=config.batch_size, patch_size=config.patch_size, seed=config.seed,
                   process_index=jax.process_index(), process_count=jax.process_count())
-    if config.model == "cnn10":
+    if config.model in SUPERVISED:
         state = supervised.init_state(denoiser, optimizer, config.seed)
         jitted = parallel.data_parallel_step(supervised.make_step(spec, optimizer), mesh)
         return Trainer(denoiser, parallel.replicate(state, mesh), jitted,

@@ -10,10 +10,10 @@
 
 from ldct_jax.models.denoiser import Denoiser, DenoiserSpec, denoise
 from ldct_jax.models.ldctbench import import_ldctbench, import_ldctbench_critic
-from ldct_jax.models.registry import (ARCHITECTURES, Architecture, architecture, build, create,
-                                      param_shapes, spec)
+from ldct_jax.models.registry import (ALIASES, ARCHITECTURES, Architecture, architecture, build,
+                                      canonical, check_input_size, create, param_shapes, spec)
 from ldct_jax.models.saved import load, save
 
-__all__ = ["ARCHITECTURES", "Architecture", "Denoiser", "DenoiserSpec", "architecture", "build",
-           "create", "denoise", "import_ldctbench", "import_ldctbench_critic", "load",
-           "param_shapes", "save", "spec"]
+__all__ = ["ALIASES", "ARCHITECTURES", "Architecture", "Denoiser", "DenoiserSpec", "architecture",
+           "build", "canonical", "check_input_size", "create", "denoise", "import_ldctbench",
+           "import_ldctbench_critic", "load", "param_shapes", "save", "spec"]

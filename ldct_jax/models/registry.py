@@ -20,9 +20,19 @@ from ldct_jax.models.wgan_vgg import Generator
 
 @dataclasses.dataclass(frozen=True)
 class Architecture:
+    """A Flax module class and its normalisation (network units = (HU - shift) / scale).
+
+    `flax_default_init`: every param is a Conv/Dense kernel or bias with Flax's default
+    initialisers, which the trainers then draw with numpy (`jobs.trainers`); modules with
+    their own initialisers (Q-AE's quadratic terms, BatchNorm) are initialised by Flax.
+    `min_size`: the smallest image side the network takes (unpadded convolutions shrink it).
+    """
+
     module: Callable[..., Any]
     shift: float
     scale: float
+    flax_default_init: bool = True
+    min_size: int = 1
 
 
 # The networks use ldct-benchmark's normalisation, so imported and own weights agree.
@@ -30,23 +40,49 @@ class Architecture:
 ARCHITECTURES: dict[str, Architecture] = {
     "cnn10": Architecture(CNN10, ct.LDCTBENCH_SHIFT, ct.LDCTBENCH_SCALE),
     "wgan_vgg": Architecture(Generator, ct.LDCTBENCH_SHIFT, ct.LDCTBENCH_SCALE),
-    "redcnn": Architecture(REDCNN, ct.LDCTBENCH_SHIFT, ct.LDCTBENCH_SCALE),
-    "dugan": Architecture(REDCNN, ct.LDCTBENCH_SHIFT, ct.LDCTBENCH_SCALE),  # its generator
-    "qae": Architecture(QAE, ct.LDCTBENCH_SHIFT, ct.LDCTBENCH_SCALE),
-    "resnet": Architecture(ResNet, ct.LDCTBENCH_SHIFT, ct.LDCTBENCH_SCALE),
+    # RED-CNN's five unpadded 5x5 convolutions take 4 px each.
+    "redcnn": Architecture(REDCNN, ct.LDCTBENCH_SHIFT, ct.LDCTBENCH_SCALE, min_size=21),
+    "dugan": Architecture(REDCNN, ct.LDCTBENCH_SHIFT, ct.LDCTBENCH_SCALE,  # its generator
+                          min_size=21),
+    "qae": Architecture(QAE, ct.LDCTBENCH_SHIFT, ct.LDCTBENCH_SCALE, flax_default_init=False,
+                        min_size=3),
+    "resnet": Architecture(ResNet, ct.LDCTBENCH_SHIFT, ct.LDCTBENCH_SCALE,
+                           flax_default_init=False),
     "gauss_ri": Architecture(GaussRI, 0.0, ct.LDCTBENCH_SCALE),
 }
 
+# Other names of an architecture: ldct-benchmark's method names where they differ from ours.
+ALIASES = {"wganvgg": "wgan_vgg"}
+
+
+def canonical(name: str) -> str:
+    """The registered name of `name` (an alias such as 'wganvgg' -> 'wgan_vgg')."""
+    name = ALIASES.get(name, name)
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown denoiser {name!r}; expected one of "
+                         f"{sorted([*ARCHITECTURES, *ALIASES])}")
+    return name
+
 
 def architecture(name: str) -> Architecture:
-    if name not in ARCHITECTURES:
-        raise ValueError(f"unknown denoiser {name!r}; expected one of {sorted(ARCHITECTURES)}")
-    return ARCHITECTURES[name]
+    return ARCHITECTURES[canonical(name)]
+
+
+def check_input_size(name: str, shape: tuple[int, ...], what: str = "images") -> None:
+    """A ValueError naming `what` when images of `shape` (`[..., H, W]`) are too small for
+    architecture `name`."""
+    need = architecture(name).min_size
+    h, w = shape[-2:]
+    if min(h, w) < need:
+        raise ValueError(f"{what} of {h}x{w} px are smaller than {canonical(name)} takes "
+                         f"({need}x{need} px at least)")
 
 
 def spec(name: str, **config) -> DenoiserSpec:
-    """The spec of architecture `name` with module config `config` (e.g. `features`)."""
-    arch = architecture(name)
+    """The spec of architecture `name` (or an alias) with module config `config` (e.g.
+    `features`)."""
+    name = canonical(name)
+    arch = ARCHITECTURES[name]
     return DenoiserSpec(name=name, module=arch.module(**config), shift=arch.shift,
                         scale=arch.scale)
 
@@ -70,8 +106,8 @@ def create(name: str, key: jax.Array, **config) -> Denoiser:
     """A denoiser of architecture `name` with fresh params drawn from `key`.
 
     Args:
-      name: a key of `ARCHITECTURES`: 'cnn10', 'wgan_vgg' (the generator), 'redcnn', 'dugan'
-        (its generator, a RED-CNN), 'qae', 'resnet' or 'gauss_ri'.
+      name: a key of `ARCHITECTURES`: 'cnn10', 'wgan_vgg' (the generator; also 'wganvgg'),
+        'redcnn', 'dugan' (its generator, a RED-CNN), 'qae', 'resnet' or 'gauss_ri'.
       key: a PRNG key.
       **config: constructor arguments of the Flax module (e.g. `features`).
     """
