@@ -222,7 +222,8 @@ def test_changed_config_is_refused(image_file, uninterrupted):
      r"config\.checkpoint='/nonexistent/model': no saved cnn10 model there; train one with "
      r"`python launch/main.py --config=configs/cnn10.py` \(it writes runs/cnn10/model\)"),
     (dict(model="wgan_vgg", checkpoint="GAUSS_MODEL"), ValueError,
-     r"holds a 'gauss_ri' model, but config\.model='wgan_vgg'"),
+     r"holds a 'gauss_ri' model, not a 'wgan_vgg' one; point --config\.checkpoint at a wgan_vgg "
+     r"model \(or set --config\.model=gauss_ri\)"),
     (dict(model="unet"), ValueError, r"config\.model='unet' is not a denoiser"),
     (dict(lambdas=(1e-2, float("nan"))), ValueError, r"config\.lambdas"),
     (dict(search=dict(iterations=0, chunk=10)), ValueError, r"config\.search: .*iterations"),
@@ -338,8 +339,12 @@ def test_default_checkpoint_message(image_file, tmp_path, monkeypatch):
                        r"there; train one with `python launch/main.py --config=configs/wgan.py`"):
         sweep.run(invariance_cfg(image_file, model="wgan_vgg"), str(tmp_path / "run"))
     # A network with weights is never studied at a random init: without a checkpoint it fails.
-    with pytest.raises(FileNotFoundError, match=r"config\.checkpoint='': no saved redcnn model "
+    with pytest.raises(FileNotFoundError, match=r"config\.checkpoint='': no saved dugan model "
                        r"there; point --config\.checkpoint at"):
+        sweep.run(invariance_cfg(image_file, model="dugan"), str(tmp_path / "run"))
+    with pytest.raises(FileNotFoundError, match=r"'runs/supervised_redcnn/model': no saved "
+                       r"redcnn model there; train one with `python launch/main.py "
+                       r"--config=configs/supervised.py:redcnn`"):
         sweep.run(invariance_cfg(image_file, model="redcnn"), str(tmp_path / "run"))
 
 
@@ -348,7 +353,7 @@ def test_configs_presets_locked_and_checked():
         for model in module.MODELS:
             for variant in module.VARIANTS:
                 c = module.get_config(model if variant == "default" else f"{model},{variant}")
-                assert c.job == name and c.model == model
+                assert c.job == name and c.model == models.canonical(model)
                 with pytest.raises(AttributeError):
                     c.not_a_field = 1
         with pytest.raises(ValueError, match=f"configs/{name}.py: unknown preset 'vgg'"):

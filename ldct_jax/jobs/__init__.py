@@ -24,6 +24,7 @@ JOBS: dict[str, str] = {
     "invariance": "ldct_jax.jobs.invariance:run",
     "attack": "ldct_jax.jobs.attack:run",
     "jacobian": "ldct_jax.jobs.jacobian:run",
+    "zoo": "ldct_jax.jobs.zoo:run",
 }
 
 

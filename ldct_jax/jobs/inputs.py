@@ -15,36 +15,42 @@ import numpy as np
 from absl import logging
 
 from ldct_jax import ct, files, models
+from ldct_jax.jobs import configs
 from ldct_jax.analysis import arrays
 from ldct_jax.models.denoiser import Denoiser
 
-# Where the training jobs leave their models (configs/cnn10.py and configs/wgan.py, default
-# workdirs), and how to make them.
+# Where the training jobs leave their models (the default workdirs of configs/cnn10.py,
+# configs/wgan.py and configs/supervised.py:<method>), and how to make them.
 TRAINED = {
     "cnn10": ("runs/cnn10/model", "python launch/main.py --config=configs/cnn10.py"),
     "wgan_vgg": ("runs/wgan/model", "python launch/main.py --config=configs/wgan.py"),
+    **{m: (f"runs/supervised_{m}/model",
+           f"python launch/main.py --config=configs/supervised.py:{m}")
+       for m in ("redcnn", "resnet", "qae")},
 }
 
 
 def load_denoiser(model: str, checkpoint: str = "", model_config: Optional[dict] = None,
-                  seed: int = 0) -> Denoiser:
+                  seed: int = 0, key: str = "checkpoint") -> Denoiser:
     """The denoiser a sweep studies.
 
     Args:
-      model: a registered architecture (`models.ARCHITECTURES`, config.model); 'gauss_ri', 'cnn10'
-        and 'wgan_vgg' have presets.
+      model: a registered architecture or alias (`models.ARCHITECTURES`, config.model).
       checkpoint: a saved model directory (`ldct_jax.models.save`) or an ldct-benchmark
         `.pt`; '' -> the training job's default (TRAINED); gauss_ri (no weights) needs none.
       model_config: module arguments for a model built without a checkpoint (gauss_ri).
       seed: init key of such a model.
+      key: the config field of `checkpoint`, named in errors.
 
     Raises:
       ValueError: unknown model, or a checkpoint holding another model.
       FileNotFoundError: no checkpoint where expected (says how to train one).
     """
-    if model not in models.ARCHITECTURES:
+    try:
+        model = models.canonical(model)
+    except ValueError:
         raise ValueError(f"config.model={model!r} is not a denoiser; expected one of "
-                         f"{sorted(models.ARCHITECTURES)}")
+                         f"{sorted([*models.ARCHITECTURES, *models.ALIASES])}") from None
     if not checkpoint and not models.param_shapes(models.spec(model, **dict(model_config or {}))):
         return models.create(model, jax.random.key(seed), **dict(model_config or {}))
     default, train = TRAINED.get(model, ("", ""))
@@ -52,16 +58,16 @@ def load_denoiser(model: str, checkpoint: str = "", model_config: Optional[dict]
     if not os.path.exists(path):
         how = (f"train one with `{train}` (it writes {default}), or " if train else "")
         raise FileNotFoundError(
-            f"config.checkpoint={path!r}: no saved {model} model there; {how}point "
-            f"--config.checkpoint at a directory written by ldct_jax.models.save (or an "
+            f"config.{key}={path!r}: no saved {model} model there; {how}point "
+            f"--config.{key} at a directory written by ldct_jax.models.save (or an "
             "ldct-benchmark .pt)")
     if os.path.isfile(path) and path.endswith((".pt", ".pth")):
         return models.import_ldctbench(path, model)  # ldct-benchmark's trained weights
     d = models.load(path)
     if d.spec.name != model:
-        raise ValueError(f"config.checkpoint={path!r} holds a {d.name!r} model, but "
-                         f"config.model={model!r}; set --config.model={d.name} or point "
-                         f"--config.checkpoint at a {model} model")
+        raise ValueError(f"config.{key}={path!r} holds a {d.name!r} model, not a {model!r} "
+                         f"one; point --config.{key} at a {model} model"
+                         + (f" (or set --config.model={d.name})" if key == "checkpoint" else ""))
     return d
 
 
@@ -77,7 +83,7 @@ def load_npy(key: str, path: str, expected: str) -> np.ndarray:
                          f"pickled object arrays are refused): {e}") from None
 
 
-def load_images(config: Any, workdir: str) -> tuple[np.ndarray, list[str], list[str]]:
+def load_images(config: Any, workdir: str) -> "Images":
     """The sweep's images in HU, their anatomies (display windows) and where each came from.
 
     From `config.images` (.npy, `[H, W]` or `[N, H, W]`), or else `config.num_images` low-dose
@@ -194,8 +200,15 @@ class Inputs:
         return out
 
 
-def load(config: Any, workdir: str) -> Inputs:
-    """The denoiser (`load_denoiser`) and images (`load_images`) a sweep config names."""
+Images = tuple[np.ndarray, list[str], list[str]]  # HU [N, H, W], anatomy, source per image
+
+
+def load(config: Any, workdir: str, images: Optional[Images] = None) -> Inputs:
+    """The denoiser (`load_denoiser`) and images (`load_images`) a sweep config names, or
+    `images` already loaded (a comparison of several models on the same images)."""
     denoiser = load_denoiser(config.model, config.checkpoint, dict(config.model_config),
                              config.seed)
-    return Inputs(denoiser, *load_images(config, workdir))
+    images = images or load_images(config, workdir)
+    with configs.naming("model", config.model):
+        models.check_input_size(denoiser.name, images[0].shape)
+    return Inputs(denoiser, *images)

@@ -80,13 +80,14 @@ def check_grid(config: Any) -> None:
         raise ValueError(f"config.rows_per_chunk={config.rows_per_chunk}; expected >= 1")
 
 
-def prepare(config: Any, workdir: str) -> Setup:
-    """Checks the config and loads the model, images and mask; fails before any search."""
+def prepare(config: Any, workdir: str, images: Optional[inputs.Images] = None) -> Setup:
+    """Checks the config and loads the model, images (unless given) and mask; fails before any
+    search."""
     check_grid(config)
     options = options_from(config)
     compared = sweep_report.load_compared(config.report.compare, ("distance", "lam"))
     raw_mask = inputs.read_mask(config)
-    loaded = inputs.load(config, workdir)
+    loaded = inputs.load(config, workdir, images)
     search.check_image_size(loaded.images.shape, [str(d) for d in config.distances])
     mask = inputs.fit_mask(config, raw_mask, loaded.images.shape)
     notes = {}
@@ -95,25 +96,32 @@ def prepare(config: Any, workdir: str) -> Setup:
         from ldct_jax.models import vgg_weights
         vgg = vgg_weights.from_config(config.vgg16_weights, "vgg16", jax.random.key(config.seed))
         notes["vgg16"] = vgg.describe()
-    rows = search.grid(len(loaded.images), list(config.lambdas),
-                       [str(d) for d in config.distances], list(config.seeds))
+    rows = grid(config, len(loaded.images))
     return Setup(loaded, compared, mask, rows,
                  chunks.split(len(rows.lam), config.rows_per_chunk), options, vgg, notes)
 
 
-def run(config: Any, workdir: str) -> dict[str, Any]:
+def grid(config: Any, num_images: int) -> search.Rows:
+    """The sweep's rows: distances x lambdas x images x seeds (`search.grid`)."""
+    return search.grid(num_images, list(config.lambdas), [str(d) for d in config.distances],
+                       list(config.seeds))
+
+
+def run(config: Any, workdir: str, images: Optional[inputs.Images] = None) -> dict[str, Any]:
     """Runs (or finishes) the sweep in `workdir` and writes its report.
 
     Args:
       config: a config of configs/invariance.py.
       workdir: the sweep's directory.
+      images: (images HU `[N, H, W]`, anatomy, source per image) to search instead of the
+        config's (`ldct_jax.jobs.zoo` runs several models on the same images).
 
     Returns:
       {'computed': chunk indices computed by this call, 'chunks': their number,
        'summary': the summary records, 'report': the report directory}.
     """
     parallel.maybe_initialize_distributed(config.distributed)
-    setup = prepare(config, workdir)
+    setup = prepare(config, workdir, images)
     loaded = setup.inputs
     vgg_digest = files.digest(setup.vgg.params) if setup.vgg is not None else None
     loaded.start(config, workdir, {"mask": setup.mask}, vgg16=vgg_digest,
