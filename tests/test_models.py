@@ -14,7 +14,7 @@ import pytest
 from scipy import ndimage
 
 from ldct_jax import ct, models
-from ldct_jax.models import ldctbench, vgg_weights, wgan_vgg
+from ldct_jax.models import ldctbench, registry, vgg_weights, wgan_vgg
 from tests import optional
 
 NAMES = ("cnn10", "wgan_vgg", "gauss_ri", "redcnn", "dugan", "qae", "resnet")
@@ -31,14 +31,14 @@ def _random_params(name, seed, **config):
     Q-AE's products of ten quadratic layers overflow at that scale: its own init (b_g = 1)
     with every parameter moved by 0.01 noise instead."""
     module = models.architecture(name).module(**config)
-    x = jnp.zeros((1, 32, 32, 1), jnp.float32)
+    x = registry.init_input(name)
     rs = np.random.RandomState(seed)
     if name == "qae":
-        params = jax.jit(module.init)(jax.random.key(seed), x)["params"]
+        params = jax.jit(module.init)(jax.random.key(seed), jnp.zeros(x.shape, x.dtype))
         return jax.tree.map(
-            lambda a: a + jnp.asarray(0.01 * rs.randn(*a.shape).astype(np.float32)), params)
-    shapes = jax.eval_shape(module.init, jax.random.key(0), jax.ShapeDtypeStruct(x.shape,
-                                                                                 x.dtype))
+            lambda a: a + jnp.asarray(0.01 * rs.randn(*a.shape).astype(np.float32)),
+            params["params"])
+    shapes = jax.eval_shape(module.init, jax.random.key(0), x)
 
     def draw(path, a):
         if a.ndim == 4:

@@ -181,7 +181,8 @@ def build(config, mesh, train_scans: Sequence[Scan]) -> Trainer:
     keys = _keys(config.seed)
     model_config = dict(config.model_config)
     spec = models.spec(config.model, **model_config)
-    denoiser = models.Denoiser(spec, _init_params(spec.module, keys["model"], 32))
+    denoiser = models.Denoiser(spec, _init_params(spec.module, keys["model"],
+                                                   models.architecture(config.model).init_size))
     opt = config.optimizer
     optimizer = _adam(opt, config.num_steps)
     common = dict(batch_size=config.batch_size, patch_size=config.patch_size, seed=config.seed,

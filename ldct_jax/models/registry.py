@@ -20,9 +20,19 @@ from ldct_jax.models.wgan_vgg import Generator
 
 @dataclasses.dataclass(frozen=True)
 class Architecture:
+    """A registered architecture.
+
+    Attributes:
+      module: the Flax module's class; its constructor arguments are the module config.
+      shift, scale: normalisation; network units are `(hu - shift) / scale`.
+      init_size: the side of the square input the params are initialised (and their shapes
+        found) on; any size for the convolutional networks, the only size for a fixed one.
+    """
+
     module: Callable[..., Any]
     shift: float
     scale: float
+    init_size: int = 32
 
 
 # The networks use ldct-benchmark's normalisation, so imported and own weights agree.
@@ -51,11 +61,17 @@ def spec(name: str, **config) -> DenoiserSpec:
                         scale=arch.scale)
 
 
+def init_input(name: str) -> jax.ShapeDtypeStruct:
+    """The `[1, init_size, init_size, 1]` float32 input that architecture `name`'s params are
+    initialised on."""
+    size = architecture(name).init_size
+    return jax.ShapeDtypeStruct((1, size, size, 1), jnp.float32)
+
+
 def param_shapes(s: DenoiserSpec) -> dict[str, tuple[int, ...]]:
     """Flat `'layer/kind'` param shapes of `s` (nothing is computed)."""
     import flax.traverse_util
-    shapes = jax.eval_shape(s.module.init, jax.random.key(0),
-                            jax.ShapeDtypeStruct((1, 32, 32, 1), jnp.float32))
+    shapes = jax.eval_shape(s.module.init, jax.random.key(0), init_input(s.name))
     params = shapes.get("params", {})
     return {k: tuple(v.shape) for k, v in
             flax.traverse_util.flatten_dict(params, sep="/").items()} if params else {}
@@ -77,5 +93,6 @@ def create(name: str, key: jax.Array, **config) -> Denoiser:
     """
     s = spec(name, **config)
     # Jitted: Flax's eager init runs every initialiser op by op (seconds for cnn10 on a CPU).
-    variables = jax.jit(s.module.init)(key, jnp.zeros((1, 32, 32, 1), jnp.float32))
+    shape = init_input(name)
+    variables = jax.jit(s.module.init)(key, jnp.zeros(shape.shape, shape.dtype))
     return Denoiser(s, variables.get("params", {}))
