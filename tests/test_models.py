@@ -14,9 +14,11 @@ import pytest
 from scipy import ndimage
 
 from ldct_jax import ct, models
-from ldct_jax.models import ldctbench, registry, vgg_weights, wgan_vgg
+from ldct_jax.models import ldctbench, registry, transct, vgg_weights, wgan_vgg
 from tests import optional
 
+# transct takes 512 x 512 images only: instead of these per-architecture tests on small
+# images it has its own (test_*transct*), sized to its cost.
 NAMES = ("cnn10", "wgan_vgg", "gauss_ri", "redcnn", "dugan", "qae", "resnet")
 H, W = 40, 44  # >= 30 for gauss_ri's square; not square, to catch H/W mix-ups
 
@@ -27,25 +29,30 @@ def _hu(seed, shape=(2, H, W)):
 
 
 def _random_params(name, seed, **config):
-    """He-normal kernels and small random biases in the architecture's shapes (no compile).
-    Q-AE's products of ten quadratic layers overflow at that scale: its own init (b_g = 1)
-    with every parameter moved by 0.01 noise instead."""
+    """He-normal conv kernels, LeCun-normal dense kernels (their inputs: every axis but the last)
+    and small random biases in the architecture's shapes (no compile). Q-AE's products of ten
+    quadratic layers overflow at that scale: its own init (b_g = 1) with every parameter moved
+    by 0.01 noise instead."""
     module = models.architecture(name).module(**config)
     x = registry.init_input(name)
-    rs = np.random.RandomState(seed)
+    rng = np.random.default_rng(seed)
+
+    def normal(shape):  # float32 draws: TransCT has 79 M params
+        return rng.standard_normal(shape, np.float32)
+
     if name == "qae":
         params = jax.jit(module.init)(jax.random.key(seed), jnp.zeros(x.shape, x.dtype))
-        return jax.tree.map(
-            lambda a: a + jnp.asarray(0.01 * rs.randn(*a.shape).astype(np.float32)),
-            params["params"])
+        return jax.tree.map(lambda a: a + jnp.asarray(0.01 * normal(a.shape)), params["params"])
     shapes = jax.eval_shape(module.init, jax.random.key(0), x)
 
     def draw(path, a):
         if a.ndim == 4:
-            return rs.randn(*a.shape).astype(np.float32) * np.sqrt(2.0 / np.prod(a.shape[:3]))
+            return normal(a.shape) * np.float32(np.sqrt(2.0 / np.prod(a.shape[:3])))
+        if path[-1].key == "kernel":
+            return normal(a.shape) * np.float32(np.sqrt(1.0 / np.prod(a.shape[:-1])))
         if path[-1].key == "var":  # BatchNorm's running variance
-            return (0.5 + rs.rand(*a.shape)).astype(np.float32)
-        return 0.1 * rs.randn(*a.shape).astype(np.float32)
+            return np.float32(0.5) + rng.random(a.shape, np.float32)
+        return np.float32(0.1) * normal(a.shape)
 
     return jax.tree_util.tree_map_with_path(lambda p, a: jnp.asarray(draw(p, a)),
                                             shapes.get("params", {}))
@@ -259,6 +266,42 @@ def test_ldctbench_resnet_imports_with_its_batchnorm_statistics_within_0_05_hu(t
     assert np.abs(np.asarray(d(x)) - ref).max() <= 0.05
 
 
+def test_transct_takes_512_x_512_only():
+    """Any other size fails while tracing, before anything is computed."""
+    s = models.spec("transct")
+    assert registry.init_input("transct").shape == (1, 512, 512, 1)
+    params = jax.eval_shape(s.module.init, jax.random.key(0), registry.init_input("transct"))
+    out = jax.eval_shape(s.apply, params["params"], jax.ShapeDtypeStruct((2, 512, 512),
+                                                                         jnp.float32))
+    assert out.shape == (2, 512, 512)
+    with pytest.raises(ValueError, match=r"transct takes 512 x 512 images only; got 64 x 64 "
+                       r"\(network input of shape \(1, 64, 64, 1\)\)"):
+        jax.eval_shape(s.apply, params["params"], jax.ShapeDtypeStruct((64, 64), jnp.float32))
+
+
+@pytest.mark.slow
+def test_transct_jvp_equals_vjp_under_jit_and_vmap():
+    """TransCT in both modes, per 512 x 512 image under vmap: <u, J v> (jvp) == <J^T u, v>
+    (vjp), one program for both (each TransCT program takes seconds to compile)."""
+    d = models.build("transct", _random_params("transct", 8))
+    rs = np.random.RandomState(13)
+    x = jnp.asarray(_hu(14, (1, transct.SIZE, transct.SIZE)))
+    v, noise = (jnp.asarray(rs.randn(*x.shape).astype(np.float32)) for _ in range(2))
+    f = functools.partial(d.spec.apply, d.params)
+
+    def both(x, v, noise):
+        y, jv = jax.jvp(f, (x,), (v,))
+        u = jv + noise  # <u, J v> far from 0
+        return y, jv, u, jax.vjp(f, x)[1](u)[0]
+
+    y, jv, u, jtu = jax.jit(jax.vmap(both))(x, 100.0 * v, noise)
+    assert np.abs(np.asarray(y) - np.asarray(x)).max() > 10.0
+    assert np.all(np.isfinite(jtu)) and np.abs(jtu).max() > 0
+    lhs = np.vdot(np.float64(u), np.float64(jv))
+    rhs = np.vdot(np.float64(jtu), 100.0 * np.float64(v))
+    assert lhs > 0 and abs(lhs - rhs) <= 1e-4 * abs(lhs)
+
+
 def test_import_ldctbench_names_an_unknown_method(tmp_path):
     torch, tden = _torch()
     torch.save({"args": argparse.Namespace(trainer="transct"), "iteration": 1,
@@ -349,7 +392,7 @@ def test_jit_vmap_and_grads(denoisers, apply_jit, name):
 def test_forward_mode_equals_reverse_mode(denoisers, name):
     """Every model supports both modes: <u, J v> (jvp) == <J^T u, v> (vjp), linearize gives the
     jvp, and both work under jit and vmap."""
-    assert set(NAMES) == set(models.ARCHITECTURES)
+    assert set(NAMES) | {"transct"} == set(models.ARCHITECTURES)
     d = denoisers[name]
     f = functools.partial(d.spec.apply, d.params)
     rs = np.random.RandomState(11)
@@ -488,7 +531,8 @@ def test_load_errors(denoisers, tmp_path):
                        "to 2"):
         load_with(version=99)
     with pytest.raises(ValueError, match=r"unknown architecture 'unet'; expected one of "
-                       r"\['cnn10', 'dugan', 'gauss_ri', 'qae', 'redcnn', 'resnet', 'wgan_vgg'\]"):
+                       r"\['cnn10', 'dugan', 'gauss_ri', 'qae', 'redcnn', 'resnet', 'transct', "
+                       r"'wgan_vgg'\]"):
         load_with(name="unet")
     with pytest.raises(ValueError, match=r"param shapes differ from the architecture's: "
                        r"'conv1/bias' \(64,\), expected \(16,\); 'conv1/kernel' "

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from ldct_jax import ct
+from ldct_jax.models import transct
 from ldct_jax.models.cnn10 import CNN10
 from ldct_jax.models.denoiser import Denoiser, DenoiserSpec
 from ldct_jax.models.gauss_ri import GaussRI
@@ -45,6 +46,8 @@ ARCHITECTURES: dict[str, Architecture] = {
     "qae": Architecture(QAE, ct.LDCTBENCH_SHIFT, ct.LDCTBENCH_SCALE),
     "resnet": Architecture(ResNet, ct.LDCTBENCH_SHIFT, ct.LDCTBENCH_SCALE),
     "gauss_ri": Architecture(GaussRI, 0.0, ct.LDCTBENCH_SCALE),
+    "transct": Architecture(transct.TransCT, ct.LDCTBENCH_SHIFT, ct.LDCTBENCH_SCALE,
+                            transct.SIZE),
 }
 
 
@@ -87,7 +90,7 @@ def create(name: str, key: jax.Array, **config) -> Denoiser:
 
     Args:
       name: a key of `ARCHITECTURES`: 'cnn10', 'wgan_vgg' (the generator), 'redcnn', 'dugan'
-        (its generator, a RED-CNN), 'qae', 'resnet' or 'gauss_ri'.
+        (its generator, a RED-CNN), 'qae', 'resnet', 'transct' or 'gauss_ri'.
       key: a PRNG key.
       **config: constructor arguments of the Flax module (e.g. `features`).
     """
