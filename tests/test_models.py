@@ -14,9 +14,11 @@ import pytest
 from scipy import ndimage
 
 from ldct_jax import ct, models
-from ldct_jax.models import ldctbench, vgg_weights, wgan_vgg
+from ldct_jax.models import ldctbench, registry, transct, vgg_weights, wgan_vgg
 from tests import optional
 
+# transct takes 512 x 512 images only: instead of these per-architecture tests on small
+# images it has its own (test_*transct*), sized to its cost.
 NAMES = ("cnn10", "wgan_vgg", "gauss_ri", "redcnn", "dugan", "qae", "resnet")
 H, W = 40, 44  # >= 30 for gauss_ri's square; not square, to catch H/W mix-ups
 
@@ -27,25 +29,30 @@ def _hu(seed, shape=(2, H, W)):
 
 
 def _random_params(name, seed, **config):
-    """He-normal kernels and small random biases in the architecture's shapes (no compile).
-    Q-AE's products of ten quadratic layers overflow at that scale: its own init (b_g = 1)
-    with every parameter moved by 0.01 noise instead."""
+    """He-normal conv kernels, LeCun-normal dense kernels (their inputs: every axis but the last)
+    and small random biases in the architecture's shapes (no compile). Q-AE's products of ten
+    quadratic layers overflow at that scale: its own init (b_g = 1) with every parameter moved
+    by 0.01 noise instead."""
     module = models.architecture(name).module(**config)
-    x = jnp.zeros((1, 32, 32, 1), jnp.float32)
-    rs = np.random.RandomState(seed)
+    x = registry.init_input(name)
+    rng = np.random.default_rng(seed)
+
+    def normal(shape):  # float32 draws: TransCT has 79 M params
+        return rng.standard_normal(shape, np.float32)
+
     if name == "qae":
-        params = jax.jit(module.init)(jax.random.key(seed), x)["params"]
-        return jax.tree.map(
-            lambda a: a + jnp.asarray(0.01 * rs.randn(*a.shape).astype(np.float32)), params)
-    shapes = jax.eval_shape(module.init, jax.random.key(0), jax.ShapeDtypeStruct(x.shape,
-                                                                                 x.dtype))
+        params = jax.jit(module.init)(jax.random.key(seed), jnp.zeros(x.shape, x.dtype))
+        return jax.tree.map(lambda a: a + jnp.asarray(0.01 * normal(a.shape)), params["params"])
+    shapes = jax.eval_shape(module.init, jax.random.key(0), x)
 
     def draw(path, a):
         if a.ndim == 4:
-            return rs.randn(*a.shape).astype(np.float32) * np.sqrt(2.0 / np.prod(a.shape[:3]))
+            return normal(a.shape) * np.float32(np.sqrt(2.0 / np.prod(a.shape[:3])))
+        if path[-1].key == "kernel":
+            return normal(a.shape) * np.float32(np.sqrt(1.0 / np.prod(a.shape[:-1])))
         if path[-1].key == "var":  # BatchNorm's running variance
-            return (0.5 + rs.rand(*a.shape)).astype(np.float32)
-        return 0.1 * rs.randn(*a.shape).astype(np.float32)
+            return np.float32(0.5) + rng.random(a.shape, np.float32)
+        return np.float32(0.1) * normal(a.shape)
 
     return jax.tree_util.tree_map_with_path(lambda p, a: jnp.asarray(draw(p, a)),
                                             shapes.get("params", {}))
@@ -259,12 +266,148 @@ def test_ldctbench_resnet_imports_with_its_batchnorm_statistics_within_0_05_hu(t
     assert np.abs(np.asarray(d(x)) - ref).max() <= 0.05
 
 
+def _gaussian_blur_stand_in(torch):
+    """`torchvision.transforms.GaussianBlur(kernel_size, sigma)` for one int size and one float
+    sigma, as torchvision's `gaussian_blur` defines it: the 1-D kernel exp(-t^2 / (2 sigma^2))
+    at t = linspace(-(k - 1) / 2, (k - 1) / 2, k), normalised; its outer product with itself,
+    per channel, on the image padded by k // 2 in 'reflect' mode (edge not repeated)."""
+    fn = torch.nn.functional
+
+    class GaussianBlur(torch.nn.Module):
+        def __init__(self, kernel_size, sigma):
+            super().__init__()
+            self.kernel_size, self.sigma = kernel_size, sigma
+
+        def forward(self, img):
+            k, half = self.kernel_size, (self.kernel_size - 1) * 0.5
+            pdf = torch.exp(-0.5 * (torch.linspace(-half, half, steps=k) / self.sigma) ** 2)
+            k1 = pdf / pdf.sum()
+            c = img.shape[-3]
+            kernel = torch.mm(k1[:, None], k1[None, :]).expand(c, 1, k, k)
+            img = fn.pad(img, [k // 2] * 4, mode="reflect")
+            return fn.conv2d(img, kernel, groups=c)
+
+    return GaussianBlur
+
+
+@pytest.fixture
+def transct_network(monkeypatch):
+    """ldct-benchmark's `transct` network module, imported with a stand-in for
+    `torchvision.transforms.GaussianBlur`: torchvision cannot be installed beside the PyTorch
+    these tests run with (it has no CPU build for torch 2.13), and the network imports nothing
+    else of it. `sys.modules` is restored afterwards, the network's module included."""
+    import types
+    torch, _ = _torch()
+    transforms = types.ModuleType("torchvision.transforms")
+    transforms.GaussianBlur = _gaussian_blur_stand_in(torch)
+    vision = types.ModuleType("torchvision")
+    vision.transforms = transforms
+    monkeypatch.setitem(sys.modules, "torchvision", vision)
+    monkeypatch.setitem(sys.modules, "torchvision.transforms", transforms)
+    name = "ldctbench.methods.transct.network"
+    # Recorded, then removed, so that the import below runs with the stand-in and teardown
+    # puts back what was there before (nothing, or a module imported with torchvision).
+    monkeypatch.setitem(sys.modules, name, sys.modules.get(name))
+    del sys.modules[name]
+    return _ldctbench("transct")
+
+
+@pytest.mark.slow
+def test_ldctbench_transct_imports_by_its_method_name_within_0_05_hu(transct_network,
+                                                                       tmp_path):
+    """TransCT against the real package's class (`transct_network`: torchvision's Gaussian
+    blur stood in for, since torchvision cannot be installed beside these tests' PyTorch) on a
+    512 x 512 image, its biases (the attention's are zero-initialised) moved by noise so that
+    every one counts; saved as ldct-benchmark's trainer saves it and imported without naming
+    the method."""
+    torch, _ = _torch()
+    torch.manual_seed(6)
+    model = transct_network.Model(argparse.Namespace()).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.add_(0.02 * torch.randn_like(p))
+    torch.save({"args": argparse.Namespace(trainer="transct"), "iteration": 10,
+                "model_state_dict": model.state_dict()}, tmp_path / "best_SSIM.pt")
+    d = models.import_ldctbench(str(tmp_path / "best_SSIM.pt"))
+    assert d.spec.name == "transct"
+    x = _hu(7, (1, transct.SIZE, transct.SIZE))
+    ref = _torch_hu(torch, model, x)
+    assert np.abs(ref - x).max() > 10.0
+    assert np.abs(np.asarray(d(x)) - ref).max() <= 0.05
+
+
+def test_transct_checkpoint_keys(transct_network, tmp_path):
+    """The key layout of ldct-benchmark's TransCT (its attention's packed projections among
+    them) against ours, and wrong checkpoints named by their keys; built on PyTorch's meta
+    device and saved with 3-element tensors (packed projections split in three), since only
+    the names matter here."""
+    torch, _ = _torch()
+    with torch.device("meta"):
+        model = transct_network.Model(argparse.Namespace())
+    shapes = models.param_shapes(models.spec("transct"))
+    assert sum(int(np.prod(s)) for s in shapes.values()) == sum(
+        p.numel() for p in model.parameters())
+    state = {k: torch.zeros(3) for k in model.state_dict()}
+    assert "decoder.0.mha2.q_proj_weight" in state and "memory.0.mha.in_proj_weight" in state
+    torch.save({"args": argparse.Namespace(trainer="transct"), "model_state_dict": state},
+               tmp_path / "transct.pt")
+    with pytest.raises(ValueError, match=r"not an ldct-benchmark cnn10 checkpoint: missing keys "
+                       r"\['layers\.0\.bias'.*unexpected keys \['combine\.block1\.0\.bias'.*"
+                       r"its keys are those of an ldct-benchmark transct"):
+        models.import_ldctbench(str(tmp_path / "transct.pt"), "cnn10")
+    del state["decoder.2.mha2.in_proj_bias"]
+    torch.save({"args": argparse.Namespace(trainer="transct"), "model_state_dict": state},
+               tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match=r"not an ldct-benchmark transct checkpoint: missing "
+                       r"keys \['decoder\.2\.mha2\.k_proj\.bias', 'decoder\.2\.mha2\.q_proj\.bias'"
+                       r", 'decoder\.2\.mha2\.v_proj\.bias'\], unexpected keys \[\]"):
+        models.import_ldctbench(str(tmp_path / "missing.pt"))
+
+
+def test_transct_takes_512_x_512_only():
+    """Any other size fails while tracing, before anything is computed."""
+    s = models.spec("transct")
+    assert registry.init_input("transct").shape == (1, 512, 512, 1)
+    params = jax.eval_shape(s.module.init, jax.random.key(0), registry.init_input("transct"))
+    out = jax.eval_shape(s.apply, params["params"], jax.ShapeDtypeStruct((2, 512, 512),
+                                                                         jnp.float32))
+    assert out.shape == (2, 512, 512)
+    with pytest.raises(ValueError, match=r"transct takes 512 x 512 images only; got 64 x 64 "
+                       r"\(network input of shape \(1, 64, 64, 1\)\)"):
+        jax.eval_shape(s.apply, params["params"], jax.ShapeDtypeStruct((64, 64), jnp.float32))
+
+
+@pytest.mark.slow
+def test_transct_jvp_equals_vjp_under_jit_and_vmap():
+    """TransCT in both modes, per 512 x 512 image under vmap: <u, J v> (jvp) == <J^T u, v>
+    (vjp), one program for both (each TransCT program takes seconds to compile)."""
+    d = models.build("transct", _random_params("transct", 8))
+    rs = np.random.RandomState(13)
+    x = jnp.asarray(_hu(14, (1, transct.SIZE, transct.SIZE)))
+    v, noise = (jnp.asarray(rs.randn(*x.shape).astype(np.float32)) for _ in range(2))
+    f = functools.partial(d.spec.apply, d.params)
+
+    def both(x, v, noise):
+        y, jv = jax.jvp(f, (x,), (v,))
+        u = jv + noise  # <u, J v> far from 0
+        return y, jv, u, jax.vjp(f, x)[1](u)[0]
+
+    y, jv, u, jtu = jax.jit(jax.vmap(both))(x, 100.0 * v, noise)
+    assert np.abs(np.asarray(y) - np.asarray(x)).max() > 10.0
+    assert np.all(np.isfinite(jtu)) and np.abs(jtu).max() > 0
+    lhs = np.vdot(np.float64(u), np.float64(jv))
+    rhs = np.vdot(np.float64(jtu), 100.0 * np.float64(v))
+    assert lhs > 0 and abs(lhs - rhs) <= 1e-4 * abs(lhs)
+
+
 def test_import_ldctbench_names_an_unknown_method(tmp_path):
     torch, tden = _torch()
-    torch.save({"args": argparse.Namespace(trainer="transct"), "iteration": 1,
+    torch.save({"args": argparse.Namespace(trainer="bilateral"), "iteration": 1,
                 "model_state_dict": tden.CNN10().state_dict()}, tmp_path / "t.pt")
-    with pytest.raises(ValueError, match=r"t\.pt: args\.trainer is 'transct'; expected one of "
-                       r"\['cnn10', 'dugan', 'qae', 'redcnn', 'resnet', 'wganvgg'\]"):
+    with pytest.raises(ValueError, match=r"t\.pt: args\.trainer is 'bilateral'; expected one "
+                       r"of \['cnn10', 'dugan', 'qae', 'redcnn', 'resnet', 'transct', "
+                       r"'wganvgg'\]"):
         models.import_ldctbench(str(tmp_path / "t.pt"))
     d = models.import_ldctbench(str(tmp_path / "t.pt"), "cnn10")  # an explicit name still works
     assert d.spec.name == "cnn10"
@@ -349,7 +492,7 @@ def test_jit_vmap_and_grads(denoisers, apply_jit, name):
 def test_forward_mode_equals_reverse_mode(denoisers, name):
     """Every model supports both modes: <u, J v> (jvp) == <J^T u, v> (vjp), linearize gives the
     jvp, and both work under jit and vmap."""
-    assert set(NAMES) == set(models.ARCHITECTURES)
+    assert set(NAMES) | {"transct"} == set(models.ARCHITECTURES)
     d = denoisers[name]
     f = functools.partial(d.spec.apply, d.params)
     rs = np.random.RandomState(11)
@@ -488,7 +631,8 @@ def test_load_errors(denoisers, tmp_path):
                        "to 2"):
         load_with(version=99)
     with pytest.raises(ValueError, match=r"unknown architecture 'unet'; expected one of "
-                       r"\['cnn10', 'dugan', 'gauss_ri', 'qae', 'redcnn', 'resnet', 'wgan_vgg'\]"):
+                       r"\['cnn10', 'dugan', 'gauss_ri', 'qae', 'redcnn', 'resnet', 'transct', "
+                       r"'wgan_vgg'\]"):
         load_with(name="unet")
     with pytest.raises(ValueError, match=r"param shapes differ from the architecture's: "
                        r"'conv1/bias' \(64,\), expected \(16,\); 'conv1/kernel' "

@@ -188,8 +188,9 @@ def build(config, mesh, train_scans: Sequence[Scan]) -> Trainer:
     keys = _keys(config.seed)
     model_config = dict(config.model_config)
     spec = models.spec(config.model, **model_config)
-    denoiser = models.Denoiser(spec, _init_params(
-        spec.module, keys["model"], 32, models.architecture(spec.name).flax_default_init))
+    arch = models.architecture(config.model)
+    denoiser = models.Denoiser(spec, _init_params(spec.module, keys["model"], arch.init_size,
+                                                  arch.flax_default_init))
     opt = config.optimizer
     optimizer = _adam(opt, config.num_steps)
     common = dict(batch_size=config.batch_size, patch_size=config.patch_size, seed=config.seed,

@@ -17,6 +17,26 @@ def gaussian_kernel(sigma: float, truncate: float) -> np.ndarray:
     return (k / k.sum()).astype(np.float32)
 
 
+def separable_filter(x, k: np.ndarray, mode: str):
+    """`[B, H, W, C]` filtered along H and W by the symmetric odd-length 1-D kernel `k`.
+
+    Args:
+      x: the images.
+      k: the kernel, `[2r + 1]`.
+      mode: `jnp.pad`'s mode for the r pixels added at each edge.
+
+    Returns:
+      `[B, H, W, C]`, the same size as `x`.
+    """
+    k = jnp.asarray(k, x.dtype)
+    r = (k.shape[0] - 1) // 2
+    x = jnp.pad(x, ((0, 0), (r, r), (r, r), (0, 0)), mode=mode)
+    # Sums of shifted slices: exact, and cheap to differentiate.
+    h, w = x.shape[1] - 2 * r, x.shape[2] - 2 * r
+    x = sum(k[i] * x[:, i:i + h, :, :] for i in range(k.shape[0]))
+    return sum(k[i] * x[:, :, i:i + w, :] for i in range(k.shape[0]))
+
+
 def central_square(height: int, width: int, size: int) -> tuple[slice, slice]:
     """Row and column slices of the `size` x `size` square at the centre of an image."""
     top, left = (height - size) // 2, (width - size) // 2
@@ -36,13 +56,7 @@ class GaussRI(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        k = jnp.asarray(gaussian_kernel(self.sigma, self.truncate))
-        r = (k.shape[0] - 1) // 2
-        x = jnp.pad(x, ((0, 0), (r, r), (r, r), (0, 0)), mode="symmetric")
-        # Separable convolution written as sums of shifted slices: exact, and cheap to
-        # differentiate.
-        h, w = x.shape[1] - 2 * r, x.shape[2] - 2 * r
-        x = sum(k[i] * x[:, i:i + h, :, :] for i in range(k.shape[0]))
-        x = sum(k[i] * x[:, :, i:i + w, :] for i in range(k.shape[0]))
-        rows, cols = central_square(h, w, self.square)
+        # 'symmetric' repeats the edge pixel: scipy.ndimage's mode='reflect'.
+        x = separable_filter(x, gaussian_kernel(self.sigma, self.truncate), "symmetric")
+        rows, cols = central_square(x.shape[1], x.shape[2], self.square)
         return x.at[:, rows, cols, :].set(0.0)

@@ -4,14 +4,22 @@ ldct-benchmark (github.com/eeulig/ldct-benchmark) saves `torch.save({"args": Nam
 "iteration": int, "model_state_dict": state_dict}, "best_SSIM.pt")`; its CNN-10 keys are
 `layers.{0,2,4}.{weight,bias}`, its WGAN-VGG generator's `net.{0,2,...,14}.*` and its critic's
 `net.{0,2,...,10}.*`, `fc1.*`, `fc2.*`; RED-CNN's (also DU-GAN's generator) `conv{1..5}.*` and
-`tconv{1..5}.*`; Q-AE's `encoder.{0..4}.{W,b}_{r,g,b}` and `decoder.*`. Conv weights are
-OIHW, transposed-conv weights IOHW. Its inputs are normalised as `ct.LDCTBENCH_SHIFT/SCALE`,
-which is what every imported architecture uses.
+`tconv{1..5}.*`; Q-AE's `encoder.{0..4}.{W,b}_{r,g,b}` and `decoder.*`; TransCT's
+`conv_encoder_lf.{base_encoder.{0,2},lc1.0,lc2.0,transformer_endoder.{0,2,4}}.*`,
+`conv_encoder_hf.{0,2,4}.*`, `memory.{0,1,2}.{mha,ff.0,ff.2}.*`,
+`decoder.{0,1,2}.{mha1,mha2,ff.0,ff.2}.*` and `combine.block{1,2}.{0,2}.*`. Conv weights are
+OIHW, transposed-conv weights IOHW, Linear weights `[out, in]`. `nn.MultiheadAttention` packs
+its query, key and value projections into `in_proj_weight` and `in_proj_bias` (or, where the
+keys' width differs from the queries', `{q,k,v}_proj_weight` beside the packed bias), with
+`out_proj.{weight,bias}`; they are read as the three Linears `{q,k,v}_proj.{weight,bias}`,
+the names errors use. Its inputs are normalised as `ct.LDCTBENCH_SHIFT/SCALE`, which is what
+every imported architecture uses.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from typing import Mapping, Optional
 
 import jax
@@ -31,6 +39,26 @@ def _resnet_layers(blocks: int) -> dict[str, str]:
     return out
 
 
+def _transct_layers() -> dict[str, str]:
+    out = {"lf_base1": "conv_encoder_lf.base_encoder.0",
+           "lf_base2": "conv_encoder_lf.base_encoder.2",
+           "lf_c1": "conv_encoder_lf.lc1.0", "lf_c2": "conv_encoder_lf.lc2.0"}
+    for i in range(3):  # Sequentials of conv, LeakyReLU: the convs are at 0, 2, 4
+        out[f"lf_att{i + 1}"] = f"conv_encoder_lf.transformer_endoder.{2 * i}"
+        out[f"hf{i + 1}"] = f"conv_encoder_hf.{2 * i}"
+    for b in (1, 2):
+        out.update({f"combine{b}_{j + 1}": f"combine.block{b}.{2 * j}" for j in range(2)})
+    for stack, attentions in (("memory", ("mha",)), ("decoder", ("mha1", "mha2"))):
+        for i in range(3):
+            out[f"{stack}{i}/ff/fc1"] = f"{stack}.{i}.ff.0"
+            out[f"{stack}{i}/ff/fc2"] = f"{stack}.{i}.ff.2"
+            for mha in attentions:
+                out.update({f"{stack}{i}/{mha}/{ours}": f"{stack}.{i}.{mha}.{theirs}"
+                            for ours, theirs in (("query", "q_proj"), ("key", "k_proj"),
+                                                 ("value", "v_proj"), ("out", "out_proj"))})
+    return out
+
+
 _REDCNN = {f"{kind}{i}": f"{kind}{i}" for kind in ("conv", "tconv") for i in range(1, 6)}
 # ldct-benchmark state-dict prefix of each of our layers, per architecture.
 LAYERS: dict[str, dict[str, str]] = {
@@ -41,10 +69,11 @@ LAYERS: dict[str, dict[str, str]] = {
     "qae": {f"{ours}{i + 1}/{c}": f"{theirs}.{i}.{{}}_{c}" for i in range(5) for c in "rgb"
             for ours, theirs in (("enc", "encoder"), ("dec", "decoder"))},
     "resnet": _resnet_layers(10),  # n_blocks is read off a checkpoint (`_layers`)
+    "transct": _transct_layers(),
 }
 # ldct-benchmark's method names (`args.trainer`) -> ours.
 METHODS = {"cnn10": "cnn10", "wganvgg": "wgan_vgg", "redcnn": "redcnn", "dugan": "dugan",
-           "qae": "qae", "resnet": "resnet"}
+           "qae": "qae", "resnet": "resnet", "transct": "transct"}
 
 
 def _module_config(name: str, state: Mapping[str, np.ndarray]) -> dict:
@@ -65,9 +94,9 @@ _CRITIC_LAYERS = {**{f"conv{i + 1}": f"net.{2 * i}" for i in range(6)}, "fc1": "
 
 
 def _transposed(flax_key: str) -> bool:
-    """A transposed convolution (weight `[in, out, kh, kw]`): our modules name them tconv* or
-    dec*."""
-    return flax_key.split("/")[0].startswith(("tconv", "dec"))
+    """A transposed convolution (weight `[in, out, kh, kw]`): our modules name them tconv<i>
+    (RED-CNN) or dec<i> (Q-AE)."""
+    return re.fullmatch(r"(tconv|dec)\d+", flax_key.split("/")[0]) is not None
 
 
 def _torch_shape(flax_key: str, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -77,6 +106,13 @@ def _torch_shape(flax_key: str, shape: tuple[int, ...]) -> tuple[int, ...]:
         return (shape[3], shape[2], shape[0], shape[1])  # HWIO -> OIHW
     if flax_key.endswith("kernel") and len(shape) == 2:
         return (shape[1], shape[0])  # Dense (in, out) -> Linear (out, in)
+    # nn.MultiHeadDotProductAttention's projections split the width into heads.
+    if flax_key.endswith("/out/kernel") and len(shape) == 3:
+        return (shape[2], shape[0] * shape[1])  # (heads, head_dim, out)
+    if flax_key.endswith("kernel") and len(shape) == 3:
+        return (shape[1] * shape[2], shape[0])  # (in, heads, head_dim)
+    if flax_key.endswith("bias") and len(shape) == 2:
+        return (shape[0] * shape[1],)  # (heads, head_dim)
     return shape
 
 
@@ -92,12 +128,31 @@ def _torch_key(layers: Mapping[str, str], flax_key: str) -> str:
     return f"{layers[layer]}.{_KINDS[kind]}"
 
 
+def _unpacked(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The state dict without BatchNorm's step counters (bookkeeping of training, nothing
+    inference uses), each attention's query, key and value projections as Linears of their
+    own: `P.in_proj_weight` -> `P.{q,k,v}_proj.weight`, `P.q_proj_weight` ->
+    `P.q_proj.weight`, `P.in_proj_bias` -> `P.{q,k,v}_proj.bias`."""
+    out = {}
+    for key, value in state.items():
+        prefix, _, kind = key.rpartition(".")
+        if kind == "num_batches_tracked":
+            continue
+        if kind in ("in_proj_weight", "in_proj_bias") and value.ndim and value.shape[0] % 3 == 0:
+            for part, piece in zip("qkv", np.split(value, 3)):
+                out[f"{prefix}.{part}_proj.{kind[len('in_proj_'):]}"] = piece
+        elif kind in ("q_proj_weight", "k_proj_weight", "v_proj_weight"):
+            out[f"{prefix}.{kind[0]}_proj.weight"] = value
+        else:
+            out[key] = value
+    return out
+
+
 def _convert(state: Mapping[str, np.ndarray], layers: Mapping[str, str],
              expected: Mapping[str, tuple[int, ...]], what: str, path: str,
              hint: str = "") -> dict[str, np.ndarray]:
     """Flat Flax params from a torch state dict, checking keys and shapes."""
-    # BatchNorm's step counter: bookkeeping of training, nothing inference uses.
-    state = {k: v for k, v in state.items() if not k.endswith(".num_batches_tracked")}
+    state = _unpacked(state)
     want = {_torch_key(layers, k): (k, _torch_shape(k, s)) for k, s in expected.items()}
     missing = sorted(set(want) - set(state))
     unexpected = sorted(set(state) - set(want))
@@ -117,12 +172,14 @@ def _convert(state: Mapping[str, np.ndarray], layers: Mapping[str, str],
             value = value.transpose(2, 3, 1, 0)
         elif value.ndim == 2:
             value = value.T
+        # Attention's projections: heads split off the width (a no-op for other layers).
+        value = value.reshape(expected[fkey])
         out[fkey] = np.ascontiguousarray(value, dtype=np.float32)
     return out
 
 
 def _which_architecture(state: Mapping[str, np.ndarray]) -> str:
-    state = {k for k in state if not k.endswith(".num_batches_tracked")}
+    state = set(_unpacked(state))
     for name, layers in LAYERS.items():
         keys = {_torch_key(layers, f"{layer}/{kind}") for layer in layers
                 for kind in (("scale", "bias", "mean", "var") if "/bn" in layer

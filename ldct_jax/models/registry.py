@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from ldct_jax import ct
+from ldct_jax.models import transct
 from ldct_jax.models.cnn10 import CNN10
 from ldct_jax.models.denoiser import Denoiser, DenoiserSpec
 from ldct_jax.models.gauss_ri import GaussRI
@@ -20,17 +21,25 @@ from ldct_jax.models.wgan_vgg import Generator
 
 @dataclasses.dataclass(frozen=True)
 class Architecture:
-    """A Flax module class and its normalisation (network units = (HU - shift) / scale).
+    """A registered architecture.
 
-    `flax_default_init`: every param is a Conv/Dense kernel or bias with Flax's default
-    initialisers, which the trainers then draw with numpy (`jobs.trainers`); modules with
-    their own initialisers (Q-AE's quadratic terms, BatchNorm) are initialised by Flax.
-    `min_size`: the smallest image side the network takes (unpadded convolutions shrink it).
+    Attributes:
+      module: the Flax module's class; its constructor arguments are the module config.
+      shift, scale: normalisation; network units are `(hu - shift) / scale`.
+      init_size: the side of the square input the params are initialised (and their shapes
+        found) on; any size for the convolutional networks, the only size for a fixed one.
+      fixed_size: the network takes `init_size` x `init_size` images only (TransCT).
+      flax_default_init: every param is a Conv/Dense kernel or bias with Flax's default
+        initialisers, which the trainers then draw with numpy (`jobs.trainers`); modules with
+        their own initialisers (Q-AE's quadratic terms, BatchNorm) are initialised by Flax.
+      min_size: the smallest image side the network takes (unpadded convolutions shrink it).
     """
 
     module: Callable[..., Any]
     shift: float
     scale: float
+    init_size: int = 32
+    fixed_size: bool = False
     flax_default_init: bool = True
     min_size: int = 1
 
@@ -49,6 +58,8 @@ ARCHITECTURES: dict[str, Architecture] = {
     "resnet": Architecture(ResNet, ct.LDCTBENCH_SHIFT, ct.LDCTBENCH_SCALE,
                            flax_default_init=False),
     "gauss_ri": Architecture(GaussRI, 0.0, ct.LDCTBENCH_SCALE),
+    "transct": Architecture(transct.TransCT, ct.LDCTBENCH_SHIFT, ct.LDCTBENCH_SCALE,
+                            transct.SIZE, fixed_size=True, flax_default_init=False),
 }
 
 # Other names of an architecture: ldct-benchmark's method names where they differ from ours.
@@ -71,8 +82,12 @@ def architecture(name: str) -> Architecture:
 def check_input_size(name: str, shape: tuple[int, ...], what: str = "images") -> None:
     """A ValueError naming `what` when images of `shape` (`[..., H, W]`) are too small for
     architecture `name`."""
-    need = architecture(name).min_size
+    arch = architecture(name)
     h, w = shape[-2:]
+    if arch.fixed_size and (h, w) != (arch.init_size, arch.init_size):
+        raise ValueError(f"{what} of {h}x{w} px: {canonical(name)} takes {arch.init_size}x"
+                         f"{arch.init_size} images only")
+    need = arch.min_size
     if min(h, w) < need:
         raise ValueError(f"{what} of {h}x{w} px are smaller than {canonical(name)} takes "
                          f"({need}x{need} px at least)")
@@ -87,11 +102,17 @@ def spec(name: str, **config) -> DenoiserSpec:
                         scale=arch.scale)
 
 
+def init_input(name: str) -> jax.ShapeDtypeStruct:
+    """The `[1, init_size, init_size, 1]` float32 input that architecture `name`'s params are
+    initialised on."""
+    size = architecture(name).init_size
+    return jax.ShapeDtypeStruct((1, size, size, 1), jnp.float32)
+
+
 def param_shapes(s: DenoiserSpec) -> dict[str, tuple[int, ...]]:
     """Flat `'layer/kind'` param shapes of `s` (nothing is computed)."""
     import flax.traverse_util
-    shapes = jax.eval_shape(s.module.init, jax.random.key(0),
-                            jax.ShapeDtypeStruct((1, 32, 32, 1), jnp.float32))
+    shapes = jax.eval_shape(s.module.init, jax.random.key(0), init_input(s.name))
     params = shapes.get("params", {})
     return {k: tuple(v.shape) for k, v in
             flax.traverse_util.flatten_dict(params, sep="/").items()} if params else {}
@@ -107,11 +128,13 @@ def create(name: str, key: jax.Array, **config) -> Denoiser:
 
     Args:
       name: a key of `ARCHITECTURES`: 'cnn10', 'wgan_vgg' (the generator; also 'wganvgg'),
-        'redcnn', 'dugan' (its generator, a RED-CNN), 'qae', 'resnet' or 'gauss_ri'.
+        'redcnn', 'dugan' (its generator, a RED-CNN), 'qae', 'resnet', 'transct' or
+        'gauss_ri'.
       key: a PRNG key.
       **config: constructor arguments of the Flax module (e.g. `features`).
     """
     s = spec(name, **config)
     # Jitted: Flax's eager init runs every initialiser op by op (seconds for cnn10 on a CPU).
-    variables = jax.jit(s.module.init)(key, jnp.zeros((1, 32, 32, 1), jnp.float32))
+    shape = init_input(name)
+    variables = jax.jit(s.module.init)(key, jnp.zeros(shape.shape, shape.dtype))
     return Denoiser(s, variables.get("params", {}))
