@@ -14,10 +14,10 @@ import pytest
 from scipy import ndimage
 
 from ldct_jax import ct, models
-from ldct_jax.models import ldctbench, vgg_weights, wgan_vgg
+from ldct_jax.models import bilateral, ldctbench, vgg_weights, wgan_vgg
 from tests import optional
 
-NAMES = ("cnn10", "wgan_vgg", "gauss_ri", "redcnn", "dugan", "qae", "resnet")
+NAMES = ("cnn10", "wgan_vgg", "gauss_ri", "redcnn", "dugan", "qae", "resnet", "bilateral")
 H, W = 40, 44  # >= 30 for gauss_ri's square; not square, to catch H/W mix-ups
 
 
@@ -29,7 +29,8 @@ def _hu(seed, shape=(2, H, W)):
 def _random_params(name, seed, **config):
     """He-normal kernels and small random biases in the architecture's shapes (no compile).
     Q-AE's products of ten quadratic layers overflow at that scale: its own init (b_g = 1)
-    with every parameter moved by 0.01 noise instead."""
+    with every parameter moved by 0.01 noise instead. Bilateral filters: spatial sigmas of
+    0.6 to 1.8 pixels (windows 5 to 9), range sigmas of 0.05 to 0.3 (25 to 150 HU)."""
     module = models.architecture(name).module(**config)
     x = jnp.zeros((1, 32, 32, 1), jnp.float32)
     rs = np.random.RandomState(seed)
@@ -41,6 +42,10 @@ def _random_params(name, seed, **config):
                                                                                  x.dtype))
 
     def draw(path, a):
+        if path[-1].key == "color_sigma":
+            return np.float32(rs.uniform(0.05, 0.3))
+        if path[-1].key.startswith("sigma_"):
+            return np.float32(rs.uniform(0.6, 1.8))
         if a.ndim == 4:
             return rs.randn(*a.shape).astype(np.float32) * np.sqrt(2.0 / np.prod(a.shape[:3]))
         if path[-1].key == "var":  # BatchNorm's running variance
@@ -314,6 +319,74 @@ def test_gauss_ri_gradient_exactly_zero_deep_inside_the_square(denoisers):
 
 
 # ---------------------------------------------------------------------------------------------
+# bilateral: known answers without PyTorch
+
+
+def test_bilateral_window_follows_the_reference_kernel():
+    """Side max(ceil(5 sigma) | 1, 5), with 5 sigma in float32 (5 x 2.2f rounds to 11)."""
+    sides = {0.1: 5, 0.5: 5, 0.8: 5, 1.0: 5, 1.2: 7, 1.4: 7, 1.6: 9, 2.2: 11, 3.0: 15,
+             3.01: 17, -1.0: 5}
+    assert {s: 2 * int(bilateral.window_radius(s)) + 1 for s in sides} == sides
+    for r in range(2, 40):  # sigma_limit: the sigmas a radius covers end there
+        assert int(bilateral.window_radius(bilateral.sigma_limit(r))) == r
+        assert int(bilateral.window_radius(1.001 * bilateral.sigma_limit(r))) == r + 1
+
+
+def test_bilateral_known_answers():
+    """A huge range sigma: a Gaussian truncated to the window, renormalised at the borders
+    (neighbours outside are left out). A tiny one: an outlier in a flat image stays."""
+    x = np.random.RandomState(9).randn(2, 23, 30).astype(np.float32)
+    sx, sy = 1.2, 0.8  # windows 7 along H, 5 along W
+    y = np.asarray(bilateral.bilateral_filter(jnp.asarray(x), sx, sy, 1e6, max_radius=6))
+    gx = np.exp(-np.arange(-3, 4) ** 2 / (2 * sx * sx))
+    gy = np.exp(-np.arange(-2, 3) ** 2 / (2 * sy * sy))
+    k = np.outer(gx, gy)
+    ones = ndimage.correlate(np.ones(x.shape[1:]), k, mode="constant")
+    ref = np.stack([ndimage.correlate(np.float64(xi), k, mode="constant") / ones for xi in x])
+    assert np.abs(y - ref).max() < 1e-5
+
+    flat = np.full((1, 16, 16), 0.3, np.float32)
+    flat[0, 5, 9] = 1.3
+    y = np.asarray(bilateral.bilateral_filter(jnp.asarray(flat), 1.5, 1.5, 1e-3, max_radius=4))
+    np.testing.assert_allclose(y, flat, rtol=1e-6)
+    assert y[0, 5, 9] == np.float32(1.3)
+
+
+def test_bilateral_gradients_match_finite_differences():
+    """Input and sigma gradients of a three-filter model against central differences in
+    float64, at sigmas away from a change of window (where the output jumps)."""
+    params = {f"filter{i + 1}": {"sigma_x": np.float32(sx), "sigma_y": np.float32(sy),
+                                 "sigma_z": np.float32(0.5), "color_sigma": np.float32(r)}
+              for i, (sx, sy, r) in enumerate([(0.9, 1.3, 0.4), (1.1, 0.7, 0.8),
+                                               (1.3, 1.5, 0.6)])}
+    module = bilateral.Bilateral(max_radius=4)
+    rs = np.random.RandomState(10)
+    x, w = rs.randn(1, 12, 14, 1), rs.randn(1, 12, 14, 1)
+
+    def loss(p, x):
+        return jnp.sum(w * module.apply({"params": p}, x))
+
+    g_p, g_x = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, jnp.asarray(x, jnp.float32))
+    assert float(jnp.abs(g_x).max()) > 0
+    assert all(np.isfinite(g) for g in jax.tree.leaves(g_p))
+    with jax.enable_x64(True):
+        p64 = jax.tree.map(np.float64, params)
+        f = jax.jit(loss)
+        eps = 1e-4
+        for layer, kind in (("filter1", "sigma_x"), ("filter2", "sigma_y"),
+                            ("filter3", "color_sigma")):
+            up, down = (jax.tree.map(np.float64, p64) for _ in range(2))
+            up[layer][kind] += eps
+            down[layer][kind] -= eps
+            fd = (float(f(up, x)) - float(f(down, x))) / (2 * eps)
+            assert abs(float(g_p[layer][kind]) - fd) <= 1e-3 * abs(fd) + 1e-4
+        v = rs.randn(*x.shape)
+        fd = (float(f(p64, x + eps * v)) - float(f(p64, x - eps * v))) / (2 * eps)
+        assert abs(float(jnp.vdot(g_x, v)) - fd) <= 1e-3 * abs(fd)
+    assert float(g_p["filter2"]["sigma_z"]) == 0.0  # a slice has no depth
+
+
+# ---------------------------------------------------------------------------------------------
 # jit, vmap, grad
 
 
@@ -335,11 +408,13 @@ def test_jit_vmap_and_grads(denoisers, apply_jit, name):
     assert np.all(np.isfinite(gx)) and np.abs(gx).max() > 0
     leaves = jax.tree_util.tree_leaves_with_path(gp)
     count = {"gauss_ri": 0, "cnn10": 6, "wgan_vgg": 16, "redcnn": 20, "dugan": 20, "qae": 60,
-             "resnet": 2 * 2 + 10 * (3 * 2 + 2 * 4)}[name]  # BatchNorm: 4 each
+             "resnet": 2 * 2 + 10 * (3 * 2 + 2 * 4),  # BatchNorm: 4 each
+             "bilateral": 3 * 4}[name]
     assert len(leaves) == count
     for path, leaf in leaves:
         assert np.all(np.isfinite(leaf))
-        if path[-1].key in ("mean", "var"):  # BatchNorm's fixed running statistics
+        # BatchNorm's fixed running statistics; a bilateral sigma_z, whose axis a slice lacks.
+        if path[-1].key in ("mean", "var", "sigma_z"):
             assert np.all(leaf == 0)
         else:
             assert np.abs(leaf).max() > 0
@@ -488,7 +563,8 @@ def test_load_errors(denoisers, tmp_path):
                        "to 2"):
         load_with(version=99)
     with pytest.raises(ValueError, match=r"unknown architecture 'unet'; expected one of "
-                       r"\['cnn10', 'dugan', 'gauss_ri', 'qae', 'redcnn', 'resnet', 'wgan_vgg'\]"):
+                       r"\['bilateral', 'cnn10', 'dugan', 'gauss_ri', 'qae', 'redcnn', 'resnet', "
+                       r"'wgan_vgg'\]"):
         load_with(name="unet")
     with pytest.raises(ValueError, match=r"param shapes differ from the architecture's: "
                        r"'conv1/bias' \(64,\), expected \(16,\); 'conv1/kernel' "

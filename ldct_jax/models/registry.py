@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from ldct_jax import ct
+from ldct_jax.models.bilateral import Bilateral
 from ldct_jax.models.cnn10 import CNN10
 from ldct_jax.models.denoiser import Denoiser, DenoiserSpec
 from ldct_jax.models.gauss_ri import GaussRI
@@ -34,6 +35,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "dugan": Architecture(REDCNN, ct.LDCTBENCH_SHIFT, ct.LDCTBENCH_SCALE),  # its generator
     "qae": Architecture(QAE, ct.LDCTBENCH_SHIFT, ct.LDCTBENCH_SCALE),
     "resnet": Architecture(ResNet, ct.LDCTBENCH_SHIFT, ct.LDCTBENCH_SCALE),
+    "bilateral": Architecture(Bilateral, ct.LDCTBENCH_SHIFT, ct.LDCTBENCH_SCALE),
     "gauss_ri": Architecture(GaussRI, 0.0, ct.LDCTBENCH_SCALE),
 }
 
@@ -71,7 +73,7 @@ def create(name: str, key: jax.Array, **config) -> Denoiser:
 
     Args:
       name: a key of `ARCHITECTURES`: 'cnn10', 'wgan_vgg' (the generator), 'redcnn', 'dugan'
-        (its generator, a RED-CNN), 'qae', 'resnet' or 'gauss_ri'.
+        (its generator, a RED-CNN), 'qae', 'resnet', 'bilateral' or 'gauss_ri'.
       key: a PRNG key.
       **config: constructor arguments of the Flax module (e.g. `features`).
     """
