@@ -2,6 +2,7 @@
 
 import argparse
 import functools
+import importlib
 import json
 import os
 import re
@@ -264,12 +265,103 @@ def test_ldctbench_resnet_imports_with_its_batchnorm_statistics_within_0_05_hu(t
     assert np.abs(np.asarray(d(x)) - ref).max() <= 0.05
 
 
+def _stand_in_bilateral_filter_layer(torch):
+    """A module `bilateral_filter_layer` whose `BilateralFilter3d` follows the package's CPU
+    kernel: per axis an odd window of side max(ceil(5 sigma) | 1, 5) (in float32), Gaussian
+    spatial and range weights, neighbours outside the volume left out, the weighted mean.
+    Plain loops over the offsets; its parameters carry the real layer's names."""
+
+    def side(sigma):
+        return max(int(np.ceil(np.float32(5.0) * np.float32(sigma))) | 1, 5)
+
+    def overlap(d, n):
+        """Where home pixels i and their neighbours i + d both lie in [0, n)."""
+        return slice(max(0, -d), n - max(0, d)), slice(max(0, d), n + min(0, d))
+
+    class BilateralFilter3d(torch.nn.Module):
+        def __init__(self, sigma_x, sigma_y, sigma_z, color_sigma, use_gpu=True):
+            super().__init__()
+            self.sigma_x = torch.nn.Parameter(torch.tensor(sigma_x))
+            self.sigma_y = torch.nn.Parameter(torch.tensor(sigma_y))
+            self.sigma_z = torch.nn.Parameter(torch.tensor(sigma_z))
+            self.color_sigma = torch.nn.Parameter(torch.tensor(color_sigma))
+
+        def forward(self, x):  # [B, 1, X, Y, Z]
+            sigmas = [float(s) for s in (self.sigma_x, self.sigma_y, self.sigma_z)]
+            r = float(self.color_sigma)
+            values, weights = torch.zeros_like(x), torch.zeros_like(x)
+            halves = [side(s) // 2 for s in sigmas]
+            for dx in range(-halves[0], halves[0] + 1):
+                for dy in range(-halves[1], halves[1] + 1):
+                    for dz in range(-halves[2], halves[2] + 1):
+                        spans = [overlap(d, n) for d, n in zip((dx, dy, dz), x.shape[2:])]
+                        if any(h.start >= h.stop for h, _ in spans):
+                            continue  # every such neighbour lies outside the volume
+                        home = (Ellipsis,) + tuple(h for h, _ in spans)
+                        near = x[(Ellipsis,) + tuple(k for _, k in spans)]
+                        spatial = np.exp(-sum(d * d / (2 * s * s) for d, s in
+                                              zip((dx, dy, dz), sigmas)))
+                        w = spatial * torch.exp(-(x[home] - near) ** 2 / (2 * r * r))
+                        values[home] += w * near
+                        weights[home] += w
+            return values / weights
+
+    module = type(sys)("bilateral_filter_layer")
+    module.BilateralFilter3d = BilateralFilter3d
+    return module
+
+
+def test_ldctbench_bilateral_imports_within_0_05_hu(monkeypatch, tmp_path):
+    """The real package's `bilateral` network, with a stand-in for `bilateral_filter_layer`
+    (its `BilateralFilter3d` needs CUDA to build): a plain PyTorch version of the package's CPU
+    kernel with the same parameter names. Sigmas differ per axis and filter, windows 5 to 11,
+    range sigmas 25 to 150 HU on an image with edges and noise."""
+    torch, tden = _torch()
+    optional.require("ldctbench", "pip install --no-deps ldct-benchmark")
+    monkeypatch.setitem(sys.modules, "bilateral_filter_layer",
+                        _stand_in_bilateral_filter_layer(torch))
+    # Imported afresh over the stand-in; an earlier import, or none, is back afterwards.
+    name = "ldctbench.methods.bilateral.network"
+    monkeypatch.setitem(sys.modules, name, None)
+    del sys.modules[name]
+    monkeypatch.setattr(importlib.import_module(name.rsplit(".", 1)[0]), "network", None,
+                        raising=False)
+    network = importlib.import_module(name)
+    model = network.Model(argparse.Namespace(cuda=False)).eval()
+    sigmas = [(0.8, 1.2, 0.5, 0.05), (1.6, 0.8, 1.0, 0.3), (2.2, 1.6, 2.0, 0.15)]
+    with torch.no_grad():
+        for layer, values in zip(model.filters, sigmas):
+            for p, v in zip((layer.sigma_x, layer.sigma_y, layer.sigma_z, layer.color_sigma),
+                            values):
+                p.fill_(v)
+    torch.save({"args": argparse.Namespace(trainer="bilateral"), "iteration": 10,
+                "model_state_dict": model.state_dict()}, tmp_path / "best_SSIM.pt")
+    d = models.import_ldctbench(str(tmp_path / "best_SSIM.pt"))
+    assert d.spec.name == "bilateral" and d.spec.module.max_radius == 5  # sigma 2.2: 11 px
+    rows, cols = np.mgrid[:64, :64]
+    x = np.where((rows - 30) ** 2 + (cols - 36) ** 2 < 18 ** 2, 120.0, -40.0)
+    x = (x + np.where(cols > 50, 300.0, 0.0)
+         + 40.0 * np.random.RandomState(7).randn(64, 64)).astype(np.float32)[None]
+    ref = _torch_hu(torch, model, x)
+    assert np.abs(ref - x).max() > 10.0
+    assert np.abs(np.asarray(d(x)) - ref).max() <= 0.05
+
+    # Wrong checkpoints name their keys, and which method's they are.
+    torch.save({"model_state_dict": tden.CNN10().state_dict()}, tmp_path / "cnn10.pt")
+    with pytest.raises(ValueError, match=r"not an ldct-benchmark bilateral checkpoint: missing "
+                       r"keys \['filters\.0\.color_sigma'.*unexpected keys \['layers\.0\.bias'"):
+        models.import_ldctbench(str(tmp_path / "cnn10.pt"), "bilateral")
+    with pytest.raises(ValueError, match=r"cnn10 checkpoint: missing keys \['layers\.0\.bias'.*"
+                       r"unexpected keys \['filters\.0\.color_sigma'.*ldct-benchmark bilateral\)"):
+        models.import_ldctbench(str(tmp_path / "best_SSIM.pt"), "cnn10")
+
+
 def test_import_ldctbench_names_an_unknown_method(tmp_path):
     torch, tden = _torch()
     torch.save({"args": argparse.Namespace(trainer="transct"), "iteration": 1,
                 "model_state_dict": tden.CNN10().state_dict()}, tmp_path / "t.pt")
     with pytest.raises(ValueError, match=r"t\.pt: args\.trainer is 'transct'; expected one of "
-                       r"\['cnn10', 'dugan', 'qae', 'redcnn', 'resnet', 'wganvgg'\]"):
+                       r"\['bilateral', 'cnn10', 'dugan', 'qae', 'redcnn', 'resnet', 'wganvgg'\]"):
         models.import_ldctbench(str(tmp_path / "t.pt"))
     d = models.import_ldctbench(str(tmp_path / "t.pt"), "cnn10")  # an explicit name still works
     assert d.spec.name == "cnn10"
