@@ -2,6 +2,7 @@
 
 import argparse
 import functools
+import importlib
 import json
 import os
 import re
@@ -14,12 +15,12 @@ import pytest
 from scipy import ndimage
 
 from ldct_jax import ct, models
-from ldct_jax.models import ldctbench, registry, transct, vgg_weights, wgan_vgg
+from ldct_jax.models import bilateral, ldctbench, registry, transct, vgg_weights, wgan_vgg
 from tests import optional
 
 # transct takes 512 x 512 images only: instead of these per-architecture tests on small
 # images it has its own (test_*transct*), sized to its cost.
-NAMES = ("cnn10", "wgan_vgg", "gauss_ri", "redcnn", "dugan", "qae", "resnet")
+NAMES = ("cnn10", "wgan_vgg", "gauss_ri", "redcnn", "dugan", "qae", "resnet", "bilateral")
 H, W = 40, 44  # >= 30 for gauss_ri's square; not square, to catch H/W mix-ups
 
 
@@ -32,7 +33,8 @@ def _random_params(name, seed, **config):
     """He-normal conv kernels, LeCun-normal dense kernels (their inputs: every axis but the last)
     and small random biases in the architecture's shapes (no compile). Q-AE's products of ten
     quadratic layers overflow at that scale: its own init (b_g = 1) with every parameter moved
-    by 0.01 noise instead."""
+    by 0.01 noise instead. Bilateral filters: spatial sigmas of 0.6 to 1.8 pixels (windows 5
+    to 9), range sigmas of 0.05 to 0.3 (25 to 150 HU)."""
     module = models.architecture(name).module(**config)
     x = registry.init_input(name)
     rng = np.random.default_rng(seed)
@@ -46,6 +48,10 @@ def _random_params(name, seed, **config):
     shapes = jax.eval_shape(module.init, jax.random.key(0), x)
 
     def draw(path, a):
+        if path[-1].key == "color_sigma":
+            return np.float32(rng.uniform(0.05, 0.3))
+        if path[-1].key.startswith("sigma_"):
+            return np.float32(rng.uniform(0.6, 1.8))
         if a.ndim == 4:
             return normal(a.shape) * np.float32(np.sqrt(2.0 / np.prod(a.shape[:3])))
         if path[-1].key == "kernel":
@@ -401,12 +407,103 @@ def test_transct_jvp_equals_vjp_under_jit_and_vmap():
     assert lhs > 0 and abs(lhs - rhs) <= 1e-4 * abs(lhs)
 
 
+def _stand_in_bilateral_filter_layer(torch):
+    """A module `bilateral_filter_layer` whose `BilateralFilter3d` follows the package's CPU
+    kernel: per axis an odd window of side max(ceil(5 sigma) | 1, 5) (in float32), Gaussian
+    spatial and range weights, neighbours outside the volume left out, the weighted mean.
+    Plain loops over the offsets; its parameters carry the real layer's names."""
+
+    def side(sigma):
+        return max(int(np.ceil(np.float32(5.0) * np.float32(sigma))) | 1, 5)
+
+    def overlap(d, n):
+        """Where home pixels i and their neighbours i + d both lie in [0, n)."""
+        return slice(max(0, -d), n - max(0, d)), slice(max(0, d), n + min(0, d))
+
+    class BilateralFilter3d(torch.nn.Module):
+        def __init__(self, sigma_x, sigma_y, sigma_z, color_sigma, use_gpu=True):
+            super().__init__()
+            self.sigma_x = torch.nn.Parameter(torch.tensor(sigma_x))
+            self.sigma_y = torch.nn.Parameter(torch.tensor(sigma_y))
+            self.sigma_z = torch.nn.Parameter(torch.tensor(sigma_z))
+            self.color_sigma = torch.nn.Parameter(torch.tensor(color_sigma))
+
+        def forward(self, x):  # [B, 1, X, Y, Z]
+            sigmas = [float(s) for s in (self.sigma_x, self.sigma_y, self.sigma_z)]
+            r = float(self.color_sigma)
+            values, weights = torch.zeros_like(x), torch.zeros_like(x)
+            halves = [side(s) // 2 for s in sigmas]
+            for dx in range(-halves[0], halves[0] + 1):
+                for dy in range(-halves[1], halves[1] + 1):
+                    for dz in range(-halves[2], halves[2] + 1):
+                        spans = [overlap(d, n) for d, n in zip((dx, dy, dz), x.shape[2:])]
+                        if any(h.start >= h.stop for h, _ in spans):
+                            continue  # every such neighbour lies outside the volume
+                        home = (Ellipsis,) + tuple(h for h, _ in spans)
+                        near = x[(Ellipsis,) + tuple(k for _, k in spans)]
+                        spatial = np.exp(-sum(d * d / (2 * s * s) for d, s in
+                                              zip((dx, dy, dz), sigmas)))
+                        w = spatial * torch.exp(-(x[home] - near) ** 2 / (2 * r * r))
+                        values[home] += w * near
+                        weights[home] += w
+            return values / weights
+
+    module = type(sys)("bilateral_filter_layer")
+    module.BilateralFilter3d = BilateralFilter3d
+    return module
+
+
+def test_ldctbench_bilateral_imports_within_0_05_hu(monkeypatch, tmp_path):
+    """The real package's `bilateral` network, with a stand-in for `bilateral_filter_layer`
+    (its `BilateralFilter3d` needs CUDA to build): a plain PyTorch version of the package's CPU
+    kernel with the same parameter names. Sigmas differ per axis and filter, windows 5 to 11,
+    range sigmas 25 to 150 HU on an image with edges and noise."""
+    torch, tden = _torch()
+    optional.require("ldctbench", "pip install --no-deps ldct-benchmark")
+    monkeypatch.setitem(sys.modules, "bilateral_filter_layer",
+                        _stand_in_bilateral_filter_layer(torch))
+    # Imported afresh over the stand-in; an earlier import, or none, is back afterwards.
+    name = "ldctbench.methods.bilateral.network"
+    monkeypatch.setitem(sys.modules, name, None)
+    del sys.modules[name]
+    monkeypatch.setattr(importlib.import_module(name.rsplit(".", 1)[0]), "network", None,
+                        raising=False)
+    network = importlib.import_module(name)
+    model = network.Model(argparse.Namespace(cuda=False)).eval()
+    sigmas = [(0.8, 1.2, 0.5, 0.05), (1.6, 0.8, 1.0, 0.3), (2.2, 1.6, 2.0, 0.15)]
+    with torch.no_grad():
+        for layer, values in zip(model.filters, sigmas):
+            for p, v in zip((layer.sigma_x, layer.sigma_y, layer.sigma_z, layer.color_sigma),
+                            values):
+                p.fill_(v)
+    torch.save({"args": argparse.Namespace(trainer="bilateral"), "iteration": 10,
+                "model_state_dict": model.state_dict()}, tmp_path / "best_SSIM.pt")
+    d = models.import_ldctbench(str(tmp_path / "best_SSIM.pt"))
+    assert d.spec.name == "bilateral" and d.spec.module.max_radius == 5  # sigma 2.2: 11 px
+    rows, cols = np.mgrid[:64, :64]
+    x = np.where((rows - 30) ** 2 + (cols - 36) ** 2 < 18 ** 2, 120.0, -40.0)
+    x = (x + np.where(cols > 50, 300.0, 0.0)
+         + 40.0 * np.random.RandomState(7).randn(64, 64)).astype(np.float32)[None]
+    ref = _torch_hu(torch, model, x)
+    assert np.abs(ref - x).max() > 10.0
+    assert np.abs(np.asarray(d(x)) - ref).max() <= 0.05
+
+    # Wrong checkpoints name their keys, and which method's they are.
+    torch.save({"model_state_dict": tden.CNN10().state_dict()}, tmp_path / "cnn10.pt")
+    with pytest.raises(ValueError, match=r"not an ldct-benchmark bilateral checkpoint: missing "
+                       r"keys \['filters\.0\.color_sigma'.*unexpected keys \['layers\.0\.bias'"):
+        models.import_ldctbench(str(tmp_path / "cnn10.pt"), "bilateral")
+    with pytest.raises(ValueError, match=r"cnn10 checkpoint: missing keys \['layers\.0\.bias'.*"
+                       r"unexpected keys \['filters\.0\.color_sigma'.*ldct-benchmark bilateral\)"):
+        models.import_ldctbench(str(tmp_path / "best_SSIM.pt"), "cnn10")
+
+
 def test_import_ldctbench_names_an_unknown_method(tmp_path):
     torch, tden = _torch()
-    torch.save({"args": argparse.Namespace(trainer="bilateral"), "iteration": 1,
+    torch.save({"args": argparse.Namespace(trainer="unet"), "iteration": 1,
                 "model_state_dict": tden.CNN10().state_dict()}, tmp_path / "t.pt")
-    with pytest.raises(ValueError, match=r"t\.pt: args\.trainer is 'bilateral'; expected one "
-                       r"of \['cnn10', 'dugan', 'qae', 'redcnn', 'resnet', 'transct', "
+    with pytest.raises(ValueError, match=r"t\.pt: args\.trainer is 'unet'; expected one of "
+                       r"\['bilateral', 'cnn10', 'dugan', 'qae', 'redcnn', 'resnet', 'transct', "
                        r"'wganvgg'\]"):
         models.import_ldctbench(str(tmp_path / "t.pt"))
     d = models.import_ldctbench(str(tmp_path / "t.pt"), "cnn10")  # an explicit name still works
@@ -457,6 +554,74 @@ def test_gauss_ri_gradient_exactly_zero_deep_inside_the_square(denoisers):
 
 
 # ---------------------------------------------------------------------------------------------
+# bilateral: known answers without PyTorch
+
+
+def test_bilateral_window_follows_the_reference_kernel():
+    """Side max(ceil(5 sigma) | 1, 5), with 5 sigma in float32 (5 x 2.2f rounds to 11)."""
+    sides = {0.1: 5, 0.5: 5, 0.8: 5, 1.0: 5, 1.2: 7, 1.4: 7, 1.6: 9, 2.2: 11, 3.0: 15,
+             3.01: 17, -1.0: 5}
+    assert {s: 2 * int(bilateral.window_radius(s)) + 1 for s in sides} == sides
+    for r in range(2, 40):  # sigma_limit: the sigmas a radius covers end there
+        assert int(bilateral.window_radius(bilateral.sigma_limit(r))) == r
+        assert int(bilateral.window_radius(1.001 * bilateral.sigma_limit(r))) == r + 1
+
+
+def test_bilateral_known_answers():
+    """A huge range sigma: a Gaussian truncated to the window, renormalised at the borders
+    (neighbours outside are left out). A tiny one: an outlier in a flat image stays."""
+    x = np.random.RandomState(9).randn(2, 23, 30).astype(np.float32)
+    sx, sy = 1.2, 0.8  # windows 7 along H, 5 along W
+    y = np.asarray(bilateral.bilateral_filter(jnp.asarray(x), sx, sy, 1e6, max_radius=6))
+    gx = np.exp(-np.arange(-3, 4) ** 2 / (2 * sx * sx))
+    gy = np.exp(-np.arange(-2, 3) ** 2 / (2 * sy * sy))
+    k = np.outer(gx, gy)
+    ones = ndimage.correlate(np.ones(x.shape[1:]), k, mode="constant")
+    ref = np.stack([ndimage.correlate(np.float64(xi), k, mode="constant") / ones for xi in x])
+    assert np.abs(y - ref).max() < 1e-5
+
+    flat = np.full((1, 16, 16), 0.3, np.float32)
+    flat[0, 5, 9] = 1.3
+    y = np.asarray(bilateral.bilateral_filter(jnp.asarray(flat), 1.5, 1.5, 1e-3, max_radius=4))
+    np.testing.assert_allclose(y, flat, rtol=1e-6)
+    assert y[0, 5, 9] == np.float32(1.3)
+
+
+def test_bilateral_gradients_match_finite_differences():
+    """Input and sigma gradients of a three-filter model against central differences in
+    float64, at sigmas away from a change of window (where the output jumps)."""
+    params = {f"filter{i + 1}": {"sigma_x": np.float32(sx), "sigma_y": np.float32(sy),
+                                 "sigma_z": np.float32(0.5), "color_sigma": np.float32(r)}
+              for i, (sx, sy, r) in enumerate([(0.9, 1.3, 0.4), (1.1, 0.7, 0.8),
+                                               (1.3, 1.5, 0.6)])}
+    module = bilateral.Bilateral(max_radius=4)
+    rs = np.random.RandomState(10)
+    x, w = rs.randn(1, 12, 14, 1), rs.randn(1, 12, 14, 1)
+
+    def loss(p, x):
+        return jnp.sum(w * module.apply({"params": p}, x))
+
+    g_p, g_x = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, jnp.asarray(x, jnp.float32))
+    assert float(jnp.abs(g_x).max()) > 0
+    assert all(np.isfinite(g) for g in jax.tree.leaves(g_p))
+    with jax.enable_x64(True):
+        p64 = jax.tree.map(np.float64, params)
+        f = jax.jit(loss)
+        eps = 1e-4
+        for layer, kind in (("filter1", "sigma_x"), ("filter2", "sigma_y"),
+                            ("filter3", "color_sigma")):
+            up, down = (jax.tree.map(np.float64, p64) for _ in range(2))
+            up[layer][kind] += eps
+            down[layer][kind] -= eps
+            fd = (float(f(up, x)) - float(f(down, x))) / (2 * eps)
+            assert abs(float(g_p[layer][kind]) - fd) <= 1e-3 * abs(fd) + 1e-4
+        v = rs.randn(*x.shape)
+        fd = (float(f(p64, x + eps * v)) - float(f(p64, x - eps * v))) / (2 * eps)
+        assert abs(float(jnp.vdot(g_x, v)) - fd) <= 1e-3 * abs(fd)
+    assert float(g_p["filter2"]["sigma_z"]) == 0.0  # a slice has no depth
+
+
+# ---------------------------------------------------------------------------------------------
 # jit, vmap, grad
 
 
@@ -478,11 +643,13 @@ def test_jit_vmap_and_grads(denoisers, apply_jit, name):
     assert np.all(np.isfinite(gx)) and np.abs(gx).max() > 0
     leaves = jax.tree_util.tree_leaves_with_path(gp)
     count = {"gauss_ri": 0, "cnn10": 6, "wgan_vgg": 16, "redcnn": 20, "dugan": 20, "qae": 60,
-             "resnet": 2 * 2 + 10 * (3 * 2 + 2 * 4)}[name]  # BatchNorm: 4 each
+             "resnet": 2 * 2 + 10 * (3 * 2 + 2 * 4),  # BatchNorm: 4 each
+             "bilateral": 3 * 4}[name]
     assert len(leaves) == count
     for path, leaf in leaves:
         assert np.all(np.isfinite(leaf))
-        if path[-1].key in ("mean", "var"):  # BatchNorm's fixed running statistics
+        # BatchNorm's fixed running statistics; a bilateral sigma_z, whose axis a slice lacks.
+        if path[-1].key in ("mean", "var", "sigma_z"):
             assert np.all(leaf == 0)
         else:
             assert np.abs(leaf).max() > 0
@@ -631,7 +798,8 @@ def test_load_errors(denoisers, tmp_path):
                        "to 2"):
         load_with(version=99)
     with pytest.raises(ValueError, match=r"unknown architecture 'unet'; expected one of "
-                       r"\['cnn10', 'dugan', 'gauss_ri', 'qae', 'redcnn', 'resnet', 'transct', "
+                       r"\['bilateral', 'cnn10', 'dugan', 'gauss_ri', 'qae', 'redcnn', 'resnet', "
+                       r"'transct', "
                        r"'wgan_vgg'\]"):
         load_with(name="unet")
     with pytest.raises(ValueError, match=r"param shapes differ from the architecture's: "

@@ -4,7 +4,8 @@ ldct-benchmark (github.com/eeulig/ldct-benchmark) saves `torch.save({"args": Nam
 "iteration": int, "model_state_dict": state_dict}, "best_SSIM.pt")`; its CNN-10 keys are
 `layers.{0,2,4}.{weight,bias}`, its WGAN-VGG generator's `net.{0,2,...,14}.*` and its critic's
 `net.{0,2,...,10}.*`, `fc1.*`, `fc2.*`; RED-CNN's (also DU-GAN's generator) `conv{1..5}.*` and
-`tconv{1..5}.*`; Q-AE's `encoder.{0..4}.{W,b}_{r,g,b}` and `decoder.*`; TransCT's
+`tconv{1..5}.*`; Q-AE's `encoder.{0..4}.{W,b}_{r,g,b}` and `decoder.*`; the bilateral
+filters' `filters.{0,1,2}.{sigma_x,sigma_y,sigma_z,color_sigma}` (scalars); TransCT's
 `conv_encoder_lf.{base_encoder.{0,2},lc1.0,lc2.0,transformer_endoder.{0,2,4}}.*`,
 `conv_encoder_hf.{0,2,4}.*`, `memory.{0,1,2}.{mha,ff.0,ff.2}.*`,
 `decoder.{0,1,2}.{mha1,mha2,ff.0,ff.2}.*` and `combine.block{1,2}.{0,2}.*`. Conv weights are
@@ -26,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ldct_jax.models import torch_state, wgan_vgg
+from ldct_jax.models import bilateral, torch_state, wgan_vgg
 from ldct_jax.models.denoiser import Denoiser, Params
 from ldct_jax.models.registry import build, param_shapes, spec
 from ldct_jax.models.saved import flat, unflat
@@ -70,20 +71,29 @@ LAYERS: dict[str, dict[str, str]] = {
             for ours, theirs in (("enc", "encoder"), ("dec", "decoder"))},
     "resnet": _resnet_layers(10),  # n_blocks is read off a checkpoint (`_layers`)
     "transct": _transct_layers(),
+    "bilateral": {f"filter{i + 1}": f"filters.{i}" for i in range(3)},
 }
 # ldct-benchmark's method names (`args.trainer`) -> ours.
 METHODS = {"cnn10": "cnn10", "wganvgg": "wgan_vgg", "redcnn": "redcnn", "dugan": "dugan",
-           "qae": "qae", "resnet": "resnet", "transct": "transct"}
+           "qae": "qae", "resnet": "resnet", "transct": "transct", "bilateral": "bilateral"}
 
 
 def _module_config(name: str, state: Mapping[str, np.ndarray]) -> dict:
-    """Constructor arguments that ldct-benchmark lets vary, read off the weights' shapes."""
+    """Constructor arguments for a checkpoint: those ldct-benchmark lets vary, read off the
+    weights' shapes, and the bilateral filters' `max_radius`, read off their sigmas."""
     if name in ("redcnn", "dugan") and "conv1.weight" in state:
         return {"features": int(state["conv1.weight"].shape[0])}  # out_ch
     if name == "resnet" and "in_conv.weight" in state:
         blocks = {k.split(".")[1] for k in state if k.startswith("blocks.")}
         return {"features": int(state["in_conv.weight"].shape[0]),  # n_channels
                 "blocks": len(blocks)}  # n_blocks
+    if name == "bilateral":
+        spatial = [state.get(f"{prefix}.{s}") for prefix in LAYERS["bilateral"].values()
+                   for s in ("sigma_x", "sigma_y")]
+        if all(s is not None and s.size == 1 for s in spatial):
+            # The smallest static window that holds every filter's: exact, and no larger.
+            return {"max_radius": max(int(bilateral.window_radius(s.reshape(())))
+                                      for s in spatial)}
     return {}
 
 
@@ -116,9 +126,17 @@ def _torch_shape(flax_key: str, shape: tuple[int, ...]) -> tuple[int, ...]:
     return shape
 
 
-# Flax parameter -> PyTorch's (BatchNorm's statistics are buffers in its state dict).
+# Flax parameter -> PyTorch's (BatchNorm's statistics are buffers in its state dict; the
+# bilateral filters' sigmas keep their names).
 _KINDS = {"kernel": "weight", "bias": "bias", "scale": "weight", "mean": "running_mean",
-          "var": "running_var"}
+          "var": "running_var", **{s: s for s in bilateral.SIGMAS}}
+
+
+def _kinds(layer: str) -> tuple[str, ...]:
+    """The Flax parameters of one of our layers, by its name."""
+    if "/bn" in layer:
+        return ("scale", "bias", "mean", "var")
+    return bilateral.SIGMAS if layer.startswith("filter") else ("kernel", "bias")
 
 
 def _torch_key(layers: Mapping[str, str], flax_key: str) -> str:
@@ -174,7 +192,7 @@ def _convert(state: Mapping[str, np.ndarray], layers: Mapping[str, str],
             value = value.T
         # Attention's projections: heads split off the width (a no-op for other layers).
         value = value.reshape(expected[fkey])
-        out[fkey] = np.ascontiguousarray(value, dtype=np.float32)
+        out[fkey] = np.array(value, dtype=np.float32, order="C")  # keeps 0-d arrays 0-d
     return out
 
 
@@ -182,8 +200,7 @@ def _which_architecture(state: Mapping[str, np.ndarray]) -> str:
     state = set(_unpacked(state))
     for name, layers in LAYERS.items():
         keys = {_torch_key(layers, f"{layer}/{kind}") for layer in layers
-                for kind in (("scale", "bias", "mean", "var") if "/bn" in layer
-                             else ("kernel", "bias"))}
+                for kind in _kinds(layer)}
         if keys == set(state):
             return f" (its keys are those of an ldct-benchmark {name})"
     return ""
@@ -196,7 +213,8 @@ def import_ldctbench(path: str, name: Optional[str] = None) -> Denoiser:
       path: the `.pt` file (read with `torch.load(..., weights_only=True)`; needs PyTorch).
       name: the architecture: one of `LAYERS` or an ldct-benchmark method name (`wganvgg`);
         by default the method the checkpoint's `args.trainer` names. Constructor arguments
-        (RED-CNN's `out_ch`) are read off the weights' shapes.
+        (RED-CNN's `out_ch`) are read off the weights' shapes; the bilateral filters'
+        `max_radius` off their sigmas.
 
     Returns:
       The denoiser, with ldct-benchmark's normalisation (`ct.LDCTBENCH_SHIFT/SCALE`), giving the

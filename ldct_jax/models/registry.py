@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from ldct_jax import ct
 from ldct_jax.models import transct
+from ldct_jax.models.bilateral import Bilateral
 from ldct_jax.models.cnn10 import CNN10
 from ldct_jax.models.denoiser import Denoiser, DenoiserSpec
 from ldct_jax.models.gauss_ri import GaussRI
@@ -57,6 +58,8 @@ ARCHITECTURES: dict[str, Architecture] = {
                         min_size=3),
     "resnet": Architecture(ResNet, ct.LDCTBENCH_SHIFT, ct.LDCTBENCH_SCALE,
                            flax_default_init=False),
+    "bilateral": Architecture(Bilateral, ct.LDCTBENCH_SHIFT, ct.LDCTBENCH_SCALE,
+                              flax_default_init=False),
     "gauss_ri": Architecture(GaussRI, 0.0, ct.LDCTBENCH_SCALE),
     "transct": Architecture(transct.TransCT, ct.LDCTBENCH_SHIFT, ct.LDCTBENCH_SCALE,
                             transct.SIZE, fixed_size=True, flax_default_init=False),
@@ -128,8 +131,8 @@ def create(name: str, key: jax.Array, **config) -> Denoiser:
 
     Args:
       name: a key of `ARCHITECTURES`: 'cnn10', 'wgan_vgg' (the generator; also 'wganvgg'),
-        'redcnn', 'dugan' (its generator, a RED-CNN), 'qae', 'resnet', 'transct' or
-        'gauss_ri'.
+        'redcnn', 'dugan' (its generator, a RED-CNN), 'qae', 'resnet', 'transct', 'bilateral'
+        or 'gauss_ri'.
       key: a PRNG key.
       **config: constructor arguments of the Flax module (e.g. `features`).
     """
