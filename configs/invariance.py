@@ -65,7 +65,7 @@ def get_config(arg=None):
     else:
         c.search.iterations = 500
     if variant == "quick":
-        c.crop = 0 if model == "gauss_ri" else 64
+        c.crop = 64 if c.crop else 0  # whole slices stay whole (gauss_ri, TransCT)
         c.num_images = 1
         c.search.iterations = 100
         c.search.chunk = 25

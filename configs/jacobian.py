@@ -37,7 +37,7 @@ def get_config(arg=None):
     if variant == "quick":
         if model == "gauss_ri":
             c.data.synthetic.size = 64
-        else:
+        elif c.crop:  # TransCT takes whole 512 x 512 slices only
             c.crop = 64
         c.num_images = 1
     c.lock()

@@ -22,7 +22,8 @@ PAPER_ADAM = dict(lr=1e-5, b1=0.5, b2=0.9, schedule="constant")
 # The denoisers the sweeps study (presets `configs/<sweep>.py:<model>`): gauss_ri needs no
 # training and is the default; the others are ldct-benchmark's methods ('wganvgg' is its name
 # of wgan_vgg), trained here or imported.
-SWEEP_MODELS = ("gauss_ri", "cnn10", "wgan_vgg", "wganvgg", "redcnn", "dugan", "qae", "resnet")
+SWEEP_MODELS = ("gauss_ri", "cnn10", "wgan_vgg", "wganvgg", "redcnn", "dugan", "qae", "resnet",
+                "transct", "bilateral")
 
 # Anatomies of the sweeps' images (the head window is too narrow to read x_inv in).
 SWEEP_ANATOMIES = ("chest", "abdomen")
@@ -253,7 +254,8 @@ def sweep_config(job: str, model: str) -> ml_collections.ConfigDict:
     else:
         c.data = data_config(patients_per_anatomy=1, slices=2, anatomies=SWEEP_ANATOMIES)
         c.data.anatomies = SWEEP_ANATOMIES
-        c.crop = 128
+        # TransCT takes whole 512 x 512 slices only.
+        c.crop = 0 if models.architecture(model).fixed_size else 128
     c.data.held_out_patients = 0
     c.seed = 0                 # model init (gauss_ri has no params) and VGG random init
     c.distributed = "auto"
