@@ -80,8 +80,8 @@ def jax_seconds(impl: str, denoiser, images: np.ndarray) -> float:
     from ldct_jax import fastpath
     from ldct_jax.analysis import search as search_lib
     n, chunk = len(images), chunk_of(impl)
-    options = search_lib.SearchOptions(iterations=(1 + FLAGS.repeats) * chunk, chunk=chunk,
-                                       learning_rate=LR)
+    options = search_lib.SearchOptions(method="adam", iterations=(1 + FLAGS.repeats) * chunk,
+                                       chunk=chunk, learning_rate=LR)
     switch = "0" if impl == "scan" else os.environ.get(fastpath.ENV, "1")
     with mock.patch.dict(os.environ, {fastpath.ENV: switch}):
         searcher = search_lib.Searcher(denoiser.spec, ["mse"], options)

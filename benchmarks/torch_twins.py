@@ -40,6 +40,31 @@ class CNN10(nn.Module):
         return x
 
 
+class GaussRI(nn.Module):
+    """`ldct_jax.models.gauss_ri.GaussRI` (default config): separable Gaussian with symmetric
+    padding, the central square zeroed; no params."""
+
+    def __init__(self, sigma: float = 1.0, truncate: float = 4.0, square: int = 30):
+        super().__init__()
+        from ldct_jax.models.gauss_ri import gaussian_kernel
+        self.register_buffer("kernel", torch.from_numpy(gaussian_kernel(sigma, truncate)))
+        self.square = square
+
+    def forward(self, x):
+        k = self.kernel
+        r = (len(k) - 1) // 2
+        h, w = x.shape[-2:]
+        # numpy's 'symmetric' padding (the edge pixel repeated), which torch's pad lacks.
+        x = torch.cat([x[..., :r, :].flip(-2), x, x[..., -r:, :].flip(-2)], dim=-2)
+        x = torch.cat([x[..., :r].flip(-1), x, x[..., -r:].flip(-1)], dim=-1)
+        x = sum(k[i] * x[..., i:i + h, :] for i in range(len(k)))
+        x = sum(k[i] * x[..., i:i + w] for i in range(len(k)))
+        top, left = (h - self.square) // 2, (w - self.square) // 2
+        keep = torch.ones(h, w, dtype=x.dtype)
+        keep[top:top + self.square, left:left + self.square] = 0.0
+        return x * keep
+
+
 class Generator(nn.Module):
     """8 convs 3x3 padding 1: 1->32, six 32->32, 32->1; ReLU between, none at the end."""
 
@@ -128,8 +153,10 @@ def _state_dict(params: Params, layers: Mapping[str, str]) -> dict[str, torch.Te
 
 
 def denoiser(name: str, params: Params) -> nn.Module:
-    """`name` ('cnn10' or 'wgan_vgg', default configs) on `[B, 1, H, W]` network units, holding
-    the JAX `params`."""
+    """`name` ('cnn10', 'wgan_vgg' or 'gauss_ri', default configs) on `[B, 1, H, W]` network
+    units, holding the JAX `params` (gauss_ri has none)."""
+    if name == "gauss_ri":
+        return GaussRI()
     model = {"cnn10": CNN10, "wgan_vgg": Generator}[name]()
     model.load_state_dict(_state_dict(params, ldctbench.LAYERS[name]))
     return model

@@ -89,7 +89,7 @@ def test_torch_vgg19_matches_jax():
 
 
 def _search(d, x, iterations):
-    options = search_lib.SearchOptions(iterations=iterations, chunk=1, learning_rate=1e-2)
+    options = search_lib.SearchOptions(method="adam", iterations=iterations, chunk=1)
     rows = search_lib.make_rows(len(x), len(x), lambdas=[1e-2, 0.5], distances="mse",
                                 seeds=[0, 1])
     return search_lib.Searcher(d.spec, ["mse"], options).run(d.params, x, rows)
@@ -156,3 +156,26 @@ def test_torch_wgan_step_matches_library():
     want = gan_losses.gradient_norm_penalty(
         lambda z: wgan_vgg.Critic().apply({"params": cparams}, z[..., None]), x_hat)
     np.testing.assert_allclose(float(gp), float(want), rtol=1e-3, atol=1e-7)
+
+
+def test_converge_benchmark_smoke(capsys):
+    from benchmarks import bench_converge
+    d, kind = bench_converge.load_denoiser("gauss_ri")
+    x = np.random.default_rng(0).normal(40, 300, (1, 32, 32)).astype(np.float32)
+    xn = np.asarray(d.spec.to_net(x), np.float32)
+    twin = torch_twins.denoiser("gauss_ri", d.params)(torch.from_numpy(xn)[:, None])[:, 0]
+    assert rel(twin.numpy(), d.spec.apply_net(d.params, xn)) < 1e-6
+    lambdas = [1e-3, 1e-1]
+    adam, adam_stamps = bench_converge.timed_search(
+        d, x, lambdas, search_lib.SearchOptions(method="adam", iterations=40, chunk=10))
+    default, stamps = bench_converge.timed_search(
+        d, x, lambdas, search_lib.SearchOptions(iterations=40, chunk=10, lambda_steps=10,
+                                                window=10))
+    seconds = bench_converge.torch_adam_seconds(d, x, lambdas, 2)
+    rows = bench_converge.case_rows("gauss_ri", kind, 32, lambdas, adam, adam_stamps, default,
+                                    stamps, seconds)
+    bench_converge.print_table(rows)
+    assert [r["lam"] for r in rows] == pytest.approx(lambdas)
+    assert [s for s, _ in adam_stamps] == [10, 20, 30, 40]
+    assert all(r["adam_s"] > 0 and r["torch_s"] > 0 for r in rows)
+    assert "gauss_ri (exact)" in capsys.readouterr().out

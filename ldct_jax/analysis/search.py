@@ -39,7 +39,7 @@ import optax
 from jax.sharding import Mesh
 
 from ldct_jax import ct, distances as distances_lib, fastpath, metrics as metrics_lib, parallel
-from ldct_jax.analysis import arrays
+from ldct_jax.analysis import arrays, optimizers
 from ldct_jax.models.denoiser import Denoiser, DenoiserSpec
 
 METRICS = ("input_rms_hu", "input_max_hu", "input_ssim", "d_in", "output_rms_hu",
@@ -49,39 +49,70 @@ CURVES = ("loss", "d_out", "d_in")
 
 @dataclasses.dataclass(frozen=True)
 class SearchOptions:
-    """How the search optimises.
+    """How the search optimises (see `ldct_jax.analysis.optimizers` for the methods).
+
+    Fields left at 0 (or at -1: lambda_start, tolerance) take the method's value
+    (`optimizers.DEFAULTS`): `SearchOptions(method="adam")` is the talk's recipe.
 
     Attributes:
-      iterations: Adam steps per perturbation.
-      chunk: steps between progress updates: one compiled `lax.scan` call on accelerators
-        (iterations need not be a multiple; the remainder runs as a second compiled program).
-      learning_rate: Adam step size, in network units of the denoiser (about scale HU per unit).
-      b1, b2, eps: Adam's moments and epsilon. Adam is fed the gradient of H * W * L (the
-        per-pixel sum rather than the mean; Adam is invariant to that scale except through eps),
-        so the lambda term's gradient is ~2 lambda |x_inv| per pixel, whatever the image size,
-        and eps only stalls lambda below about eps / |x_inv| (~1e-8 in network units).
+      method: 'anneal' (the default: decaying step, lambda continuation, stops on convergence)
+        or 'adam' (Adam, constant learning rate, fixed iterations: the talk's).
+      iterations: steps per perturbation, at most (adam 3000, anneal 300).
+      chunk: steps between progress updates and convergence checks: one compiled `lax.scan`
+        call on accelerators (iterations need not be a multiple; the remainder runs as a second
+        compiled program).
+      learning_rate: Adam step size (anneal: its start), in network units of the denoiser
+        (about scale HU per unit); adam 1e-2, anneal 0.1.
+      b1, b2, eps: Adam's moments (b2: adam 0.999, anneal 0.9) and epsilon. Adam is fed the
+        gradient of H * W * L (the per-pixel sum rather than the mean; Adam is invariant to that
+        scale except through eps), so the lambda term's gradient is ~2 lambda |x_inv| per pixel,
+        whatever the image size, and eps only stalls lambda below about eps / |x_inv| (~1e-8 in
+        network units).
+      lambda_start, lambda_steps: anneal's continuation: rows start at lambda_start (1e-2; 0:
+        off) and reach their own lambda after lambda_steps (100) iterations.
+      final_lr_fraction: anneal's step at the last iteration, as a fraction of the first (1e-2).
+      tolerance, window: a row stops once its loss moved by at most `tolerance` of itself over
+        `window` iterations (anneal 1e-3 over 50; adam 0: never).
       init_scale_hu: standard deviation of the Gaussian start, HU (zero is a fixed point of L).
       clip: keep x + x_inv inside [HU_MIN, HU_MAX] (projection after every step).
       sensitivity: turn the sign of L (the adversarial direction).
     """
 
-    iterations: int = 3000
-    chunk: int = 100
-    learning_rate: float = 1e-2
+    method: str = "anneal"
+    iterations: int = 0
+    chunk: int = 25
+    learning_rate: float = 0.0
     b1: float = 0.9
-    b2: float = 0.999
+    b2: float = 0.0
     eps: float = 1e-8
+    lambda_start: float = -1.0
+    lambda_steps: int = 0
+    final_lr_fraction: float = 0.0
+    tolerance: float = -1.0
+    window: int = 0
     init_scale_hu: float = 1.0
     clip: bool = True
     sensitivity: bool = False
 
     def __post_init__(self):
-        if self.iterations < 1 or self.chunk < 1:
-            raise ValueError(f"search: iterations ({self.iterations}) and chunk ({self.chunk}) "
-                             "must be positive")
-        if not self.learning_rate > 0 or self.init_scale_hu < 0:
-            raise ValueError(f"search: learning_rate must be > 0 and init_scale_hu >= 0, got "
-                             f"{self.learning_rate} and {self.init_scale_hu}")
+        if self.iterations < 0 or self.chunk < 1 or self.lambda_steps < 0 or self.window < 0:
+            raise ValueError(f"search: iterations ({self.iterations}), lambda_steps and window "
+                             f"must be >= 0 and chunk ({self.chunk}) positive")
+        if self.learning_rate < 0 or self.init_scale_hu < 0 or not 0 <= self.b2 < 1:
+            raise ValueError(f"search: learning_rate must be > 0 (0: the method's), b2 in "
+                             f"[0, 1) and init_scale_hu >= 0, got {self.learning_rate}, "
+                             f"{self.b2} and {self.init_scale_hu}")
+        if not 0 <= self.final_lr_fraction <= 1:
+            raise ValueError(f"search: final_lr_fraction must be in (0, 1] (0: the method's), "
+                             f"got {self.final_lr_fraction}")
+        self.settings  # an unknown method fails here, not at the first run
+
+    @property
+    def settings(self) -> optimizers.Settings:
+        """The options with the method's defaults filled in."""
+        return optimizers.settings(
+            self.method, self.iterations, self.learning_rate, self.b2, self.lambda_start,
+            self.lambda_steps, self.final_lr_fraction, self.tolerance, self.window)
 
 
 class Rows(NamedTuple):
@@ -103,6 +134,8 @@ class State(NamedTuple):
     lam: jax.Array      # [B]
     weight: jax.Array   # [B, K] one-hot over the searcher's distances
     opt: Any            # Adam state, per row
+    t: jax.Array        # [B] int32 iterations run (lambda continuation's clock)
+    active: jax.Array   # [B] bool: not converged yet (a converged row's x_inv stays put)
 
 
 @dataclasses.dataclass
@@ -111,8 +144,11 @@ class SearchResult:
 
     perturbation: np.ndarray           # [B, H, W] HU
     metrics: dict[str, np.ndarray]     # METRICS -> [B]
-    curves: dict[str, np.ndarray]      # CURVES -> [B, iterations]
+    curves: dict[str, np.ndarray]      # CURVES -> [B, iterations]; after a row stopped, its
+                                       # last values repeat
     rows: Rows
+    stopped: np.ndarray                # [B] int: the iteration at which each row stopped
+    converged: np.ndarray              # [B] bool: met the tolerance (else ran out of iterations)
     seconds: float = 0.0
 
 
@@ -169,8 +205,7 @@ class _Program:
 
     @property
     def optimizer(self) -> optax.GradientTransformation:
-        o = self.options
-        return optax.adam(o.learning_rate, b1=o.b1, b2=o.b2, eps=o.eps)
+        return optimizers.optimizer(self.options.settings, self.options.b1, self.options.eps)
 
     def rows(self, tree):
         """Pins every (per-row) output to the batch sharding, so that the state fed back into
@@ -201,16 +236,27 @@ class _Program:
             delta = jnp.clip(x + delta, lo, hi) - x
         return delta * mask
 
-    def step(self, params, vgg, delta, opt, x, y0, mask, lam, weight):
+    def step(self, params, vgg, delta, opt, t, active, x, y0, mask, lam, weight):
+        """One optimiser step of one row; a row that is not `active` keeps its state.
+
+        Returns:
+          (delta, opt, t, [loss, d_out, d_in] at the incoming delta and the row's own lambda).
+        """
+        settings = self.options.settings
         # The denoiser's and the VGG's convolutions in their XLA:CPU-fast forms (on CPU).
         objective = fastpath.convolutions(self.objective, enable=self.fast)
         (loss, (d_out, d_in)), g = jax.value_and_grad(objective, has_aux=True)(
-            delta, params, vgg, x, y0, lam, weight)
+            delta, params, vgg, x, y0, optimizers.effective_lambda(settings, lam, t), weight)
+        if optimizers.schedule_end(settings):
+            loss = d_out - lam * d_in if not self.options.sensitivity else lam * d_in - d_out
         # The gradient of the per-pixel sum (see SearchOptions.eps).
         g = g * (mask * (x.shape[-2] * x.shape[-1]))
-        updates, opt = self.optimizer.update(g, opt, delta)
-        delta = self.project(optax.apply_updates(delta, updates), x, mask)
-        return delta, opt, jnp.stack([loss, d_out, d_in])
+        updates, new_opt = self.optimizer.update(g, opt, delta)
+        new_delta = self.project(optax.apply_updates(delta, updates), x, mask)
+        if settings.tolerance > 0:  # else every row runs every iteration
+            new_delta, new_opt = jax.tree.map(lambda a, b: jnp.where(active, a, b),
+                                              (new_delta, new_opt), (delta, opt))
+        return new_delta, new_opt, t + active, jnp.stack([loss, d_out, d_in])
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -220,27 +266,29 @@ def _init(program: _Program, params, x, mask, lam, weight, keys) -> State:
     noise = jax.vmap(lambda k: jax.random.normal(k, x.shape[1:], x.dtype))(keys)
     delta = jax.vmap(program.project)(noise * (options.init_scale_hu / spec.scale), x, mask)
     return program.rows(State(x, y0, delta, mask, lam, weight,
-                              jax.vmap(program.optimizer.init)(delta)))
+                              jax.vmap(program.optimizer.init)(delta),
+                              jnp.zeros(lam.shape, jnp.int32), jnp.ones(lam.shape, bool)))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4), donate_argnums=(3,))
 def _chunk(program: _Program, params, vgg, state: State, length: int):
     """`length` steps: a `lax.scan`, or with length 1 a single step and no loop."""
-    step = jax.vmap(program.step, in_axes=(None, None, 0, 0, 0, 0, 0, 0, 0))
+    step = jax.vmap(program.step, in_axes=(None, None) + (0,) * 9)
 
     def body(carry, _):
-        delta, opt = carry
-        delta, opt, curves = step(params, vgg, delta, opt, state.x, state.y0, state.mask,
-                                  state.lam, state.weight)
-        return (delta, opt), curves
+        delta, opt, t = carry
+        delta, opt, t, curves = step(params, vgg, delta, opt, t, state.active, state.x,
+                                     state.y0, state.mask, state.lam, state.weight)
+        return (delta, opt, t), curves
 
+    carry = (state.delta, state.opt, state.t)
     if length == 1:
-        (delta, opt), curves = body((state.delta, state.opt), None)
+        (delta, opt, t), curves = body(carry, None)
         curves = curves[:, None]  # [B, 1, 3]
     else:
-        (delta, opt), curves = jax.lax.scan(body, (state.delta, state.opt), length=length)
+        (delta, opt, t), curves = jax.lax.scan(body, carry, length=length)
         curves = jnp.moveaxis(curves, 0, 1)  # [B, T, 3]
-    return program.rows((state._replace(delta=delta, opt=opt), curves))
+    return program.rows((state._replace(delta=delta, opt=opt, t=t), curves))
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -334,7 +382,25 @@ class Searcher:
         start = time.perf_counter()
         state = _init(program, params, dev["x"], dev["mask"], dev["lam"], dev["weight"],
                       jax.random.wrap_key_data(dev["keys"]))
-        curves, done, total = [], 0, self.options.iterations
+        state, curves = self._optimise(program, params, vgg, state, n, progress)
+        (metrics, dx), (stopped, active) = parallel.gather_rows(
+            (_metrics(program, params, vgg, state), (state.t, state.active)), n)
+        seconds = time.perf_counter() - start
+        return SearchResult(
+            perturbation=dx, metrics=metrics,
+            curves={k: curves[..., i] for i, k in enumerate(CURVES)},
+            rows=Rows(idx, lam, np.array(names, dtype=object), np.asarray(rows.seed)),
+            stopped=stopped.astype(np.int64), converged=~active, seconds=seconds)
+
+    def _optimise(self, program: _Program, params, vgg, state: State, n: int,
+                  progress: Optional[Callable[[int], None]]) -> tuple[State, np.ndarray]:
+        """Runs chunks until every one of the first `n` rows converged or the iterations ran out.
+
+        Returns:
+          (the final state, curves `[n, iterations, 3]` host numpy).
+        """
+        settings = self.options.settings
+        curves, done, total = [], 0, settings.iterations
         while done < total:
             length = min(self.options.chunk, total - done)
             if self.loop == "scan":
@@ -345,20 +411,33 @@ class Searcher:
                     state, c = _chunk(program, params, vgg, state, 1)
                     parts.append(c)
                 c = jnp.concatenate(parts, axis=1)
-            curves.append(c)
+            curves.append(parallel.gather_rows(c, n) if settings.tolerance > 0 else c)
             done += length
             if progress is not None:
                 jax.block_until_ready(c)
                 progress(done)
-        metrics, dx = _metrics(program, params, vgg, state)
-        metrics, dx, curves = parallel.gather_rows((metrics, dx, curves), n)
-        seconds = time.perf_counter() - start
-        curves = np.concatenate(curves, axis=1)
-        return SearchResult(
-            perturbation=dx, metrics=metrics,
-            curves={k: curves[..., i] for i, k in enumerate(CURVES)},
-            rows=Rows(idx, lam, np.array(names, dtype=object), np.asarray(rows.seed)),
-            seconds=seconds)
+            if settings.tolerance > 0:
+                state, finished = _stop_converged(state, np.concatenate(curves, 1)[..., 0],
+                                                  done, settings)
+                if finished:
+                    break
+        curves = np.concatenate(parallel.gather_rows(curves, n), axis=1)
+        # Rows that stopped keep their last values (the loop ended when all had stopped).
+        return state, np.pad(curves, ((0, 0), (0, total - done), (0, 0)), mode="edge")
+
+
+def _stop_converged(state: State, loss: np.ndarray, done: int,
+                    settings: optimizers.Settings) -> tuple[State, bool]:
+    """Marks the rows whose loss `[n, done]` has converged as inactive.
+
+    Returns:
+      (the state, whether all of the first n rows have stopped).
+    """
+    active = np.array(parallel.gather_rows(state.active, len(state.active)))
+    n = len(loss)
+    active[:n] &= ~optimizers.converged(loss, done, settings)
+    return state._replace(active=jax.make_array_from_callback(
+        active.shape, state.active.sharding, lambda index: active[index])), not active[:n].any()
 
 
 def make_rows(num_images: int, n: Optional[int] = None, lambdas: Any = 1e-2,
@@ -417,5 +496,7 @@ def result_table(result: SearchResult) -> list[Mapping[str, Any]]:
                    distance=str(result.rows.distance[i]), seed=int(result.rows.seed[i]))
         row.update({k: float(result.metrics[k][i]) for k in METRICS})
         row["final_loss"] = float(result.curves["loss"][i, -1])
+        row["iterations"] = int(result.stopped[i])
+        row["converged"] = bool(result.converged[i])
         out.append(row)
     return out

@@ -130,7 +130,7 @@ def run(config: Any, workdir: str, images: Optional[inputs.Images] = None) -> di
     searcher = search.Searcher(loaded.denoiser.spec, [str(d) for d in config.distances],
                                setup.options, setup.vgg, mesh)
     todo = sum(not chunks.is_done(workdir, i) for i in range(len(setup.slices)))
-    progress = chunks.Progress(len(setup.slices), todo, setup.options.iterations,
+    progress = chunks.Progress(len(setup.slices), todo, setup.options.settings.iterations,
                                f"invariance {config.model}", config.progress_bar)
     if todo < len(setup.slices):
         logging.info("%d of %d chunks already finished in %s", len(setup.slices) - todo,
@@ -145,7 +145,7 @@ def run(config: Any, workdir: str, images: Optional[inputs.Images] = None) -> di
         curves = np.stack([result.curves[k] for k in search.CURVES], axis=-1)
         return (dict(perturbation=result.perturbation.astype(np.float32),
                      curves=curves.astype(np.float32)),
-                records, dict(seconds=result.seconds, iterations=setup.options.iterations))
+                records, dict(seconds=result.seconds, iterations=setup.options.settings.iterations))
 
     check = chunks.FiniteCheck(
         ("row", "image_index", "distance", "lam", "seed"),
