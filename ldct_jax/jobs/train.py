@@ -8,10 +8,11 @@ eval.png and, at the end, the trained denoiser in model/ (ldct_jax.models.save).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import numpy as np
@@ -171,17 +172,7 @@ def run(config, workdir: str, *, scans: Optional[Sequence[Scan]] = None) -> dict
 
 def _train(config, workdir, mesh, trainer, held_out, ckpt, t_start, main):
     """Resume, the step loop, checkpoints, the final evaluation: `run` after the set-up."""
-    try:
-        state, start = ckpt.restore_latest(trainer.init_state)
-    except CheckpointMismatchError as e:
-        raise ConfigChangedError(f"{e} Run these settings in a new --workdir.") from None
-    if state is None:
-        state, start = trainer.init_state, 0
-    else:
-        logging.info("resuming from the checkpoint at step %d", start)
-    if main:  # after the checkpoint is known to fit these settings
-        _record_config(config, workdir)
-
+    state, start = resume(config, workdir, trainer, ckpt, main)
     evals = evaluate.eval_set(held_out, config.eval.slices_per_patient, config.seed) \
         if held_out else None
 
@@ -194,10 +185,83 @@ def _train(config, workdir, mesh, trainer, held_out, ckpt, t_start, main):
                              batch_size=config.eval.batch_size)
         return evaluate.summarise(evals, out), out
 
+    def periodic_eval(step: int, state, log: MetricsLog) -> None:
+        if config.eval.every_steps and step % config.eval.every_steps == 0 \
+                and step < config.num_steps:
+            result = run_eval(state.params)
+            if result is not None:
+                log.write(step, evaluate.flat_metrics(result[0]), split="eval")
+
+    with MetricsLog(workdir, enabled=main) as log:
+        done = step_loop(config, mesh, trainer, ckpt, log, state, start, main, periodic_eval)
+        state, step = done.state, done.step
+        if done.stopped:
+            return {"step": step, "stopped": done.stopped, "eval": None, "state": state,
+                    "wall_time_s": time.time() - t_start, "steps_per_s": None}
+        result = run_eval(state.params)
+        summary = output = None
+        if result is not None:
+            summary, output = result
+            log.write(step, evaluate.flat_metrics(summary), split="eval")
+        steps_per_s = done.steps_per_s
+        final = trainer.denoiser.replace(params=parallel.to_host(state.params))
+        if main:
+            _finish(config, workdir, trainer, final, step, summary, output, evals, steps_per_s,
+                    time.time() - t_start)
+    return {"step": step, "stopped": None, "eval": summary, "state": state,
+            "wall_time_s": time.time() - t_start, "steps_per_s": steps_per_s}
+
+
+def resume(config, workdir: str, trainer: trainers.Trainer, ckpt: Checkpointer,
+           main: bool) -> tuple[Any, int]:
+    """The state to start from and its step: the newest readable checkpoint in `ckpt`, else
+    `trainer.init_state` at 0. Writes config.json (process 0) once the checkpoint is known to
+    fit these settings.
+
+    Raises:
+      ConfigChangedError: the checkpoint does not fit the trainer's state (other settings).
+    """
+    try:
+        state, start = ckpt.restore_latest(trainer.init_state)
+    except CheckpointMismatchError as e:
+        raise ConfigChangedError(f"{e} Run these settings in a new --workdir.") from None
+    if state is None:
+        state, start = trainer.init_state, 0
+    else:
+        logging.info("resuming from the checkpoint at step %d", start)
+    if main:
+        _record_config(config, workdir)
+    return state, start
+
+
+@dataclasses.dataclass
+class LoopResult:
+    """Where `step_loop` ended: the state after `step` updates, the signal that stopped it
+    (None: it reached config.num_steps) and the training speed of this call."""
+
+    state: Any
+    step: int
+    stopped: Optional[str]
+    steps_per_s: Optional[float]
+
+
+def step_loop(config, mesh, trainer: trainers.Trainer, ckpt: Checkpointer, log: MetricsLog,
+              state, start: int, main: bool,
+              after_step: Optional[Callable[[int, Any, MetricsLog], None]] = None
+              ) -> LoopResult:
+    """The training steps from `start` to `config.num_steps`: batches prefetched, metrics
+    logged every `config.log_every_steps`, a checkpoint every `config.checkpoint.every_steps`
+    and at the end, SIGTERM/SIGINT saving a checkpoint and stopping (logged), a non-finite
+    metric stopping with the last good checkpoint kept. `after_step(step, state, log)` runs
+    after every step (periodic evaluation, sample images).
+
+    Raises:
+      NonFiniteLossError: a step gave a non-finite metric (logged as a 'non_finite' event).
+    """
     num_steps = config.num_steps
     stopped = None
     t_train, steps_done = time.time(), 0
-    with MetricsLog(workdir, enabled=main) as log, StopSignals() as stop:
+    with StopSignals() as stop:
         for bad in ckpt.skipped:
             log.event(bad["step"], "checkpoint_corrupt", error=bad["error"],
                       moved_to=bad["moved_to"])
@@ -223,11 +287,8 @@ def _train(config, workdir, mesh, trainer, held_out, ckpt, t_start, main):
                                          patches_per_s=rate * trainer.patches_per_step))
                 if step % config.checkpoint.every_steps == 0:
                     _save(ckpt, state)
-                if config.eval.every_steps and step % config.eval.every_steps == 0 \
-                        and step < num_steps:
-                    result = run_eval(state.params)
-                    if result is not None:
-                        log.write(step, evaluate.flat_metrics(result[0]), split="eval")
+                if after_step is not None:
+                    after_step(step, state, log)
                 if stop.any_process_requested():
                     stopped = stop.received or "signal"
                     break
@@ -241,32 +302,18 @@ def _train(config, workdir, mesh, trainer, held_out, ckpt, t_start, main):
             batches.close()
             if bar is not None:
                 bar.close()
-        if stopped:
-            log.event(step, "stopped", signal=stopped)
-            logging.warning("stopped by %s at step %d; checkpoint saved in %s; run again with "
-                            "the same workdir to resume", stopped, step, ckpt.directory)
-            return {"step": step, "stopped": stopped, "eval": None, "state": state,
-                    "wall_time_s": time.time() - t_start, "steps_per_s": None}
-
-        result = run_eval(state.params)
-        summary = output = None
-        if result is not None:
-            summary, output = result
-            log.write(step, evaluate.flat_metrics(summary), split="eval")
-        steps_per_s = steps_done / train_time if steps_done else None
-        final = trainer.denoiser.replace(params=parallel.to_host(state.params))
-        if main:
-            _finish(config, workdir, trainer, final, step, summary, output, evals, steps_per_s,
-                    time.time() - t_start)
-    return {"step": step, "stopped": None, "eval": summary, "state": state,
-            "wall_time_s": time.time() - t_start, "steps_per_s": steps_per_s}
+    if stopped:
+        log.event(step, "stopped", signal=stopped)
+        logging.warning("stopped by %s at step %d; checkpoint saved in %s; run again with "
+                        "the same workdir to resume", stopped, step, ckpt.directory)
+    return LoopResult(state, step, stopped, steps_done / train_time if steps_done else None)
 
 
 def _progress(config, main: bool, start: int, total: int):
     if not (main and config.progress_bar) or start >= total:
         return None
     from tqdm import tqdm
-    return tqdm(total=total, initial=start, desc=f"train {config.model}", unit="step",
+    return tqdm(total=total, initial=start, desc=f"{config.job} {config.model}", unit="step",
                 dynamic_ncols=True)
 
 
