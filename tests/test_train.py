@@ -4,10 +4,8 @@ Runs on tiny in-memory scans (a smooth phantom with Gaussian noise for the low d
 networks, so every compile and step is fast on a 2-core CPU.
 """
 
-import contextlib
 import json
 import os
-import signal
 
 import jax
 import numpy as np
@@ -17,10 +15,11 @@ from configs import cnn10 as cnn10_config
 from configs import supervised as supervised_config
 from configs import wgan as wgan_config
 from ldct_jax import jobs, models, parallel
-from ldct_jax.data.scan import Scan
 from ldct_jax.jobs import train as job
 from ldct_jax.jobs import trainers
 from ldct_jax.train.checkpoint import Checkpointer
+from tests.training import (Lowerings, assert_trees_close, phantom_scans,
+                            sigterm_at_checkpoint)
 from tests.workdirs import files_of
 
 
@@ -55,27 +54,6 @@ def cached_vgg_init(monkeypatch):
         return _VGG_CACHE[k]
 
     monkeypatch.setattr(vgg, "random_init", cached)
-
-
-def phantom_scans(size=32, slices=3, patients=2, anatomies=("abdomen", "head"), noise=60.0,
-                  seed=0):
-    """Per anatomy `patients` scans: ellipses in HU; low = full + Gaussian noise."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size] / size
-    scans = []
-    for anatomy in anatomies:
-        for p in range(patients):
-            full = np.full((slices, size, size), -1000.0, np.float32)
-            for s in range(slices):
-                img = np.where((yy - .5) ** 2 / .16 + (xx - .5) ** 2 / .12 < 1, 40.0, -1000.0)
-                for _ in range(3):
-                    cy, cx, r = rng.uniform(.35, .65, 2).tolist() + [rng.uniform(.04, .1)]
-                    img = np.where((yy - cy) ** 2 + (xx - cx) ** 2 < r * r,
-                                   rng.uniform(-100, 300), img)
-                full[s] = img
-            low = full + rng.normal(0, noise, full.shape).astype(np.float32)
-            scans.append(Scan(f"{anatomy}-{p}", anatomy, low, full, 0.25))
-    return scans
 
 
 def cnn10_cfg(**over):
@@ -121,31 +99,6 @@ def _update(c, over):
         node[last] = value
 
 
-def _assert_trees_close(a, b, tol=1e-5):
-    la, lb = jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)
-    assert len(la) == len(lb) > 0
-    for (path, x), y in zip(la, lb):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=tol, atol=tol,
-                                   err_msg=jax.tree_util.keystr(path))
-
-
-class Lowerings:
-    """Counts the programs JAX lowers (traces to MLIR) inside the `with` block."""
-
-    EVENT = "/jax/core/compile/jaxpr_to_mlir_module_duration"
-
-    def __enter__(self):
-        self.count = 0
-        jax.monitoring.register_event_duration_secs_listener(self._on_event)
-        return self
-
-    def _on_event(self, event, duration, **kwargs):
-        self.count += event == self.EVENT
-
-    def __exit__(self, *exc):
-        jax.monitoring.unregister_event_duration_listener(self._on_event)
-
-
 def _train_params(config, scans, steps):
     """`steps` steps with trainers.build on config.num_devices devices.
 
@@ -176,30 +129,10 @@ def test_data_parallel_equals_one_device(make_cfg):
     init, one, _ = _train_params(make_cfg(num_devices=1), scans, 3)
     _, four, state = _train_params(make_cfg(num_devices=4), scans, 3)
     assert len(jax.tree.leaves(state.params)[0].sharding.device_set) == 4
-    _assert_trees_close(one, four)
+    assert_trees_close(one, four)
     # The steps did move the params (the comparison is not between two initial states).
     assert max(float(np.max(np.abs(a - b))) for a, b in
                zip(jax.tree.leaves(init), jax.tree.leaves(one[0]))) > 1e-5
-
-
-@contextlib.contextmanager
-def sigterm_at_checkpoint(k):
-    """SIGTERM to this process when the k-th checkpoint inside the block is written: orbax
-    reports each finished save (a jax.monitoring event) in the training loop's thread, so the
-    run stops right after that step, as if a scheduler had preempted it there."""
-    saves = [0]
-
-    def on_event(event, **kwargs):
-        if event == "/jax/orbax/write/success":
-            saves[0] += 1
-            if saves[0] == k:
-                os.kill(os.getpid(), signal.SIGTERM)
-
-    jax.monitoring.register_event_listener(on_event)
-    try:
-        yield
-    finally:
-        jax.monitoring.unregister_event_listener(on_event)
 
 
 def _records(workdir):
@@ -229,7 +162,7 @@ def test_resume_after_sigterm_is_exact(make_cfg, tmp_path):
     assert not os.path.exists(os.path.join(wd, "model"))
     second = job.run(cfg, wd, scans=scans)
     assert second["step"] == 2 * n and second["stopped"] is None
-    _assert_trees_close(jax.device_get(straight["state"]), jax.device_get(second["state"]),
+    assert_trees_close(jax.device_get(straight["state"]), jax.device_get(second["state"]),
                         tol=1e-7)
     events = [(e["event"], e["step"]) for e in _events(wd)]
     assert events == [("stopped", n), ("resumed", n)]
@@ -238,7 +171,7 @@ def test_resume_after_sigterm_is_exact(make_cfg, tmp_path):
         straight["eval"]["network"]["rmse_hu"], rel=1e-5)
     from ldct_jax import models
     saved = models.load(os.path.join(wd, "model"))
-    _assert_trees_close(saved.params, jax.device_get(straight["state"].params), tol=1e-6)
+    assert_trees_close(saved.params, jax.device_get(straight["state"].params), tol=1e-6)
 
 
 @pytest.mark.slow
@@ -298,7 +231,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, caplog):
     assert events == [("stopped", 4), ("checkpoint_corrupt", 4), ("resumed", 2)]
     assert os.listdir(ckpt_dir + "_corrupt")[0].startswith("4-")
     # Resuming from step 2 replays steps 3..6 exactly.
-    _assert_trees_close(jax.device_get(straight["state"]), jax.device_get(resumed["state"]),
+    assert_trees_close(jax.device_get(straight["state"]), jax.device_get(resumed["state"]),
                         tol=1e-6)
 
 
@@ -363,7 +296,7 @@ def test_a_run_with_constant_schedules_may_be_extended(tmp_path):
         job.run(cnn10_cfg(num_steps=4, optimizer__schedule="cosine"), wd, scans=scans)
     extended = job.run(cnn10_cfg(num_steps=6, optimizer__schedule="constant"), wd, scans=scans)
     assert extended["step"] == 6
-    _assert_trees_close(jax.device_get(straight["state"]), jax.device_get(extended["state"]),
+    assert_trees_close(jax.device_get(straight["state"]), jax.device_get(extended["state"]),
                         tol=1e-6)
     with pytest.raises(job.ConfigChangedError, match=r"config\.num_steps: 6 -> 5"):
         job.run(cnn10_cfg(num_steps=5, optimizer__schedule="constant"), wd, scans=scans)
@@ -541,7 +474,7 @@ def test_every_mse_method_trains_and_saves_its_model(method, model_config, tmp_p
         init = trainers._init_params(trained.spec.module, jax.random.key(0), 32, False)
         reference = trained.spec.module.init(
             jax.random.key(0), np.zeros((1, 32, 32, 1), np.float32))["params"]
-        _assert_trees_close(init, reference, tol=0.0)
+        assert_trees_close(init, reference, tol=0.0)
     if method == "resnet":  # the running statistics are fixed: training leaves them
         assert np.all(np.asarray(trained.params["block0"]["bn1"]["mean"]) == 0.0)
         assert np.all(np.asarray(trained.params["block0"]["bn1"]["var"]) == 1.0)

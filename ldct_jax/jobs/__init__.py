@@ -25,6 +25,7 @@ JOBS: dict[str, str] = {
     "attack": "ldct_jax.jobs.attack:run",
     "jacobian": "ldct_jax.jobs.jacobian:run",
     "zoo": "ldct_jax.jobs.zoo:run",
+    "natural": "ldct_jax.jobs.natural:run",
 }
 
 

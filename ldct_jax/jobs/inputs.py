@@ -83,12 +83,12 @@ def load_npy(key: str, path: str, expected: str) -> np.ndarray:
                          f"pickled object arrays are refused): {e}") from None
 
 
-def load_images(config: Any, workdir: str) -> "Images":
+def load_images(config: Any, workdir: str, scans: Optional[list] = None) -> "Images":
     """The sweep's images in HU, their anatomies (display windows) and where each came from.
 
     From `config.images` (.npy, `[H, W]` or `[N, H, W]`), or else `config.num_images` low-dose
-    slices of `config.data` drawn with `config.image_seed`; then centre-cropped to
-    `config.crop` px when it is > 0.
+    slices of `scans` (default: `config.data`, loaded) drawn with `config.image_seed`; then
+    centre-cropped to `config.crop` px when it is > 0.
 
     Returns:
       (images `[N, H, W]` float32 HU, anatomy per image, source description per image).
@@ -104,7 +104,7 @@ def load_images(config: Any, workdir: str) -> "Images":
         from ldct_jax.jobs import data as data_job
         if config.num_images < 1:
             raise ValueError(f"config.num_images={config.num_images}; expected >= 1")
-        scans = data_job.load_scans(config.data, workdir)
+        scans = scans or data_job.load_scans(config.data, workdir)
         picked = sample_slices(scans, config.num_images, config.image_seed)
         images = arrays.check_images(picked["low"], f"config.data ({config.data.source})")
         anatomy = [scans[p].anatomy for p in picked["patient"]]

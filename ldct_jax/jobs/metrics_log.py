@@ -12,6 +12,7 @@ import time
 from typing import Any, Mapping, Optional
 
 import jax
+import numpy as np
 
 from ldct_jax import files
 
@@ -47,6 +48,12 @@ class MetricsLog:
                 continue
             if isinstance(v, (int, float)) and math.isfinite(v):
                 self._tb.add_scalar(f"{split}/{k}", v, global_step=int(step))
+
+    def image(self, step: int, tag: str, image: Any) -> None:
+        """A grey image `[H, W]` with values in [0, 1] (e.g. `ct.apply_window`) to TensorBoard."""
+        if self.enabled:
+            self._tb.add_image(tag, np.clip(np.asarray(image, np.float32), 0.0, 1.0),
+                               global_step=int(step), dataformats="HW")
 
     def event(self, step: int, what: str, **info: Any) -> None:
         """A non-metric record (resumed, stopped, ...) in the JSON lines only."""

@@ -64,8 +64,14 @@ def _has(record: dict, key: str) -> bool:
     return True
 
 
-def check_restart(config, workdir: str) -> None:
+def check_restart(config, workdir: str, free: Sequence[str] = RESTART_FREE) -> None:
     """Refuses to continue a run in `workdir` whose config differs in what the run computes.
+
+    Args:
+      config: the run's config.
+      workdir: where it runs.
+      free: the fields (and groups of fields: 'report' frees 'report.figures') a restart may
+        change.
 
     Raises:
       ConfigChangedError: naming every field that differs, before anything is read or written.
@@ -77,7 +83,8 @@ def check_restart(config, workdir: str) -> None:
     changes = files.diff(old, files.plain(config.to_dict()))
     constant = all(config[k].get("schedule", "constant") == "constant"
                    for k in ("optimizer", "critic_optimizer") if k in config)
-    refused = [c for c in changes if c.key not in RESTART_FREE and not (
+    refused = [c for c in changes if not any(c.key == f or c.key.startswith(f + ".")
+                                             for f in free) and not (
         c.key == "num_steps" and constant and isinstance(c.old, int) and c.new >= c.old)
         and not (not _has(old, c.key) and files.plain(BEFORE_ADDED.get(c.key)) == c.new)]
     if refused:
@@ -85,7 +92,7 @@ def check_restart(config, workdir: str) -> None:
             f"{workdir} holds a training run with other settings ({path}); changed: "
             f"{'; '.join(f'config.{c}' for c in refused)}. A restart continues that run, so "
             "these must stay as they were: use a new --workdir for the new settings (or delete "
-            f"this one to start over). A restart may change {', '.join(RESTART_FREE)}, and raise "
+            f"this one to start over). A restart may change {', '.join(free)}, and raise "
             "num_steps when every learning-rate schedule is 'constant'.")
 
 
@@ -193,7 +200,8 @@ def _train(config, workdir, mesh, trainer, held_out, ckpt, t_start, main):
                 log.write(step, evaluate.flat_metrics(result[0]), split="eval")
 
     with MetricsLog(workdir, enabled=main) as log:
-        done = step_loop(config, mesh, trainer, ckpt, log, state, start, main, periodic_eval)
+        done = step_loop(config, mesh, trainer, ckpt, log, state, start, main,
+                         config.checkpoint.every_steps, periodic_eval)
         state, step = done.state, done.step
         if done.stopped:
             return {"step": step, "stopped": done.stopped, "eval": None, "state": state,
@@ -246,12 +254,12 @@ class LoopResult:
 
 
 def step_loop(config, mesh, trainer: trainers.Trainer, ckpt: Checkpointer, log: MetricsLog,
-              state, start: int, main: bool,
+              state, start: int, main: bool, checkpoint_every: int,
               after_step: Optional[Callable[[int, Any, MetricsLog], None]] = None
               ) -> LoopResult:
     """The training steps from `start` to `config.num_steps`: batches prefetched, metrics
-    logged every `config.log_every_steps`, a checkpoint every `config.checkpoint.every_steps`
-    and at the end, SIGTERM/SIGINT saving a checkpoint and stopping (logged), a non-finite
+    logged every `config.log_every_steps`, a checkpoint every `checkpoint_every` steps and at
+    the end, SIGTERM/SIGINT saving a checkpoint and stopping (logged), a non-finite
     metric stopping with the last good checkpoint kept. `after_step(step, state, log)` runs
     after every step (periodic evaluation, sample images).
 
@@ -285,7 +293,7 @@ def step_loop(config, mesh, trainer: trainers.Trainer, ckpt: Checkpointer, log: 
                     rate = steps_done / max(time.time() - t_train, 1e-9)
                     log.write(step, dict(metrics, steps_per_s=rate,
                                          patches_per_s=rate * trainer.patches_per_step))
-                if step % config.checkpoint.every_steps == 0:
+                if step % checkpoint_every == 0:
                     _save(ckpt, state)
                 if after_step is not None:
                     after_step(step, state, log)

@@ -52,15 +52,17 @@ class Trainer:
     notes: dict[str, str]
 
 
-def _positive(config, key: str, value, *, allow_zero: bool = False) -> None:
+def check_positive(config, key: str, value, *, allow_zero: bool = False) -> None:
+    """`value` (of config.<key>) is a number > 0 (>= 0 with `allow_zero`), or a ValueError."""
     if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or (
             value == 0 and not allow_zero):
         raise ValueError(f"config.{key}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
 
 
-def _check_adam(config, key: str) -> None:
+def check_adam(config, key: str) -> None:
+    """config.<key> is an Adam of the trainers: lr > 0, betas in [0, 1), a known schedule."""
     opt = config[key]
-    _positive(config, f"{key}.lr", opt.lr)
+    check_positive(config, f"{key}.lr", opt.lr)
     for b in ("b1", "b2"):
         if not 0.0 <= opt[b] < 1.0:
             raise ValueError(f"config.{key}.{b}={opt[b]!r} must be in [0, 1)")
@@ -73,20 +75,18 @@ def check_config(config) -> None:
     """Raises ValueError naming the key for any value that cannot work, before any heavy work."""
     if config.model not in MODELS:
         raise ValueError(f"config.model={config.model!r}; expected one of {MODELS}")
-    for key in ("num_steps", "batch_size", "patch_size", "log_every_steps",
-                "checkpoint.every_steps", "checkpoint.keep", "eval.slices_per_patient",
-                "eval.batch_size"):
-        _positive(config, key, _get(config, key))
-    _positive(config, "eval.every_steps", config.eval.every_steps, allow_zero=True)
-    _positive(config, "num_devices", config.num_devices, allow_zero=True)
-    _check_adam(config, "optimizer")
+    check_loop(config)
+    for key in ("eval.slices_per_patient", "eval.batch_size"):
+        check_positive(config, key, _get(config, key))
+    check_positive(config, "eval.every_steps", config.eval.every_steps, allow_zero=True)
+    check_adam(config, "optimizer")
     if config.model == "wgan_vgg":
-        _check_adam(config, "critic_optimizer")
-        _positive(config, "wgan.n_critic", config.wgan.n_critic)
-        _positive(config, "wgan.gp_weight", config.wgan.gp_weight, allow_zero=True)
-        _positive(config, "wgan.perceptual_weight", config.wgan.perceptual_weight,
+        check_adam(config, "critic_optimizer")
+        check_positive(config, "wgan.n_critic", config.wgan.n_critic)
+        check_positive(config, "wgan.gp_weight", config.wgan.gp_weight, allow_zero=True)
+        check_positive(config, "wgan.perceptual_weight", config.wgan.perceptual_weight,
                   allow_zero=True)
-        _positive(config, "wgan.mse_weight", config.wgan.get("mse_weight", 0.0), allow_zero=True)
+        check_positive(config, "wgan.mse_weight", config.wgan.get("mse_weight", 0.0), allow_zero=True)
         try:
             wgan_vgg.critic_output_size(config.patch_size)
         except ValueError as e:
@@ -103,6 +103,20 @@ def check_config(config) -> None:
                              "it empty for a random-init VGG)")
     with configs.naming("patch_size", config.patch_size):
         models.check_input_size(config.model, (config.patch_size,) * 2, "patches")
+    check_data(config)
+
+
+def check_loop(config, checkpoints: str = "checkpoint") -> None:
+    """The fields of the training loop (`jobs.train.step_loop`) and its batches are positive;
+    `checkpoints` names the group of `every_steps` and `keep`."""
+    for key in ("num_steps", "batch_size", "patch_size", "log_every_steps",
+                f"{checkpoints}.every_steps", f"{checkpoints}.keep"):
+        check_positive(config, key, _get(config, key))
+    check_positive(config, "num_devices", config.num_devices, allow_zero=True)
+
+
+def check_data(config) -> None:
+    """config.data names data that can exist, and the patches fit synthetic images."""
     data = config.data
     if data.source not in data_job.SOURCES:
         raise ValueError(f"config.data.source={data.source!r}; expected one of "
@@ -173,7 +187,8 @@ def _init_params(module, key: jax.Array, size: int, flax_default_init: bool = Tr
     return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
-def _adam(opt, num_steps: int):
+def make_adam(opt, num_steps: int):
+    """The Adam of config.<optimizer> `opt` (lr, b1, b2, schedule) over `num_steps` updates."""
     return supervised.adam(opt.lr, opt.b1, opt.b2, schedule=opt.get("schedule", "constant"),
                            num_steps=num_steps)
 
@@ -192,7 +207,7 @@ def build(config, mesh, train_scans: Sequence[Scan]) -> Trainer:
     denoiser = models.Denoiser(spec, _init_params(spec.module, keys["model"], arch.init_size,
                                                   arch.flax_default_init))
     opt = config.optimizer
-    optimizer = _adam(opt, config.num_steps)
+    optimizer = make_adam(opt, config.num_steps)
     common = dict(batch_size=config.batch_size, patch_size=config.patch_size, seed=config.seed,
                   process_index=jax.process_index(), process_count=jax.process_count())
     if config.model in SUPERVISED:
@@ -203,7 +218,7 @@ def build(config, mesh, train_scans: Sequence[Scan]) -> Trainer:
                        config.batch_size, {})
 
     copt = config.critic_optimizer
-    critic_optimizer = _adam(copt, config.num_steps)
+    critic_optimizer = make_adam(copt, config.num_steps)
     wgan_vgg.critic_output_size(config.patch_size)
     critic = wgan_vgg.Critic()
     critic_params = _init_params(critic, keys["critic"], config.patch_size)

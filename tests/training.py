@@ -1,0 +1,76 @@
+"""What the training tests share: tiny in-memory scans, exact-resume and compile checks."""
+
+import contextlib
+import os
+import signal
+
+import jax
+import numpy as np
+
+from ldct_jax.data.scan import Scan
+
+
+def phantom_scans(size=32, slices=3, patients=2, anatomies=("abdomen", "head"), noise=60.0,
+                  seed=0):
+    """Per anatomy `patients` scans: ellipses in HU; low = full + Gaussian noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] / size
+    scans = []
+    for anatomy in anatomies:
+        for p in range(patients):
+            full = np.full((slices, size, size), -1000.0, np.float32)
+            for s in range(slices):
+                img = np.where((yy - .5) ** 2 / .16 + (xx - .5) ** 2 / .12 < 1, 40.0, -1000.0)
+                for _ in range(3):
+                    cy, cx, r = rng.uniform(.35, .65, 2).tolist() + [rng.uniform(.04, .1)]
+                    img = np.where((yy - cy) ** 2 + (xx - cx) ** 2 < r * r,
+                                   rng.uniform(-100, 300), img)
+                full[s] = img
+            low = full + rng.normal(0, noise, full.shape).astype(np.float32)
+            scans.append(Scan(f"{anatomy}-{p}", anatomy, low, full, 0.25))
+    return scans
+
+
+@contextlib.contextmanager
+def sigterm_at_checkpoint(k):
+    """SIGTERM to this process when the k-th checkpoint inside the block is written: orbax
+    reports each finished save (a jax.monitoring event) in the training loop's thread, so the
+    run stops right after that step, as if a scheduler had preempted it there."""
+    saves = [0]
+
+    def on_event(event, **kwargs):
+        if event == "/jax/orbax/write/success":
+            saves[0] += 1
+            if saves[0] == k:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    jax.monitoring.register_event_listener(on_event)
+    try:
+        yield
+    finally:
+        jax.monitoring.unregister_event_listener(on_event)
+
+
+def assert_trees_close(a, b, tol=1e-5):
+    la, lb = jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)
+    assert len(la) == len(lb) > 0
+    for (path, x), y in zip(la, lb):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=tol, atol=tol,
+                                   err_msg=jax.tree_util.keystr(path))
+
+
+class Lowerings:
+    """Counts the programs JAX lowers (traces to MLIR) inside the `with` block."""
+
+    EVENT = "/jax/core/compile/jaxpr_to_mlir_module_duration"
+
+    def __enter__(self):
+        self.count = 0
+        jax.monitoring.register_event_duration_secs_listener(self._on_event)
+        return self
+
+    def _on_event(self, event, duration, **kwargs):
+        self.count += event == self.EVENT
+
+    def __exit__(self, *exc):
+        jax.monitoring.unregister_event_duration_listener(self._on_event)
