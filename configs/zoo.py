@@ -10,8 +10,8 @@ See ldct_jax/jobs/zoo.py for what lands in the workdir.
 Models: config.models, any registered denoiser; each reads config.checkpoints.<model> (a model
 directory written by ldct_jax.models.save or an ldct-benchmark .pt), by default where its
 training job leaves it: runs/cnn10/model (configs/cnn10.py), runs/wgan/model (configs/wgan.py),
-runs/supervised_<method>/model (configs/supervised.py:<method>); dugan, transct and bilateral
-need a checkpoint (transct takes 512 x 512 images: --config.crop=0).
+runs/supervised_<method>/model (configs/supervised.py:<method>, also transct and bilateral);
+dugan needs a checkpoint (transct takes 512 x 512 images: --config.crop=0).
 gauss_ri (no training) is the known-answer reference.
 Variants:
   quick      one 64 x 64 crop, lambda 1e-2, 100 iterations: a smoke run.

@@ -2,7 +2,6 @@
 
 import argparse
 import functools
-import importlib
 import json
 import os
 import re
@@ -16,7 +15,7 @@ from scipy import ndimage
 
 from ldct_jax import ct, models
 from ldct_jax.models import bilateral, ldctbench, registry, transct, vgg_weights, wgan_vgg
-from tests import optional
+from tests import optional, stand_ins
 
 # transct takes 512 x 512 images only: instead of these per-architecture tests on small
 # images it has its own (test_*transct*), sized to its cost.
@@ -407,68 +406,13 @@ def test_transct_jvp_equals_vjp_under_jit_and_vmap():
     assert lhs > 0 and abs(lhs - rhs) <= 1e-4 * abs(lhs)
 
 
-def _stand_in_bilateral_filter_layer(torch):
-    """A module `bilateral_filter_layer` whose `BilateralFilter3d` follows the package's CPU
-    kernel: per axis an odd window of side max(ceil(5 sigma) | 1, 5) (in float32), Gaussian
-    spatial and range weights, neighbours outside the volume left out, the weighted mean.
-    Plain loops over the offsets; its parameters carry the real layer's names."""
-
-    def side(sigma):
-        return max(int(np.ceil(np.float32(5.0) * np.float32(sigma))) | 1, 5)
-
-    def overlap(d, n):
-        """Where home pixels i and their neighbours i + d both lie in [0, n)."""
-        return slice(max(0, -d), n - max(0, d)), slice(max(0, d), n + min(0, d))
-
-    class BilateralFilter3d(torch.nn.Module):
-        def __init__(self, sigma_x, sigma_y, sigma_z, color_sigma, use_gpu=True):
-            super().__init__()
-            self.sigma_x = torch.nn.Parameter(torch.tensor(sigma_x))
-            self.sigma_y = torch.nn.Parameter(torch.tensor(sigma_y))
-            self.sigma_z = torch.nn.Parameter(torch.tensor(sigma_z))
-            self.color_sigma = torch.nn.Parameter(torch.tensor(color_sigma))
-
-        def forward(self, x):  # [B, 1, X, Y, Z]
-            sigmas = [float(s) for s in (self.sigma_x, self.sigma_y, self.sigma_z)]
-            r = float(self.color_sigma)
-            values, weights = torch.zeros_like(x), torch.zeros_like(x)
-            halves = [side(s) // 2 for s in sigmas]
-            for dx in range(-halves[0], halves[0] + 1):
-                for dy in range(-halves[1], halves[1] + 1):
-                    for dz in range(-halves[2], halves[2] + 1):
-                        spans = [overlap(d, n) for d, n in zip((dx, dy, dz), x.shape[2:])]
-                        if any(h.start >= h.stop for h, _ in spans):
-                            continue  # every such neighbour lies outside the volume
-                        home = (Ellipsis,) + tuple(h for h, _ in spans)
-                        near = x[(Ellipsis,) + tuple(k for _, k in spans)]
-                        spatial = np.exp(-sum(d * d / (2 * s * s) for d, s in
-                                              zip((dx, dy, dz), sigmas)))
-                        w = spatial * torch.exp(-(x[home] - near) ** 2 / (2 * r * r))
-                        values[home] += w * near
-                        weights[home] += w
-            return values / weights
-
-    module = type(sys)("bilateral_filter_layer")
-    module.BilateralFilter3d = BilateralFilter3d
-    return module
-
-
 def test_ldctbench_bilateral_imports_within_0_05_hu(monkeypatch, tmp_path):
     """The real package's `bilateral` network, with a stand-in for `bilateral_filter_layer`
     (its `BilateralFilter3d` needs CUDA to build): a plain PyTorch version of the package's CPU
     kernel with the same parameter names. Sigmas differ per axis and filter, windows 5 to 11,
     range sigmas 25 to 150 HU on an image with edges and noise."""
     torch, tden = _torch()
-    optional.require("ldctbench", "pip install --no-deps ldct-benchmark")
-    monkeypatch.setitem(sys.modules, "bilateral_filter_layer",
-                        _stand_in_bilateral_filter_layer(torch))
-    # Imported afresh over the stand-in; an earlier import, or none, is back afterwards.
-    name = "ldctbench.methods.bilateral.network"
-    monkeypatch.setitem(sys.modules, name, None)
-    del sys.modules[name]
-    monkeypatch.setattr(importlib.import_module(name.rsplit(".", 1)[0]), "network", None,
-                        raising=False)
-    network = importlib.import_module(name)
+    network = stand_ins.ldctbench_bilateral_network(monkeypatch, torch)
     model = network.Model(argparse.Namespace(cuda=False)).eval()
     sigmas = [(0.8, 1.2, 0.5, 0.05), (1.6, 0.8, 1.0, 0.3), (2.2, 1.6, 2.0, 0.15)]
     with torch.no_grad():

@@ -9,12 +9,15 @@ import os
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from configs import cnn10 as cnn10_config
 from configs import supervised as supervised_config
 from configs import wgan as wgan_config
 from ldct_jax import jobs, models, parallel
+from ldct_jax.jobs import configs as configs_lib
+from ldct_jax.jobs import data as data_job
 from ldct_jax.jobs import train as job
 from ldct_jax.jobs import trainers
 from ldct_jax.train.checkpoint import Checkpointer
@@ -86,6 +89,12 @@ def wgan_cfg(**over):
     c.log_every_steps = 1
     c.eval.slices_per_patient = 1
     c.progress_bar = False
+    _update(c, over)
+    return c
+
+
+def _supervised_cfg(method, **over):
+    c = supervised_config.get_config(method)
     _update(c, over)
     return c
 
@@ -392,8 +401,18 @@ def test_unknown_key_is_rejected_by_the_locked_config():
     (lambda: wgan_cfg(wgan__mse_weight=-1.0), r"config.wgan.mse_weight=-1.0 must be >= 0"),
     (lambda: cnn10_cfg(model="redcnn", model_config={}, patch_size=16),
      r"config.patch_size=16: patches of 16x16 px are smaller than redcnn takes \(21x21 px"),
+    (lambda: cnn10_cfg(model="transct", model_config={}, patch_size=256),
+     r"config.patch_size=256: transct takes 512 x 512 images only \(whole slices\); set "
+     r"config.patch_size=512"),
+    (lambda: cnn10_cfg(model="transct", model_config={}, patch_size=0),
+     r"config.patch_size=0: transct takes 512 x 512 images only"),
+    (lambda: cnn10_cfg(model="bilateral", model_config={}),
+     r"config.optimizer.lr_range is missing: bilateral trains its range sigmas"),
+    (lambda: _supervised_cfg("bilateral", optimizer__lr_range=0.0),
+     r"config.optimizer.lr_range=0.0 must be > 0"),
 ], ids=["patch", "batch", "no-root", "missing-root", "source", "dicom-pair", "steps", "beta",
-        "critic", "tap", "schedule", "mse", "redcnn-patch"])
+        "critic", "tap", "schedule", "mse", "redcnn-patch", "transct-patch", "transct-patch-0",
+        "bilateral-no-lr-range", "bilateral-lr-range"])
 def test_bad_config_fails_at_start(cfg, message, tmp_path):
     wd = tmp_path / "run"
     with pytest.raises(ValueError, match=message):
@@ -425,13 +444,19 @@ def test_paper_preset_has_the_published_settings(tmp_path):
             assert c.optimizer.schedule == "constant"
 
 
-# ldct-benchmark's configs/<method>.yaml: lr, max_iterations, mbs, patchsize, seed.
+# ldct-benchmark's configs/<method>.yaml (not in its wheel): lr, max_iterations, mbs, patchsize
+# (0: whole slices), seed.
 LDCTBENCH_YAML = {
     "cnn10": (0.00015837006124497214, 86188, 68, 92, 1341),
     "redcnn": (9.583417460320728e-05, 92994, 73, 128, 1339),
     "resnet": (0.0001, 20000, 64, 64, 1332),
     "qae": (2.8427860979114494e-05, 94025, 125, 36, 1371),
+    "bilateral": (4.001423666414552e-05, 74981, 2, 121, 1341),
+    "transct": (2.3978185694166783e-05, 89378, 16, 0, 1341),
 }
+# configs/bilateral.yaml's lr_r, sigma_xyz_init and sigma_r_init.
+BILATERAL_YAML = dict(lr_r=0.003555342304006777, sigma_xyz_init=0.486467020419764,
+                      sigma_r_init=0.9526560444133276)
 
 
 @pytest.mark.parametrize("method", sorted(LDCTBENCH_YAML))
@@ -439,7 +464,16 @@ def test_ldctbench_presets_are_the_package_settings(method, tmp_path):
     c = supervised_config.get_config(f"{method},ldctbench")
     lr, steps, batch, patch, seed = LDCTBENCH_YAML[method]
     assert (c.optimizer.lr, c.num_steps, c.batch_size, c.patch_size, c.seed) == (
-        lr, steps, batch, patch, seed)
+        lr, steps, batch, patch or 512, seed)
+    if method == "bilateral":
+        assert c.optimizer.lr_range == BILATERAL_YAML["lr_r"]
+    else:
+        assert "lr_range" not in c.optimizer
+    paper = supervised_config.get_config(f"{method},paper")
+    assert paper.patch_size == (512 if method == "transct" else 64)
+    assert paper.optimizer.get("lr_range", 1e-5) == paper.optimizer.lr == 1e-5
+    paper.data.root = str(tmp_path)
+    trainers.check_config(paper)
     assert (c.optimizer.b1, c.optimizer.b2, c.optimizer.schedule) == (0.9, 0.999, "constant")
     # The architecture at ldct-benchmark's defaults (e.g. RED-CNN's 96 channels).
     assert dict(c.model_config) == {} and c.data.source == "mayo" and c.model == method
@@ -478,3 +512,144 @@ def test_every_mse_method_trains_and_saves_its_model(method, model_config, tmp_p
     if method == "resnet":  # the running statistics are fixed: training leaves them
         assert np.all(np.asarray(trained.params["block0"]["bn1"]["mean"]) == 0.0)
         assert np.all(np.asarray(trained.params["block0"]["bn1"]["var"]) == 1.0)
+
+
+def test_every_mse_method_trains_into_the_model_the_sweeps_read():
+    """configs/supervised.py has a preset for each method the trainer trains with the MSE, and
+    the sweeps' default checkpoint of each is where that preset's command writes its model."""
+    from ldct_jax import jobs
+    from ldct_jax.jobs import inputs
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    assert set(supervised_config.METHODS) == set(trainers.SUPERVISED)
+    for method in trainers.SUPERVISED:
+        path, command = inputs.TRAINED[method]
+        arg = command.split("--config=")[1].split()[0]
+        assert configs_lib.load(os.path.join(root, arg)).model == method
+        assert os.path.normpath(path) == os.path.join(jobs.default_workdir(arg), "model")
+
+
+def test_bilateral_range_sigmas_step_with_lr_range():
+    """Adam with two learning rates, as ldct-benchmark's bilateral trainer sets up PyTorch's:
+    three steps on known gradients against Adam's formula (bias-corrected moments, eps 1e-8),
+    lr for the spatial sigmas, lr_range for the range sigmas (`color_sigma`).
+
+    optax computes the bias corrections in float32, where 1 - 0.999 keeps 4 digits: its steps
+    are within 1e-5 of the formula's, relative to lr, and the params are float32."""
+    c = _supervised_cfg("bilateral", optimizer__lr=1e-3, optimizer__lr_range=0.1,
+                        optimizer__schedule="constant")
+    spec = models.spec("bilateral")
+    params = trainers._init_params(spec.module, jax.random.key(0), 32, False)
+    optimizer = trainers._optimizer(c)
+    opt_state = optimizer.init(params)
+    names = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+    assert sum("color_sigma" in n for n in names) == 3 and len(names) == 12
+    lr = np.array([0.1 if "color_sigma" in n else 1e-3 for n in names])
+    rng = np.random.default_rng(0)
+    m = v = np.zeros(len(names))
+    x = np.array(jax.tree.leaves(params), np.float64)
+    for t in (1, 2, 3):
+        g = rng.choice([-1.0, 1.0], len(names)) * 10.0 ** rng.uniform(-2, 1, len(names))
+        grads = jax.tree.unflatten(jax.tree.structure(params), list(g.astype(np.float32)))
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+        step = lr * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
+        if t == 1:  # Adam's first step is lr * sign(g)
+            np.testing.assert_allclose(np.abs(step), lr, rtol=1e-6)
+        x = x - step
+        error = np.abs(np.array(jax.tree.leaves(params), np.float64) - x)
+        assert np.all(error <= 1e-5 * t * lr + 2.0 ** -23 * np.abs(x)), (error / lr).max()
+
+
+def test_ldctbench_bilateral_preset_starts_and_steps_as_ldct_benchmark(monkeypatch):
+    """The real package's bilateral Model, given the yaml's sigma_*_init as ldct-benchmark's
+    training passes them, only warns and starts from 0.5 and 0.01: so does the preset. Its
+    optimizer is the package's Trainer's: PyTorch's Adam with the params whose name holds
+    "color" in a group of lr lr_r; two steps on the same gradients agree (to 1e-5 of lr: optax
+    computes Adam's bias corrections in float32, PyTorch in float64)."""
+    import argparse
+    import warnings
+    torch = pytest.importorskip("torch")
+    from tests import stand_ins
+    network = stand_ins.ldctbench_bilateral_network(monkeypatch, torch)
+    args = argparse.Namespace(cuda=False, **{k: v for k, v in BILATERAL_YAML.items()
+                                             if k.endswith("_init")})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = network.Model(args)
+    assert any("sigma_r_init=0.95" in str(w.message) for w in caught)
+    reference = {k: float(v) for k, v in model.state_dict().items()}
+
+    c = supervised_config.get_config("bilateral,ldctbench")
+    spec = models.spec(c.model, **c.model_config)
+    params = trainers._init_params(spec.module, jax.random.key(0), 32, False)
+
+    def by_name(tree):  # 'filters.0.sigma_x' as PyTorch names the params
+        return {f"filters.{int(p[0].key[-1]) - 1}.{p[1].key}": float(x)
+                for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+    assert by_name(params) == pytest.approx(reference, rel=1e-7)
+    assert reference["filters.0.sigma_x"] == pytest.approx(0.5)
+    assert reference["filters.2.color_sigma"] == pytest.approx(0.01)
+
+    torch_opt = torch.optim.Adam([
+        {"params": [p for n, p in model.named_parameters() if "color" not in n]},
+        {"params": [p for n, p in model.named_parameters() if "color" in n],
+         "lr": c.optimizer.lr_range}], lr=c.optimizer.lr, betas=(c.optimizer.b1, c.optimizer.b2))
+    optimizer = trainers._optimizer(c)
+    opt_state = optimizer.init(params)
+    rng = np.random.default_rng(1)
+    for _ in range(2):
+        g = {n: float(rng.normal()) for n in reference}
+        for n, p in model.named_parameters():
+            p.grad = torch.tensor(g[n])
+        torch_opt.step()
+        grads = jax.tree_util.tree_map_with_path(
+            lambda p, _: np.float32(g[f"filters.{int(p[0].key[-1]) - 1}.{p[1].key}"]), params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+    moved = {k: float(v) for k, v in model.state_dict().items()}
+    ours = by_name(params)
+    for name, value in moved.items():
+        lr = c.optimizer.lr_range if "color" in name else c.optimizer.lr
+        assert abs(ours[name] - value) <= 2e-5 * lr + 2.0 ** -23 * abs(value), name
+    assert moved["filters.0.color_sigma"] != pytest.approx(reference["filters.0.color_sigma"])
+
+
+@pytest.mark.parametrize("method, size, batch, steps, devices", [
+    ("bilateral", 32, 4, 6, 0),
+    pytest.param("transct", 512, 1, 3, 1, marks=pytest.mark.slow)])
+def test_bilateral_and_transct_train_and_improve(method, size, batch, steps, devices, tmp_path):
+    """A few steps of the default preset (transct: whole 512 x 512 slices, on one device) lower
+    the held-out error below that of the initial params (numpy RMSE in HU)."""
+    c = supervised_config.get_config(method)
+    c.num_steps, c.batch_size, c.num_devices = steps, batch, devices
+    if method == "bilateral":
+        c.patch_size = 24
+    c.checkpoint.every_steps, c.checkpoint.keep, c.log_every_steps = steps, 1, 1
+    c.eval.slices_per_patient = 1
+    c.progress_bar = False
+    wd = str(tmp_path / "run")
+    scans = phantom_scans(size=size, slices=2)
+    job.run(c, wd, scans=scans)
+    losses = [r["loss"] for r in _records(wd) if r.get("split") == "train"]
+    assert len(losses) == steps and np.all(np.isfinite(losses))
+    trained = models.load(os.path.join(wd, "model"))
+    assert trained.spec == models.spec(method)
+    spec = trained.spec
+    arch = models.architecture(method)
+    init = trainers._init_params(spec.module, trainers._keys(c.seed)["model"], arch.init_size,
+                                 arch.flax_default_init)
+    _, held_out = data_job.split_scans(c.data, scans)
+    low = np.concatenate([s.low for s in held_out])
+    full = np.concatenate([s.full for s in held_out])
+
+    def rmse(params):
+        out = np.asarray(models.denoise(spec, params, low, batch_size=1), np.float64)
+        return np.sqrt(np.mean((out - full) ** 2))
+
+    before, after = rmse(init), rmse(trained.params)
+    assert after < before, (before, after)
+    if method == "bilateral":  # from near identity to smoothing the 60 HU noise
+        assert after < np.sqrt(np.mean((low - full) ** 2))
+

@@ -26,7 +26,7 @@ TRAINED = {
     "wgan_vgg": ("runs/wgan/model", "python launch/main.py --config=configs/wgan.py"),
     **{m: (f"runs/supervised_{m}/model",
            f"python launch/main.py --config=configs/supervised.py:{m}")
-       for m in ("redcnn", "resnet", "qae")},
+       for m in ("redcnn", "resnet", "qae", "transct", "bilateral")},
 }
 
 

@@ -19,12 +19,12 @@ from ldct_jax.data.scan import Scan
 from ldct_jax.jobs import configs
 from ldct_jax.jobs import data as data_job
 from ldct_jax.models import vgg as vgg_lib
-from ldct_jax.models import vgg_weights, wgan_vgg
+from ldct_jax.models import bilateral, vgg_weights, wgan_vgg
 from ldct_jax.train import supervised, wgan
 from ldct_jax.train.state import TrainState
 
 # Trained with the MSE, as ldct-benchmark trains them; WGAN-VGG as a WGAN-GP.
-SUPERVISED = ("cnn10", "redcnn", "resnet", "qae")
+SUPERVISED = ("cnn10", "redcnn", "resnet", "qae", "transct", "bilateral")
 MODELS = SUPERVISED + ("wgan_vgg",)
 # VGG19 pools 4 times before conv5_4.
 _MIN_PERCEPTUAL_PATCH = 16
@@ -75,18 +75,30 @@ def check_config(config) -> None:
     """Raises ValueError naming the key for any value that cannot work, before any heavy work."""
     if config.model not in MODELS:
         raise ValueError(f"config.model={config.model!r}; expected one of {MODELS}")
+    arch = models.architecture(config.model)
+    if arch.fixed_size and config.patch_size != arch.init_size:
+        n = arch.init_size
+        raise ValueError(f"config.patch_size={config.patch_size!r}: {config.model} takes {n} x "
+                         f"{n} images only (whole slices); set config.patch_size={n}")
     check_loop(config)
     for key in ("eval.slices_per_patient", "eval.batch_size"):
         check_positive(config, key, _get(config, key))
     check_positive(config, "eval.every_steps", config.eval.every_steps, allow_zero=True)
     check_adam(config, "optimizer")
+    if config.model == "bilateral":
+        if "lr_range" not in config.optimizer:
+            raise ValueError("config.optimizer.lr_range is missing: bilateral trains its range "
+                             "sigmas with a learning rate of their own (configs/supervised.py:"
+                             "bilateral sets it)")
+        check_positive(config, "optimizer.lr_range", config.optimizer.lr_range)
     if config.model == "wgan_vgg":
         check_adam(config, "critic_optimizer")
         check_positive(config, "wgan.n_critic", config.wgan.n_critic)
         check_positive(config, "wgan.gp_weight", config.wgan.gp_weight, allow_zero=True)
         check_positive(config, "wgan.perceptual_weight", config.wgan.perceptual_weight,
-                  allow_zero=True)
-        check_positive(config, "wgan.mse_weight", config.wgan.get("mse_weight", 0.0), allow_zero=True)
+                       allow_zero=True)
+        check_positive(config, "wgan.mse_weight", config.wgan.get("mse_weight", 0.0),
+                       allow_zero=True)
         try:
             wgan_vgg.critic_output_size(config.patch_size)
         except ValueError as e:
@@ -193,6 +205,18 @@ def make_adam(opt, num_steps: int):
                            num_steps=num_steps)
 
 
+def _optimizer(config):
+    """The denoiser's Adam; bilateral's range sigmas get `optimizer.lr_range`, as
+    ldct-benchmark gives them its `lr_r`."""
+    opt = config.optimizer
+    if config.model != "bilateral":
+        return make_adam(opt, config.num_steps)
+    return supervised.adam_groups({bilateral.SPATIAL: opt.lr, bilateral.RANGE: opt.lr_range},
+                                  bilateral.param_groups, opt.b1, opt.b2,
+                                  schedule=opt.get("schedule", "constant"),
+                                  num_steps=config.num_steps)
+
+
 def _keys(seed: int) -> dict[str, jax.Array]:
     root = jax.random.PRNGKey(seed)
     return {name: jax.random.fold_in(root, i) for i, name in enumerate(("model", "critic", "vgg"))}
@@ -206,8 +230,7 @@ def build(config, mesh, train_scans: Sequence[Scan]) -> Trainer:
     arch = models.architecture(config.model)
     denoiser = models.Denoiser(spec, _init_params(spec.module, keys["model"], arch.init_size,
                                                   arch.flax_default_init))
-    opt = config.optimizer
-    optimizer = make_adam(opt, config.num_steps)
+    optimizer = _optimizer(config)
     common = dict(batch_size=config.batch_size, patch_size=config.patch_size, seed=config.seed,
                   process_index=jax.process_index(), process_count=jax.process_count())
     if config.model in SUPERVISED:

@@ -18,6 +18,8 @@ ldct-benchmark's checkpoints import whole.
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -25,6 +27,9 @@ from jax import lax
 
 # Each filter's parameters, named as in `BilateralFilter3d`'s state dict.
 SIGMAS = ("sigma_x", "sigma_y", "sigma_z", "color_sigma")
+# The groups of `param_groups`: ldct-benchmark trains the range sigmas with a learning rate of
+# their own (its `lr_r`), the spatial ones with the common one.
+SPATIAL, RANGE = "spatial", "range"
 
 
 def window_radius(sigma: jax.Array) -> jax.Array:
@@ -91,6 +96,15 @@ def bilateral_filter(x: jax.Array, sigma_x: jax.Array, sigma_y: jax.Array,
     return values / weights  # >= the centre's weight, 1
 
 
+def param_groups(params: Any) -> Any:
+    """The tree of `params` with every leaf replaced by its group: `RANGE` for a filter's range
+    sigma (`color_sigma`), `SPATIAL` for the others (ldct-benchmark's `bilateral` trainer
+    splits them by whether "color" is in the name). An `optax.partition` label function."""
+    def group(path, _):
+        return RANGE if getattr(path[-1], "key", None) == "color_sigma" else SPATIAL
+    return jax.tree_util.tree_map_with_path(group, params)
+
+
 class BilateralFilter(nn.Module):
     """One trainable bilateral filter, `[B, H, W, 1]` -> `[B, H, W, 1]` in network units.
 
@@ -123,6 +137,10 @@ class Bilateral(nn.Module):
     (3.0 pixels for the default 7), beyond which a window is clipped and the filter no longer
     equals the reference kernel. `ldct_jax.models.ldctbench` sets it from a checkpoint's
     sigmas, so an imported model is exact; for training, choose it above the sigmas expected.
+
+    The initial sigmas default to those ldct-benchmark's training starts from: its
+    configs/bilateral.yaml names `sigma_xyz_init` 0.4865 and `sigma_r_init` 0.9527, but its
+    `Model` only warns about them and builds its filters from its own defaults, 0.5 and 0.01.
     """
 
     max_radius: int = 7

@@ -1,8 +1,8 @@
-"""Supervised training of a denoiser (CNN-10): MSE against routine dose in network units."""
+"""Supervised training of a denoiser: MSE against routine dose in network units."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
@@ -32,6 +32,20 @@ def adam(lr: float, b1: float, b2: float, *, schedule: str = "constant",
         return optax.adam(optax.cosine_decay_schedule(lr, max(num_steps, 1), final_fraction),
                           b1=b1, b2=b2)
     raise ValueError(f"optimizer schedule {schedule!r}; expected one of {SCHEDULES}")
+
+
+def adam_groups(lrs: Mapping[str, float], groups: Callable[[Any], Any], b1: float, b2: float,
+                *, schedule: str = "constant", num_steps: int = 0) -> optax.GradientTransformation:
+    """Adam with a learning rate per group of params (PyTorch's Adam with param groups).
+
+    Args:
+      lrs: the learning rate of each group name.
+      groups: `groups(params)` -> the tree of params with each leaf replaced by its group name
+        (e.g. `models.bilateral.param_groups`).
+      b1, b2, schedule, num_steps: as in `adam`, the same for every group.
+    """
+    return optax.partition({name: adam(lr, b1, b2, schedule=schedule, num_steps=num_steps)
+                            for name, lr in lrs.items()}, groups)
 
 
 def init_state(denoiser: Denoiser, optimizer: optax.GradientTransformation,
