@@ -47,12 +47,15 @@ def get_config(arg=None):
                                                  schedule="constant"))
     c.critic_optimizer = ml_collections.ConfigDict(dict(lr=1e-3, b1=0.5, b2=0.9,
                                                         schedule="constant"))
+    # condition_on_output: the generator sees f(x) beside x (ldct_jax/models/natural.py).
     c.generator = ml_collections.ConfigDict(dict(features=16, levels=2, noise_channels=4,
-                                                 out_scale=0.1))
+                                                 out_scale=0.1, condition_on_output=True))
     c.critic = ml_collections.ConfigDict(dict(features=16, scales=3, n_critic=1,
                                               gp_weight=10.0))
     # The generator loss: D_out - lam * d_in(distance) - alpha * critics - beta * d_in(x_1, x_2).
-    c.loss = ml_collections.ConfigDict(dict(distance="mse", lam=1e-2, alpha=1e-3, beta=1e-3))
+    # lam_start, lam_steps: lambda falls from lam_start to lam over the first lam_steps steps.
+    c.loss = ml_collections.ConfigDict(dict(distance="mse", lam=1e-3, lam_start=1e-2,
+                                            lam_steps=300, alpha=1e-5, beta=1e-3))
     # Samples per report image (seed: their noise); every_steps: sample images to TensorBoard.
     c.samples = ml_collections.ConfigDict(dict(num_samples=4, seed=0, batch_size=8,
                                                every_steps=100))

@@ -104,26 +104,29 @@ def test_local_batch_draws_x_and_real_patches_apart():
 
 def _generator(seed=0):
     g = natural_models.InvarianceGenerator(features=4, levels=1, noise_channels=2)
-    params = g.init(jax.random.key(seed), jnp.zeros((1, 8, 8, 1)), jnp.zeros((1, 8, 8, 2)))
-    return natural.Generator(g, params["params"])
+    params = g.init(jax.random.key(seed), jnp.zeros((1, 8, 8, 2)), jnp.zeros((1, 8, 8, 2)))
+    return natural.Generator(g, params["params"],
+                             models.create("gauss_ri", jax.random.key(0), square=12))
 
 
 def test_samples_are_deterministic_and_independent_of_batching():
     gen = _generator()
     x = np.random.default_rng(0).normal(0, 100, (3, 20, 24)).astype(np.float32)
     key = jax.random.key(7)
-    four = np.asarray(natural.sample(gen.module, gen.params, x, key, 4))
+    four = np.asarray(natural.sample(gen.module, gen.params, x, key, 4, gen.denoiser))
     assert four.shape == (3, 4, 20, 24)
-    two = np.asarray(natural.sample(gen.module, gen.params, x, key, 2))
+    two = np.asarray(natural.sample(gen.module, gen.params, x, key, 2, gen.denoiser))
     np.testing.assert_array_equal(four[:, :2], two)      # sample s does not depend on S
     assert np.abs(four[:, 0] - four[:, 1]).max() > 1e-3   # different z, different x_inv
     sharded = natural.sample_sharded(gen, x, key, 4, mesh=parallel.make_mesh(4), batch_size=4)
     np.testing.assert_allclose(sharded, four, rtol=1e-5, atol=1e-3)
-    other = np.asarray(natural.sample(gen.module, gen.params, x, jax.random.key(8), 2))
+    other = np.asarray(natural.sample(gen.module, gen.params, x, jax.random.key(8), 2,
+                                      gen.denoiser))
     assert np.abs(other - two).max() > 1e-3
     # x + x_inv stays in the valid HU range.
     bright = np.full((1, 20, 24), 3071.0, np.float32)
-    assert (bright + np.asarray(natural.sample(gen.module, gen.params, bright, key, 2))[0]
+    assert (bright + np.asarray(natural.sample(gen.module, gen.params, bright, key, 2,
+                                                       gen.denoiser))[0]
             ).max() <= 3071.0
 
 
@@ -131,8 +134,16 @@ def test_save_and_load_give_the_same_samples(tmp_path):
     gen = _generator(3)
     natural.save(gen, str(tmp_path / "g"))
     back = natural.load(str(tmp_path / "g"))
-    assert back.module == gen.module
+    assert back.module == gen.module and back.denoiser.spec == gen.denoiser.spec
     assert_trees_close(back.params, gen.params, tol=0)
+    x = np.random.default_rng(0).normal(0, 100, (1, 20, 24)).astype(np.float32)
+    np.testing.assert_array_equal(
+        np.asarray(natural.sample(back.module, back.params, x, jax.random.key(0), 2,
+                                  back.denoiser)),
+        np.asarray(natural.sample(gen.module, gen.params, x, jax.random.key(0), 2,
+                                  gen.denoiser)))
+    with pytest.raises(ValueError, match="conditioned on the denoiser's output"):
+        natural.sample(gen.module, gen.params, x, jax.random.key(0), 2)
     with pytest.raises(FileNotFoundError, match="holds no generator"):
         natural.load(str(tmp_path))
 

@@ -56,7 +56,8 @@ def check_config(config: Any) -> None:
                 "samples.batch_size", "report.noise_patches", "report.noise_patch_size"):
         check_positive(config, key)
     for key in ("generator.out_scale", "critic.gp_weight", "loss.lam", "loss.alpha",
-                "loss.beta", "samples.every_steps"):
+                "loss.beta", "loss.lam_start", "loss.lam_steps",
+                "samples.every_steps"):
         check_positive(config, key, allow_zero=True)
     if config.loss.distance not in ("mse", "dssim"):
         raise ValueError(f"config.loss.distance={config.loss.distance!r}; expected 'mse' or "
@@ -84,7 +85,8 @@ def check_positive(config: Any, key: str, allow_zero: bool = False) -> None:
 def settings_from(config: Any) -> natural_train.NaturalSettings:
     """The loss weights and critic settings of `config`."""
     return natural_train.NaturalSettings(
-        lam=config.loss.lam, distance=config.loss.distance, alpha=config.loss.alpha,
+        lam=config.loss.lam, lam_start=config.loss.lam_start, lam_steps=config.loss.lam_steps,
+        distance=config.loss.distance, alpha=config.loss.alpha,
         beta=config.loss.beta, scales=config.critic.scales,
         n_critic=config.critic.n_critic, gp_weight=config.critic.gp_weight)
 
@@ -102,8 +104,9 @@ def build(config: Any, mesh, train_scans: Sequence[Scan],
     root = jax.random.PRNGKey(config.seed)
     p = config.patch_size
     x = np.zeros((1, p, p, 1), np.float32)
+    c = np.zeros((1, p, p, 1 + generator.condition_on_output), np.float32)
     z = np.zeros((1, p, p, generator.noise_channels), np.float32)
-    g_params = jax.jit(generator.init)(jax.random.fold_in(root, 0), x, z)["params"]
+    g_params = jax.jit(generator.init)(jax.random.fold_in(root, 0), c, z)["params"]
     init_critic = jax.jit(critic.init)
     c_params = {f"stage{i}": init_critic(jax.random.fold_in(root, 1 + i), x)["params"]
                 for i in range(settings.scales)}
@@ -158,7 +161,7 @@ def run(config: Any, workdir: str, *, scans: Optional[Sequence[Scan]] = None) ->
                  len(images[0]), "held-out patients" if held_out else "the training patients")
     trainer = build(config, mesh, train_scans, denoiser)
     generator_module = modules(config)[0]
-    watch = _sample_images(config, generator_module, images)
+    watch = _sample_images(config, generator_module, denoiser, images)
 
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoints.keep)
     try:
@@ -172,7 +175,8 @@ def run(config: Any, workdir: str, *, scans: Optional[Sequence[Scan]] = None) ->
               "generator": None, "summary": None, "report": os.path.join(workdir, "report")}
     if done.stopped:
         return dict(result, wall_time_s=time.time() - t_start)
-    generator = natural.Generator(generator_module, parallel.to_host(done.state.params))
+    generator = natural.Generator(generator_module, parallel.to_host(done.state.params),
+                                  denoiser)
     if main:
         natural.save(generator, os.path.join(workdir, "generator"), overwrite=True)
         result["summary"] = natural_report.write(workdir, config, denoiser, generator, images,
@@ -180,7 +184,7 @@ def run(config: Any, workdir: str, *, scans: Optional[Sequence[Scan]] = None) ->
     return dict(result, generator=generator, wall_time_s=time.time() - t_start)
 
 
-def _sample_images(config: Any, module, images: inputs.Images):
+def _sample_images(config: Any, module, denoiser: models.Denoiser, images: inputs.Images):
     """`after_step(step, state, log)`: every `config.samples.every_steps` steps, x + x_inv and
     x_inv of the first report image (one sample) to TensorBoard."""
     every = config.samples.every_steps
@@ -192,7 +196,7 @@ def _sample_images(config: Any, module, images: inputs.Images):
         if not every or step % every:
             return
         params = parallel.to_host(state.params)
-        x_inv = np.asarray(natural.sample(module, params, x, key, 1))[0, 0]
+        x_inv = np.asarray(natural.sample(module, params, x, key, 1, denoiser))[0, 0]
         log.image(step, "samples/x_plus_x_inv", ct.apply_window(x[0] + x_inv, window))
         log.image(step, "samples/x_inv", ct.apply_window(x_inv, "diff"))
 

@@ -25,8 +25,11 @@ def _conv(features: int, x, strides: int = 1):
 
 
 class InvarianceGenerator(nn.Module):
-    """`g(x, z)`: `[B, H, W, 1]` image and `[B, H, W, noise_channels]` noise -> x_inv `[B, H, W]`
-    in HU.
+    """`g(c, z)`: conditions `[B, H, W, C]` and noise `[B, H, W, noise_channels]` -> x_inv
+    `[B, H, W]` in HU. The conditions are the image x and, with `condition_on_output`, the
+    denoiser's output f(x) (both `to_units`; `ldct_jax.train.natural.conditions`): f(x) is a
+    function of x, so this is still g(x, z), but the generator need not learn what f keeps
+    and removes from scratch (x - f(x) is the noise f takes out).
 
     A U-Net with `levels` 2x downsamplings (two 3x3 convolutions per level, skip connections).
     Upsampling repeats pixels and then convolves: transposed convolutions leave checkerboard
@@ -40,6 +43,7 @@ class InvarianceGenerator(nn.Module):
     levels: int = 2
     noise_channels: int = 4
     out_scale: float = 0.1
+    condition_on_output: bool = True
 
     @nn.compact
     def __call__(self, x, z):

@@ -32,6 +32,7 @@ from `low[:, i]` and takes `real[:, i]` as real; the generator update uses `low[
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import jax
@@ -39,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ldct_jax import ct, distances, gan_losses
+from ldct_jax import ct, distances, fastpath, gan_losses
 from ldct_jax.data import sampling
 from ldct_jax.models import natural as natural_models
 from ldct_jax.models.denoiser import DenoiserSpec
@@ -56,6 +57,12 @@ class NaturalSettings:
 
     Attributes:
       lam: lambda, the weight of the input-change reward d_in.
+      lam_start, lam_steps: lambda continuation (0: off): lambda falls geometrically from
+        lam_start to lam over the first lam_steps steps. The reward's gradient vanishes at
+        x_inv = 0, so a small lambda alone lets the output term shrink x_inv everywhere before
+        the generator has found where it is free; a large one first grows x_inv, then the
+        falling lambda lets the output term remove it where the denoiser sees it (the search's
+        'anneal' method does the same per perturbation).
       distance: d_in, a name of `distances.INPUT_DISTANCES` ('vgg16' is not supported here).
       alpha: the weight of the critics' realism term.
       beta: the weight of the mode-seeking diversity term (0: off).
@@ -65,6 +72,8 @@ class NaturalSettings:
     """
 
     lam: float = 1e-2
+    lam_start: float = 0.0
+    lam_steps: int = 0
     distance: str = "mse"
     alpha: float = 1e-3
     beta: float = 1e-3
@@ -85,10 +94,24 @@ def draw_noise(key: jax.Array, shape: tuple[int, ...], channels: int) -> jax.Arr
     return jax.random.normal(key, tuple(shape) + (channels,), jnp.float32)
 
 
-def perturb(generator: natural_models.InvarianceGenerator, params, x_hu, z) -> tuple:
-    """`(x_inv, x + x_inv)` in HU for images `x_hu` `[B, H, W]` and noise `z`, with
-    `x + x_inv` kept inside [HU_MIN, HU_MAX] (and x_inv with it)."""
-    raw = generator.apply({"params": params}, natural_models.to_units(x_hu)[..., None], z)
+def conditions(generator: natural_models.InvarianceGenerator, x_hu, y_hu=None) -> jax.Array:
+    """The generator's conditions `[B, H, W, C]`: x and, if it is conditioned on it, f(x)
+    (`y_hu`, required then), in the generator's units."""
+    parts = [x_hu]
+    if generator.condition_on_output:
+        if y_hu is None:
+            raise ValueError("this generator is conditioned on the denoiser's output f(x): "
+                             "pass the denoiser")
+        parts.append(y_hu)
+    return natural_models.to_units(jnp.stack(parts, axis=-1))
+
+
+def perturb(generator: natural_models.InvarianceGenerator, params, x_hu, z,
+            y_hu=None) -> tuple:
+    """`(x_inv, x + x_inv)` in HU for images `x_hu` `[B, H, W]` (with f(x), `y_hu`, for a
+    generator conditioned on it) and noise `z`, with `x + x_inv` kept inside [HU_MIN, HU_MAX]
+    (and x_inv with it)."""
+    raw = generator.apply({"params": params}, conditions(generator, x_hu, y_hu), z)
     perturbed = jnp.clip(x_hu + raw, ct.HU_MIN, ct.HU_MAX)
     return perturbed - x_hu, perturbed
 
@@ -98,17 +121,20 @@ def make_step(spec: DenoiserSpec, generator: natural_models.InvarianceGenerator,
               settings: NaturalSettings) -> Callable[..., tuple[TrainState, Metrics]]:
     """`step(state, batch, denoiser_params) -> (state, metrics)`; the denoiser's params are an
     argument so that jit does not embed them as constants. Pure: jit it
-    (`parallel.data_parallel_step(step, mesh, extra_args=1)`)."""
+    (`parallel.data_parallel_step(step, mesh, extra_args=1)`). The losses run with
+    `fastpath.convolutions`, as the WGAN-VGG step's do."""
     if settings.distance not in ("mse", "dssim"):
         raise ValueError(f"natural invariances: input distance {settings.distance!r}; expected "
                          "'mse' or 'dssim'")
     lo, hi = float(spec.to_net(ct.HU_MIN)), float(spec.to_net(ct.HU_MAX))
     d_in = distances.input_distance(settings.distance, net_range=(lo, hi))
     channels = generator.noise_channels
+    lam_at = lambda_schedule(settings)
 
     def scores(cparams, hu):
         return natural_models.critic_scores(critic, cparams, natural_models.to_units(hu))
 
+    @functools.partial(fastpath.convolutions, second_order=True)
     def critic_loss_fn(cparams, real_hu, fake_hu, key):
         total, wasserstein, penalty = 0.0, [], []
         keys = jax.random.split(key, settings.scales)
@@ -124,23 +150,25 @@ def make_step(spec: DenoiserSpec, generator: natural_models.InvarianceGenerator,
             penalty.append(gp)
         return total, (jnp.stack(wasserstein), jnp.stack(penalty))
 
-    def generator_loss_fn(params, cparams, fparams, x_hu, key):
+    @fastpath.convolutions
+    def generator_loss_fn(params, cparams, fparams, x_hu, key, lam):
         k1, k2 = jax.random.split(key)
         z1, z2 = (draw_noise(k, x_hu.shape, channels) for k in (k1, k2))
-        (inv1, p1), (inv2, p2) = (perturb(generator, params, x_hu, z) for z in (z1, z2))
         x_net = spec.to_net(x_hu)
         y0 = jax.lax.stop_gradient(spec.apply_net(fparams, x_net))
+        y_hu = spec.from_net(y0)
+        (inv1, p1), (inv2, p2) = (perturb(generator, params, x_hu, z, y_hu) for z in (z1, z2))
         both = jnp.stack([p1, p2])                                # [2, B, H, W] HU
         d_out = jnp.mean(jnp.square(spec.apply_net(fparams, spec.to_net(both)) - y0))
         change = jnp.mean(d_in(spec.to_net(both), jnp.broadcast_to(x_net, both.shape)))
         realism = jnp.mean(jnp.sum(scores(cparams, both.reshape((-1,) + x_hu.shape[1:])),
                                    axis=-1))
         diversity = jnp.mean(d_in(spec.to_net(p1), spec.to_net(p2)))
-        loss = (d_out - settings.lam * change - settings.alpha * realism
+        loss = (d_out - lam * change - settings.alpha * realism
                 - settings.beta * diversity)
         stats = {"d_out": d_out, "d_in": change, "realism": realism, "diversity": diversity,
                  "x_inv_rms_hu": jnp.sqrt(jnp.mean(jnp.square(jnp.stack([inv1, inv2])))),
-                 "output_rms_hu": jnp.sqrt(d_out) * spec.scale}
+                 "output_rms_hu": jnp.sqrt(d_out) * spec.scale, "lam": lam}
         return loss, stats
 
     def step(state: TrainState, batch: Batch, fparams) -> tuple[TrainState, Metrics]:
@@ -155,13 +183,15 @@ def make_step(spec: DenoiserSpec, generator: natural_models.InvarianceGenerator,
         for i in range(settings.n_critic):
             kz, kgp = jax.random.split(keys[i])
             z = draw_noise(kz, low[i].shape, channels)
-            fake = jax.lax.stop_gradient(perturb(generator, state.params, low[i], z)[1])
+            y_hu = (spec.from_net(spec.apply_net(fparams, spec.to_net(low[i])))
+                    if generator.condition_on_output else None)
+            fake = jax.lax.stop_gradient(perturb(generator, state.params, low[i], z, y_hu)[1])
             (c_loss, (w, gp)), grads = jax.value_and_grad(critic_loss_fn, has_aux=True)(
                 cparams, real[i], fake, kgp)
             updates, copt = c_optimizer.update(grads, copt, cparams)
             cparams = optax.apply_updates(cparams, updates)
         (g_loss, stats), grads = jax.value_and_grad(generator_loss_fn, has_aux=True)(
-            state.params, cparams, fparams, low[-1], keys[-1])
+            state.params, cparams, fparams, low[-1], keys[-1], lam_at(state.step))
         updates, opt_state = g_optimizer.update(grads, state.opt_state, state.params)
         new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                             opt_state=opt_state, critic_params=cparams, critic_opt_state=copt)
@@ -172,6 +202,14 @@ def make_step(spec: DenoiserSpec, generator: natural_models.InvarianceGenerator,
         return new, metrics
 
     return step
+
+
+def lambda_schedule(settings: NaturalSettings) -> optax.Schedule:
+    """Lambda at a step: the continuation from lam_start to lam, or lam throughout."""
+    if settings.lam_start <= 0 or settings.lam_steps <= 0 or settings.lam <= 0:
+        return optax.constant_schedule(settings.lam)
+    return optax.exponential_decay(settings.lam_start, settings.lam_steps,
+                                   settings.lam / settings.lam_start, end_value=settings.lam)
 
 
 def local_batch(scans, step: int, *, batch_size: int, patch_size: int, seed: int,
