@@ -22,11 +22,14 @@ key), and their metrics are printed side by side: a twin that computes something
 there, and the table says whether the first step agreed. The timed steps then draw their own
 noise. A step consumes batch x n_critic patches x (as `Trainer.patches_per_step`), which is what
 patches/s counts. On a GPU (JAX's default device a GPU and `torch.cuda.is_available()`),
-PyTorch runs on CUDA too.
+PyTorch runs on CUDA too. On a CPU shared with other jobs, set OMP_WAIT_POLICY=PASSIVE: PyTorch's
+OpenMP threads otherwise spin while waiting for one another, and a step can take 10x longer
+whenever one of them is descheduled.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any, Optional
 
 import numpy as np
@@ -403,6 +406,11 @@ def main(_):
     print(f"JAX {jax.__version__} on {jax.device_count()} x {dev.device_kind}; PyTorch "
           f"{torch.__version__} on {tdev}" + ("" if gpu else f", {torch.get_num_threads()} "
                                                          "threads"))
+    load = os.getloadavg()[0]
+    print(f"load average {load:.1f} on {common.cpu_threads()} cores" + (
+        "; PyTorch's threads spin while they wait for each other, so on a loaded machine "
+        "run with OMP_WAIT_POLICY=PASSIVE" if load > common.cpu_threads() and not gpu
+        and "OMP_WAIT_POLICY" not in os.environ else ""))
     print(f"float32 2048^3 matmul: JAX {common.jax_matmul_gflops():.1f} GFLOP/s, PyTorch "
           f"{common.torch_matmul_gflops(device=tdev):.1f} GFLOP/s")
     rng = np.random.default_rng(0)
