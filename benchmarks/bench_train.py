@@ -21,7 +21,6 @@ The VGG19 is random-init (timing only). On a GPU (JAX's default device a GPU and
 
 from __future__ import annotations
 
-import time
 from typing import Any, Callable
 
 import numpy as np
@@ -212,18 +211,6 @@ def torch_runner(model: str, batch_np: dict, device: str) -> Callable[[], Any]:
     return one
 
 
-def interleaved_best(runners: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
-    """Best seconds per call of each runner, the runners taking turns (A B C A B C ...), so
-    that a burst of load from other processes hits all of them alike."""
-    times: dict[str, list[float]] = {k: [] for k in runners}
-    for _ in range(repeats):
-        for name, fn in runners.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {k: min(v) for k, v in times.items()}
-
-
 def main(_):
     import jax
     import torch
@@ -259,7 +246,7 @@ def main(_):
         for impl in model_impls:
             runners[impl] = (torch_runner(model, batch_np, tdev) if impl == "torch" else
                              jax_runner(model, batch_np))
-        result = interleaved_best(runners, FLAGS.repeats)
+        result = common.interleaved_best(runners, FLAGS.repeats)
         print("  " + ", ".join(f"{model} {k}: {v:.3f} s/step" for k, v in result.items()),
               flush=True)
         for impl, sec in result.items():

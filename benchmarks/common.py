@@ -35,6 +35,18 @@ def best_time(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> float
     return min(times)
 
 
+def interleaved_best(runners: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Best seconds per call of each runner, the runners taking turns (A B C A B C ...), so
+    that a burst of load from other processes hits all of them alike."""
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    for _ in range(repeats):
+        for name, fn in runners.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {k: min(v) for k, v in times.items()}
+
+
 def set_torch_threads(threads: int) -> None:
     import torch
     torch.set_num_threads(threads)

@@ -3,10 +3,11 @@
 The networks are laid out as their PyTorch originals define them, so that `state_dict()` keys are
 theirs: CNN-10 and WGAN-VGG as ldct-benchmark (ldctbench/methods/{cnn10,wganvgg}/network.py:
 CNN-10 `layers.{0,2,4}`, the generator `net.{0,2,...,14}`, the critic `net.{0,2,...,10}`, `fc1`,
-`fc2`), VGG as torchvision's `features` (`features.N`). All work on NCHW tensors in the units
-the JAX side uses (network units for the denoisers). `denoiser`, `critic` and `vgg_to` build a
-twin holding given Flax params, so that both sides compute the same function on the same
-numbers.
+`fc2`), VGG as torchvision's `features` (`features.N`); the natural-invariance networks, which
+have no PyTorch original, as `convs.N` = Flax's `Conv_N`. All work on NCHW tensors in the units
+the JAX side uses (network units for the denoisers). `denoiser`, `critic`, `vgg_to`,
+`invariance_generator` and `patch_critic` build a twin holding given Flax params, so that both
+sides compute the same function on the same numbers.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from ldct_jax import ct
 from ldct_jax.models import ldctbench, wgan_vgg
+from ldct_jax.models import natural as natural_models
 from ldct_jax.models import vgg as vgg_lib
 
 Params = Any
@@ -137,6 +141,92 @@ class TorchVGG(nn.Module):
         return out
 
 
+class SameConv(nn.Conv2d):
+    """A square-kernel Conv2d padded as Flax's default 'SAME': for stride 2 on an even side one
+    zero row (column) after the image and none before, which Conv2d's symmetric `padding`
+    cannot express."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1):
+        super().__init__(cin, cout, kernel, stride, padding=kernel // 2 if stride == 1 else 0)
+
+    def forward(self, x):
+        if self.stride[0] == 1:
+            return super().forward(x)
+        k, s = self.kernel_size[0], self.stride[0]
+        pads = []
+        for n in reversed(x.shape[-2:]):   # F.pad takes the last axis first
+            total = max((-(-n // s) - 1) * s + k - n, 0)
+            pads += [total // 2, total - total // 2]
+        return super().forward(F.pad(x, pads))
+
+
+def _lrelu(x):
+    return F.leaky_relu(x, 0.2)
+
+
+class InvarianceGenerator(nn.Module):
+    """`ldct_jax.models.natural.InvarianceGenerator`: a U-Net on x and z concatenated; per level
+    two 3x3 convs and a 2x2 average pool, two convs at the bottom, and per level up a pixel
+    repeat, a conv, the skip concatenated after it and a conv; LeakyReLU 0.2 after every conv
+    but the last (3x3 to one channel, times `out_scale` and LDCTBENCH_SCALE: HU). Sides are
+    padded to a multiple of 2^levels (x with its edge values, z with zeros) and cropped back.
+    `convs.N` is Flax's `Conv_N` (the order in which it creates them)."""
+
+    def __init__(self, features: int = 32, levels: int = 2, noise_channels: int = 4,
+                 out_scale: float = 0.1):
+        super().__init__()
+        self.levels, self.out_scale = levels, out_scale
+        convs, cin = [], 1 + noise_channels
+        for level in range(levels):
+            f = features * 2 ** level
+            convs += [SameConv(cin, f, 3), SameConv(f, f, 3)]
+            cin = f
+        f = features * 2 ** levels
+        convs += [SameConv(cin, f, 3), SameConv(f, f, 3)]
+        for level in reversed(range(levels)):
+            f = features * 2 ** level
+            convs += [SameConv(2 * f, f, 3), SameConv(2 * f, f, 3)]
+        convs.append(SameConv(features, 1, 3))
+        self.convs = nn.ModuleList(convs)
+
+    def forward(self, x, z):
+        """`x` `[B, 1, H, W]` (`natural.to_units`), `z` `[B, C, H, W]` -> x_inv `[B, H, W]` HU."""
+        h, w = x.shape[-2:]
+        m = 2 ** self.levels
+        pad = (0, -w % m, 0, -h % m)
+        if any(pad):
+            x, z = F.pad(x, pad, mode="replicate"), F.pad(z, pad)
+        a, skips, n = torch.cat([x, z], dim=1), [], 0
+        for _ in range(self.levels):
+            a = _lrelu(self.convs[n + 1](_lrelu(self.convs[n](a))))
+            skips.append(a)
+            a, n = F.avg_pool2d(a, 2), n + 2
+        a, n = _lrelu(self.convs[n + 1](_lrelu(self.convs[n](a)))), n + 2
+        for level in reversed(range(self.levels)):
+            a = F.interpolate(a, scale_factor=2, mode="nearest")   # each pixel repeated 2 x 2
+            a = torch.cat([_lrelu(self.convs[n](a)), skips[level]], dim=1)
+            a, n = _lrelu(self.convs[n + 1](a)), n + 2
+        return self.convs[n](a)[:, 0, :h, :w] * self.out_scale * ct.LDCTBENCH_SCALE
+
+
+class PatchCritic(nn.Module):
+    """`ldct_jax.models.natural.PatchCritic`: 3x3 convs of f, 2f (stride 2), 2f, 4f (stride 2)
+    features with LeakyReLU 0.2, a 1x1 conv to one score per position, their mean:
+    `[B, 1, H, W]` -> `[B]`."""
+
+    def __init__(self, features: int = 32):
+        super().__init__()
+        f = features
+        self.convs = nn.ModuleList([SameConv(1, f, 3), SameConv(f, 2 * f, 3, 2),
+                                    SameConv(2 * f, 2 * f, 3), SameConv(2 * f, 4 * f, 3, 2),
+                                    SameConv(4 * f, 1, 1)])
+
+    def forward(self, x):
+        for conv in self.convs[:-1]:
+            x = _lrelu(conv(x))
+        return self.convs[-1](x).mean(dim=(1, 2, 3))
+
+
 # ---------------------------------------------------------------------------------------------
 # Twins holding Flax params
 
@@ -189,3 +279,24 @@ def vgg_to(arch: str, params: Params, tap: str) -> nn.Module:
     model.load_state_dict(_state_dict(params, dict(layers)))
     last = int(dict(layers)[tap].split(".")[1])
     return model.features[:last + 1]
+
+
+def _convs(params: Params) -> dict[str, str]:
+    return {f"Conv_{i}": f"convs.{i}" for i in range(len(params))}
+
+
+def invariance_generator(module: natural_models.InvarianceGenerator,
+                         params: Params) -> nn.Module:
+    """The twin of the Flax generator `module` (its features, levels, noise channels and output
+    scale), holding its `params`."""
+    model = InvarianceGenerator(module.features, module.levels, module.noise_channels,
+                                module.out_scale)
+    model.load_state_dict(_state_dict(params, _convs(params)))
+    return model
+
+
+def patch_critic(module: natural_models.PatchCritic, params: Params) -> nn.Module:
+    """The twin of the Flax critic `module`, holding its `params` (one stage's)."""
+    model = PatchCritic(module.features)
+    model.load_state_dict(_state_dict(params, _convs(params)))
+    return model

@@ -1,6 +1,7 @@
 """The benchmarks measure the right thing: FLOP formulas against XLA's cost analysis and a brute
 count, PyTorch twins against the JAX networks, the PyTorch search objective and train steps
-against the library's, and the proposed faster WGAN step against the library's results."""
+(supervised, WGAN-VGG, natural invariances) against the library's, and the proposed faster WGAN
+step against the library's results."""
 
 import jax
 import jax.numpy as jnp
@@ -10,9 +11,11 @@ from scipy import signal
 
 torch = pytest.importorskip("torch")
 
-from benchmarks import bench_search, bench_train, common, torch_twins  # noqa: E402
+from benchmarks import bench_natural, bench_search, bench_train, common, torch_twins  # noqa: E402
+from configs import natural as natural_config  # noqa: E402
 from ldct_jax import gan_losses, metrics, models, parallel  # noqa: E402
 from ldct_jax.analysis import search as search_lib  # noqa: E402
+from ldct_jax.models import natural as natural_models  # noqa: E402
 from ldct_jax.models import vgg_weights, wgan_vgg  # noqa: E402
 
 
@@ -86,6 +89,58 @@ def test_torch_vgg19_matches_jax():
         got = torch_twins.vgg_to("vgg19", vgg.params, "conv5_4")(
             torch.from_numpy(x)[:, None].expand(-1, 3, -1, -1)).numpy()
     assert rel(got.transpose(0, 2, 3, 1), want) < 1e-4
+
+
+@pytest.mark.parametrize("shape", [(2, 16, 16), (2, 13, 21)])
+def test_torch_natural_networks_match_jax(shape):
+    # 13 x 21: the generator pads to multiples of 4 (x by its edge, z by zeros) and crops back;
+    # the critic's stride-2 convs pad odd and even sides differently.
+    rng = np.random.default_rng(5)
+    x = rng.normal(0, 1, shape + (1,)).astype(np.float32)
+    z = rng.normal(0, 1, shape + (3,)).astype(np.float32)
+    g = natural_models.InvarianceGenerator(features=4, levels=2, noise_channels=3)
+    gparams = g.init(jax.random.key(0), x, z)["params"]
+    critic = natural_models.PatchCritic(features=4)
+    cparams = critic.init(jax.random.key(1), x)["params"]
+    nchw = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2)  # noqa: E731
+    with torch.no_grad():
+        got_g = torch_twins.invariance_generator(g, gparams)(nchw(x), nchw(z)).numpy()
+        got_c = torch_twins.patch_critic(critic, cparams)(nchw(x)).numpy()
+    want_g = np.asarray(g.apply({"params": gparams}, x, z))
+    assert got_g.shape == shape and rel(got_g, want_g) < 1e-5
+    assert got_c.shape == shape[:1]
+    assert rel(got_c, critic.apply({"params": cparams}, x)) < 1e-5
+
+
+@pytest.mark.slow
+def test_torch_natural_step_matches_library(capsys):
+    c = natural_config.get_config("cnn10")
+    c.generator.update(features=4, levels=1)
+    c.critic.update(features=4, scales=2)
+    c.patch_size, c.batch_size = 16, 4
+    batch = bench_natural.random_batch(np.random.default_rng(6), c)
+    rows, jax_step, torch_step = bench_natural.first_step(c, batch)
+    names = {r["metric"] for r in rows}
+    assert {"loss", "d_out", "d_in", "realism", "diversity", "grad_norm", "critic_loss",
+            "wasserstein_distance_1", "gradient_penalty_1"} <= names
+    worst = {r["metric"]: r["rel"] for r in rows if r["rel"] > 1e-4}
+    assert not worst
+    # Timing continues both steps with their own draws.
+    tbatch = {k: torch.from_numpy(v) for k, v in batch.items()}
+    seconds = common.interleaved_best({"jax": jax_step, "torch": lambda: torch_step(tbatch)}, 1)
+    assert int(jax_step.state.step) == 2
+    row = bench_natural.table_row("cnn10", c, seconds, rows)
+    bench_natural.print_table([row])
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[:4] == ["cnn10", "16", "4", "1"]
+    assert float(cells[4]) == pytest.approx(1e3 * seconds["jax"], abs=0.5)
+    assert float(cells[7].replace(",", "")) == pytest.approx(4 / seconds["torch"], rel=1e-2)
+    assert cells[8] == f"{seconds['torch'] / seconds['jax']:.2f}x"
+    assert cells[9].startswith("agree")
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == bench_natural.TABLE_HEAD
+    bad = [dict(r, rel=2 * bench_natural.RTOL) if r["metric"] == "loss" else r for r in rows]
+    assert "DIFFER" in bench_natural.table_row("cnn10", c, seconds, bad)
 
 
 def _search(d, x, iterations):
