@@ -187,6 +187,10 @@ class TorchNaturalStep:
         for p in self.f.parameters():
             p.requires_grad_(False)
         self.channels = gmodule.noise_channels
+        self.condition_on_output = gmodule.condition_on_output
+        if self.settings.lam_start > 0 and self.settings.lam_steps > 0:
+            raise ValueError("config.loss.lam_start: the PyTorch twin has a constant lambda only "
+                             "(set it to 0)")
         opt, copt = config.optimizer, config.critic_optimizer
         for key, o in (("optimizer", opt), ("critic_optimizer", copt)):
             if o.get("schedule", "constant") != "constant":
@@ -198,12 +202,17 @@ class TorchNaturalStep:
         self.gen = torch.Generator(device=device).manual_seed(seed)
 
     def perturb(self, x_hu, z):
-        """`(x_inv, x + x_inv)` HU `[B, H, W]`, x + x_inv clipped to the valid range."""
+        """`(x_inv, x + x_inv)` HU `[B, H, W]`, x + x_inv clipped to the valid range; the
+        generator's conditions are x and, if it is conditioned on it, f(x)."""
         import torch
 
         from ldct_jax import ct
         from ldct_jax.models import natural as natural_models
-        raw = self.g(natural_models.to_units(x_hu)[:, None], z)
+        parts = [x_hu]
+        if self.condition_on_output:
+            with torch.no_grad():
+                parts.append(self.spec.from_net(self.f(self.spec.to_net(x_hu)[:, None])[:, 0]))
+        raw = self.g(natural_models.to_units(torch.stack(parts, dim=1)), z)
         perturbed = torch.clamp(x_hu + raw, ct.HU_MIN, ct.HU_MAX)
         return perturbed - x_hu, perturbed
 
@@ -254,7 +263,8 @@ class TorchNaturalStep:
         loss = d_out - s.lam * change - s.alpha * realism - s.beta * diversity
         stats = {"d_out": d_out, "d_in": change, "realism": realism, "diversity": diversity,
                  "x_inv_rms_hu": torch.sqrt(torch.mean(torch.square(torch.stack([inv1, inv2])))),
-                 "output_rms_hu": torch.sqrt(d_out) * spec.scale}
+                 "output_rms_hu": torch.sqrt(d_out) * spec.scale,
+                 "lam": torch.tensor(s.lam)}
         return loss, stats
 
     def _noise(self, given: Optional[np.ndarray], shape):

@@ -173,10 +173,10 @@ class InvarianceGenerator(nn.Module):
     `convs.N` is Flax's `Conv_N` (the order in which it creates them)."""
 
     def __init__(self, features: int = 32, levels: int = 2, noise_channels: int = 4,
-                 out_scale: float = 0.1):
+                 out_scale: float = 0.1, conditions: int = 1):
         super().__init__()
         self.levels, self.out_scale = levels, out_scale
-        convs, cin = [], 1 + noise_channels
+        convs, cin = [], conditions + noise_channels
         for level in range(levels):
             f = features * 2 ** level
             convs += [SameConv(cin, f, 3), SameConv(f, f, 3)]
@@ -190,7 +190,8 @@ class InvarianceGenerator(nn.Module):
         self.convs = nn.ModuleList(convs)
 
     def forward(self, x, z):
-        """`x` `[B, 1, H, W]` (`natural.to_units`), `z` `[B, C, H, W]` -> x_inv `[B, H, W]` HU."""
+        """`x` `[B, C, H, W]` conditions (x and maybe f(x), `natural.to_units`), `z`
+        `[B, noise_channels, H, W]` -> x_inv `[B, H, W]` HU."""
         h, w = x.shape[-2:]
         m = 2 ** self.levels
         pad = (0, -w % m, 0, -h % m)
@@ -288,9 +289,10 @@ def _convs(params: Params) -> dict[str, str]:
 def invariance_generator(module: natural_models.InvarianceGenerator,
                          params: Params) -> nn.Module:
     """The twin of the Flax generator `module` (its features, levels, noise channels and output
-    scale), holding its `params`."""
+    scale; the number of conditions from the params), holding its `params`."""
+    conditions = params["Conv_0"]["kernel"].shape[2] - module.noise_channels
     model = InvarianceGenerator(module.features, module.levels, module.noise_channels,
-                                module.out_scale)
+                                module.out_scale, conditions)
     model.load_state_dict(_state_dict(params, _convs(params)))
     return model
 
