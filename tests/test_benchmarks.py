@@ -10,7 +10,7 @@ from scipy import signal
 
 torch = pytest.importorskip("torch")
 
-from benchmarks import bench_search, bench_train, common, torch_twins  # noqa: E402
+from benchmarks import bench_search, bench_train, common, search_loops, torch_twins  # noqa: E402
 from ldct_jax import gan_losses, metrics, models, parallel  # noqa: E402
 from ldct_jax.analysis import search as search_lib  # noqa: E402
 from ldct_jax.models import vgg_weights, wgan_vgg  # noqa: E402
@@ -106,8 +106,8 @@ def test_torch_search_objective_matches_library():
     xn = torch.from_numpy(np.asarray(d.spec.to_net(x), np.float32))
     net = torch_twins.denoiser("cnn10", d.params)
     with torch.no_grad():
-        loss, d_out, d_in = bench_search.torch_objective(net, xn, net(xn[:, None])[:, 0], delta,
-                                                         torch.tensor([1e-2, 0.5]))
+        loss, d_out, d_in = search_loops.torch_objective(net, xn, net(xn[:, None])[:, 0],
+                                                         delta, torch.tensor([1e-2, 0.5]))
     np.testing.assert_allclose(loss.numpy(), three.curves["loss"][:, 2], rtol=1e-3, atol=1e-7)
     np.testing.assert_allclose(d_out.numpy(), three.curves["d_out"][:, 2], rtol=1e-3, atol=1e-9)
     np.testing.assert_allclose(d_in.numpy(), three.curves["d_in"][:, 2], rtol=1e-3, atol=1e-9)
