@@ -1,6 +1,7 @@
 """The benchmarks measure the right thing: FLOP formulas against XLA's cost analysis and a brute
 count, PyTorch twins against the JAX networks, the PyTorch search objective and train steps
-against the library's, and the proposed faster WGAN step against the library's results."""
+against the library's, the proposed faster WGAN step against the library's results, and the
+search losses of every ldct-benchmark network against the package's own PyTorch modules."""
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +15,7 @@ from benchmarks import bench_search, bench_train, common, search_loops, torch_tw
 from ldct_jax import gan_losses, metrics, models, parallel  # noqa: E402
 from ldct_jax.analysis import search as search_lib  # noqa: E402
 from ldct_jax.models import vgg_weights, wgan_vgg  # noqa: E402
+from tests import optional  # noqa: E402
 
 
 def rel(a, b):
@@ -179,3 +181,50 @@ def test_converge_benchmark_smoke(capsys):
     assert [s for s, _ in adam_stamps] == [10, 20, 30, 40]
     assert all(r["adam_s"] > 0 and r["torch_s"] > 0 for r in rows)
     assert "gauss_ri (exact)" in capsys.readouterr().out
+
+
+def _reference():
+    optional.require("ldctbench", "pip install --no-deps ldct-benchmark")
+    from benchmarks import ldctbench_reference
+    return ldctbench_reference
+
+
+@pytest.mark.parametrize("methods", [
+    ("cnn10", "bilateral", "transct"),
+    pytest.param(("wgan_vgg", "redcnn", "resnet", "qae", "dugan"), marks=pytest.mark.slow)])
+def test_zoo_benchmark_rows_and_losses_agree_with_ldctbench(methods):
+    """bench_zoo at 64 x 64 (transct, 512 x 512 only, is skipped and says so): a row per
+    model in order, and the library's search losses equal to those of the package's own
+    PyTorch networks on the same path, before the first step and after one."""
+    reference = _reference()
+    from benchmarks import bench_zoo
+    lines = []
+    rows = bench_zoo.run(methods, 64, iters=1, repeats=1, report=lines.append)
+    ran = [m for m in methods if m != "transct"]
+    assert [r["model"] for r in rows] == [models.canonical(m) for m in ran]
+    if "transct" in methods:
+        assert lines[-1] == "transct: skipped (takes 512 x 512 images only)"
+    for r, line in zip(rows, lines):
+        assert line == bench_zoo.format_row(r)
+        assert r["iterations"] == 2 and r["jax_rate"] > 0 and r["torch_rate"] > 0
+        assert np.all(np.isfinite(r["loss0"])) and np.all(r["loss0"] != 0)
+        assert r["first_diff"] <= bench_zoo.AGREE and r["last_diff"] <= 1e-2, r
+        stand_in = reference.uses_stand_in(bench_zoo.method_of(r["model"]))
+        assert r["reference"].endswith("stand-in") == stand_in
+    table = bench_zoo.table(rows).splitlines()
+    assert table[0] == bench_zoo.HEAD and len(table) == 2 + len(rows)
+    assert [t.split(" | ")[0] for t in table[2:]] == [f"| {r['model']}" for r in rows]
+    assert "DIFFERS" not in "".join(table)
+
+
+def test_ldctbench_reference_leaves_sys_modules_as_they_were():
+    """The network imported over a stand-in is not left registered, nor the stand-in."""
+    import sys
+    reference = _reference()
+    if not reference.uses_stand_in("transct"):
+        pytest.skip("torchvision is installed: transct needs no stand-in")
+    before = {n: sys.modules.get(n) for n in ("torchvision", "torchvision.transforms",
+                                              "ldctbench.methods.transct.network")}
+    network = reference.network("transct")
+    assert network.Model.__name__ == "Model"
+    assert {n: sys.modules.get(n) for n in before} == before
