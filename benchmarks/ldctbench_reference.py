@@ -203,10 +203,17 @@ def randomize(method: str, model: torch.nn.Module, seed: int) -> torch.nn.Module
 
 def model(method: str, seed: int = 0) -> torch.nn.Module:
     """The package's `Model` of `method` at its default sizes (RED-CNN 96 channels, ResNet
-    128 x 10 blocks, ...), PyTorch's init from `torch.manual_seed(seed)` made non-trivial by
-    `randomize`, in eval mode (BatchNorm on its running statistics)."""
+    128 x 10 blocks, ...), its init drawn from `seed`, made non-trivial by `randomize`, in eval
+    mode (BatchNorm on its running statistics)."""
+    cls = network(method).Model
     torch.manual_seed(seed)
-    out = network(method).Model(argparse.Namespace(cuda=False))
+    # Q-AE draws its W_r from numpy's global generator: seeded too, and put back afterwards.
+    saved = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        out = cls(argparse.Namespace(cuda=False))
+    finally:
+        np.random.set_state(saved)
     return randomize(method, out, seed).eval()
 
 
