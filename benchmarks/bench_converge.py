@@ -37,7 +37,7 @@ import time
 import numpy as np
 from absl import app, flags
 
-from benchmarks import bench_search, common, torch_twins
+from benchmarks import common, search_loops, torch_twins
 
 FLAGS = flags.FLAGS
 CHECKPOINTS = {"cnn10": "runs/cnn10/model", "wgan_vgg": "runs/wgan/model"}
@@ -125,30 +125,13 @@ def time_to(loss: np.ndarray, target: float, stamps) -> tuple[int, float]:
 
 def torch_adam_seconds(denoiser, image: np.ndarray, lambdas, iterations: int) -> float:
     """Seconds of `iterations` plain PyTorch Adam steps (lr 1e-2) on the rows' objective."""
-    import torch
-
-    from ldct_jax import ct
-    spec = denoiser.spec
-    net = torch_twins.denoiser(spec.name, denoiser.params)
-    for p in net.parameters():
-        p.requires_grad_(False)
-    lo, hi = (float(spec.to_net(v)) for v in (ct.HU_MIN, ct.HU_MAX))
-    x = torch.from_numpy(np.repeat(np.asarray(spec.to_net(image), np.float32), len(lambdas), 0))
-    with torch.no_grad():
-        y0 = net(x[:, None])[:, 0]
-    g = torch.Generator().manual_seed(0)
-    delta = (torch.randn(x.shape, generator=g) / spec.scale).requires_grad_(True)
-    lam = torch.tensor([float(v) for v in lambdas])
-    pixels = float(x.shape[-2] * x.shape[-1])
-    opt = torch.optim.Adam([delta], lr=1e-2, betas=(0.9, 0.999), eps=1e-8)
+    net = torch_twins.denoiser(denoiser.spec.name, denoiser.params)
+    iteration = search_loops.torch_search(net, denoiser.spec,
+                                          np.repeat(image, len(lambdas), 0), lambdas,
+                                          seeds=[0] * len(lambdas))
     start = time.perf_counter()
     for _ in range(iterations):
-        opt.zero_grad(set_to_none=True)
-        loss = bench_search.torch_objective(net, x, y0, delta, lam)[0]
-        (torch.sum(loss) * pixels).backward()
-        opt.step()
-        with torch.no_grad():
-            delta.copy_(torch.clamp(x + delta, lo, hi) - x)
+        iteration()
     return time.perf_counter() - start
 
 

@@ -17,7 +17,9 @@ same random-init weights:
            iteration, no loop in the program, CNN-10's conv1 gradient as a matmul.
   torch    plain PyTorch: the same network in NCHW with the weights copied, `torch.optim.Adam`
            on x_inv `[B, H, W]` fed the gradient of H W sum_i L_i (as the library's Adam), the
-           same clip.
+           same clip, from the same start.
+
+Both loops are `benchmarks.search_loops` (bench_zoo times them too).
 
 The JAX implementations are timed between the search's progress callbacks, after the first
 (compiling) chunk; PyTorch after one warm-up chunk. The best chunk counts.
@@ -35,14 +37,10 @@ they sit inside a while loop; outside a loop they get YNNPACK kernels (jax#12868
 
 from __future__ import annotations
 
-import os
-import time
-from unittest import mock
-
 import numpy as np
 from absl import app, flags
 
-from benchmarks import common, torch_twins
+from benchmarks import common, search_loops, torch_twins
 
 FLAGS = flags.FLAGS
 
@@ -65,7 +63,6 @@ def define_flags() -> None:
                        "smaller-batch time predicts more than this many seconds per chunk")
 
 
-LR = 1e-2
 IMPLS = ("scan", "python", "torch")
 
 
@@ -75,62 +72,17 @@ def chunk_of(impl: str) -> int:
 
 
 def jax_seconds(impl: str, denoiser, images: np.ndarray) -> float:
-    """Best seconds per chunk of the library's search (`impl` 'python': fast paths on, 'scan':
-    off), after one compiling chunk."""
-    from ldct_jax import fastpath
-    from ldct_jax.analysis import search as search_lib
-    n, chunk = len(images), chunk_of(impl)
-    options = search_lib.SearchOptions(method="adam", iterations=(1 + FLAGS.repeats) * chunk,
-                                       chunk=chunk, learning_rate=LR)
-    switch = "0" if impl == "scan" else os.environ.get(fastpath.ENV, "1")
-    with mock.patch.dict(os.environ, {fastpath.ENV: switch}):
-        searcher = search_lib.Searcher(denoiser.spec, ["mse"], options)
-        rows = search_lib.make_rows(n, n, lambdas=FLAGS.lam, distances="mse",
-                                    seeds=list(range(n)))
-        stamps = []
-        searcher.run(denoiser.params, images, rows,
-                     progress=lambda done: stamps.append(time.perf_counter()))
-    return float(np.min(np.diff(stamps)))
-
-
-def torch_objective(net, x, y0, delta, lam):
-    """Per-image `(L, D_out, d_in)` of the search in PyTorch; all `[B, H, W]` network units."""
-    import torch
-    xp = x + delta
-    d_out = torch.mean(torch.square(net(xp[:, None])[:, 0] - y0), dim=(1, 2))
-    d_in = torch.clamp(torch.mean(torch.square(xp - x), dim=(1, 2)), max=1.0)
-    return d_out - lam * d_in, d_out, d_in
+    """Best seconds per chunk of the library's search (`impl` 'python': fast paths as set, on
+    by default; 'scan': off), after one compiling chunk."""
+    fast = False if impl == "scan" else None
+    return search_loops.jax_search(denoiser, images, FLAGS.lam, chunk_of(impl), FLAGS.repeats,
+                                   fast_paths=fast)[0]
 
 
 def torch_seconds(denoiser, images: np.ndarray) -> float:
     """Best seconds per chunk of a plain PyTorch Adam loop on the same objective."""
-    import torch
-
-    from ldct_jax import ct
-    spec = denoiser.spec
-    net = torch_twins.denoiser(spec.name, denoiser.params)
-    for p in net.parameters():
-        p.requires_grad_(False)
-    lo, hi = (float(spec.to_net(v)) for v in (ct.HU_MIN, ct.HU_MAX))
-    x = torch.from_numpy(np.asarray(spec.to_net(images), np.float32))
-    with torch.no_grad():
-        y0 = net(x[:, None])[:, 0]
-    g = torch.Generator().manual_seed(0)
-    delta = (torch.randn(x.shape, generator=g) / spec.scale).requires_grad_(True)
-    mask = torch.ones_like(x)
-    lam = torch.full((len(x),), FLAGS.lam)
-    pixels = float(x.shape[-2] * x.shape[-1])
-    opt = torch.optim.Adam([delta], lr=LR, betas=(0.9, 0.999), eps=1e-8)
-
-    def iteration():
-        opt.zero_grad(set_to_none=True)
-        # The images are independent: the gradient of the sum is each image's own gradient;
-        # H W: the per-pixel sum, as the library feeds Adam.
-        (torch.sum(torch_objective(net, x, y0, delta, lam)[0]) * pixels).backward()
-        delta.grad.mul_(mask)
-        opt.step()
-        with torch.no_grad():
-            delta.copy_((torch.clamp(x + delta, lo, hi) - x) * mask)
+    net = torch_twins.denoiser(denoiser.spec.name, denoiser.params)
+    iteration = search_loops.torch_search(net, denoiser.spec, images, [FLAGS.lam] * len(images))
 
     def chunk():
         for _ in range(FLAGS.chunk):

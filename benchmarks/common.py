@@ -1,6 +1,7 @@
 """Shared pieces of the side-by-side benchmarks: timing, FLOP counts, ceilings.
 
-The PyTorch side of every benchmark is `benchmarks.torch_twins`, holding the JAX params.
+The PyTorch side of the benchmarks is `benchmarks.torch_twins` (networks holding the JAX
+params) or, in bench_zoo, ldct-benchmark's own networks (`benchmarks.ldctbench_reference`).
 """
 
 from __future__ import annotations
@@ -154,4 +155,7 @@ def jax_conv_gflops(size: int = 512, channels: int = 32, batch: int = 8,
 
 
 def fmt_rate(x: float) -> str:
+    """Two decimals from 1 to 100, none above, three significant digits below 1."""
+    if x < 1:
+        return f"{x:.3g}"
     return f"{x:,.2f}" if x < 100 else f"{x:,.0f}"

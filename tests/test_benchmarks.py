@@ -1,7 +1,8 @@
 """The benchmarks measure the right thing: FLOP formulas against XLA's cost analysis and a brute
 count, PyTorch twins against the JAX networks, the PyTorch search objective and train steps
-(supervised, WGAN-VGG, natural invariances) against the library's, and the proposed faster WGAN
-step against the library's results."""
+(supervised, WGAN-VGG, natural invariances) against the library's, the proposed faster WGAN
+step against the library's results, and the search losses of every ldct-benchmark network
+against the package's own PyTorch modules."""
 
 import jax
 import jax.numpy as jnp
@@ -11,12 +12,14 @@ from scipy import signal
 
 torch = pytest.importorskip("torch")
 
-from benchmarks import bench_natural, bench_search, bench_train, common, torch_twins  # noqa: E402
+from benchmarks import (bench_natural, bench_search, bench_train, common,  # noqa: E402
+                        search_loops, torch_twins)
 from configs import natural as natural_config  # noqa: E402
 from ldct_jax import gan_losses, metrics, models, parallel  # noqa: E402
 from ldct_jax.analysis import search as search_lib  # noqa: E402
 from ldct_jax.models import natural as natural_models  # noqa: E402
 from ldct_jax.models import vgg_weights, wgan_vgg  # noqa: E402
+from tests import optional  # noqa: E402
 
 
 def rel(a, b):
@@ -161,8 +164,8 @@ def test_torch_search_objective_matches_library():
     xn = torch.from_numpy(np.asarray(d.spec.to_net(x), np.float32))
     net = torch_twins.denoiser("cnn10", d.params)
     with torch.no_grad():
-        loss, d_out, d_in = bench_search.torch_objective(net, xn, net(xn[:, None])[:, 0], delta,
-                                                         torch.tensor([1e-2, 0.5]))
+        loss, d_out, d_in = search_loops.torch_objective(net, xn, net(xn[:, None])[:, 0],
+                                                         delta, torch.tensor([1e-2, 0.5]))
     np.testing.assert_allclose(loss.numpy(), three.curves["loss"][:, 2], rtol=1e-3, atol=1e-7)
     np.testing.assert_allclose(d_out.numpy(), three.curves["d_out"][:, 2], rtol=1e-3, atol=1e-9)
     np.testing.assert_allclose(d_in.numpy(), three.curves["d_in"][:, 2], rtol=1e-3, atol=1e-9)
@@ -234,3 +237,66 @@ def test_converge_benchmark_smoke(capsys):
     assert [s for s, _ in adam_stamps] == [10, 20, 30, 40]
     assert all(r["adam_s"] > 0 and r["torch_s"] > 0 for r in rows)
     assert "gauss_ri (exact)" in capsys.readouterr().out
+
+
+def _reference():
+    optional.require("ldctbench", "pip install --no-deps ldct-benchmark")
+    from benchmarks import ldctbench_reference
+    return ldctbench_reference
+
+
+@pytest.mark.parametrize("methods", [
+    ("cnn10", "bilateral", "transct"),
+    pytest.param(("wgan_vgg", "redcnn", "resnet", "qae", "dugan"), marks=pytest.mark.slow)])
+def test_zoo_benchmark_rows_and_losses_agree_with_ldctbench(methods):
+    """bench_zoo at 64 x 64 (transct, 512 x 512 only, is skipped and says so): a row per
+    model in order, and the library's search losses equal to those of the package's own
+    PyTorch networks on the same path, before the first step and after one."""
+    reference = _reference()
+    from benchmarks import bench_zoo
+    lines = []
+    rows = bench_zoo.run(methods, 64, iters=1, repeats=1, report=lines.append)
+    ran = [m for m in methods if m != "transct"]
+    assert [r["model"] for r in rows] == [models.canonical(m) for m in ran]
+    if "transct" in methods:
+        assert lines[-1] == "transct: skipped (takes 512 x 512 images only)"
+    for r, line in zip(rows, lines):
+        assert line == bench_zoo.format_row(r)
+        assert r["iterations"] == 2 and r["jax_rate"] > 0 and r["torch_rate"] > 0
+        assert np.all(np.isfinite(r["loss0"])) and np.all(r["loss0"] != 0)
+        assert r["first_diff"] <= bench_zoo.AGREE and r["last_diff"] <= 1e-2, r
+        stand_in = reference.uses_stand_in(bench_zoo.method_of(r["model"]))
+        assert r["reference"].endswith("stand-in") == stand_in
+    table = bench_zoo.table(rows).splitlines()
+    assert table[0] == bench_zoo.HEAD and len(table) == 2 + len(rows)
+    assert [t.split(" | ")[0] for t in table[2:]] == [f"| {r['model']}" for r in rows]
+    assert "DIFFERS" not in "".join(table)
+
+
+def test_ldctbench_reference_leaves_sys_modules_as_they_were():
+    """The network imported over a stand-in is not left registered, nor the stand-in."""
+    import sys
+    reference = _reference()
+    if not reference.uses_stand_in("transct"):
+        pytest.skip("torchvision is installed: transct needs no stand-in")
+    before = {n: sys.modules.get(n) for n in ("torchvision", "torchvision.transforms",
+                                              "ldctbench.methods.transct.network")}
+    network = reference.network("transct")
+    assert network.Model.__name__ == "Model"
+    assert {n: sys.modules.get(n) for n in before} == before
+
+
+def test_ldctbench_reference_weights_come_from_the_seed_alone():
+    """Q-AE draws from numpy's global generator: the same seed gives the same weights, a
+    different one others, and the caller's numpy state is left as it was."""
+    reference = _reference()
+    np.random.seed(5)
+    a = reference.model("qae", 1).state_dict()
+    after = np.random.rand()
+    np.random.seed(6)
+    b = reference.model("qae", 1).state_dict()
+    c = reference.model("qae", 2).state_dict()
+    np.random.seed(5)
+    assert np.random.rand() == after
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["encoder.0.W_r"], c["encoder.0.W_r"])

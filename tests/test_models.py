@@ -15,7 +15,7 @@ from scipy import ndimage
 
 from ldct_jax import ct, models
 from ldct_jax.models import bilateral, ldctbench, registry, transct, vgg_weights, wgan_vgg
-from tests import optional, stand_ins
+from tests import optional
 
 # transct takes 512 x 512 images only: instead of these per-architecture tests on small
 # images it has its own (test_*transct*), sized to its cost.
@@ -84,10 +84,18 @@ def _torch():
     return torch, torch_twins
 
 
+def _reference():
+    """`benchmarks.ldctbench_reference`, where ldct-benchmark is installed (pip install
+    --no-deps ldct-benchmark)."""
+    _torch()
+    optional.require("ldctbench", "pip install --no-deps ldct-benchmark")
+    from benchmarks import ldctbench_reference
+    return ldctbench_reference
+
+
 def _ldctbench(method):
-    """The real package's network module (pip install --no-deps ldct-benchmark)."""
-    return optional.require(f"ldctbench.methods.{method}.network",
-                            "pip install --no-deps ldct-benchmark")
+    """The real package's network module (over a stand-in where it needs one)."""
+    return _reference().network(method)
 
 
 def _write_ldctbench_checkpoint(torch, model, path):
@@ -229,13 +237,7 @@ def test_ldctbench_qae_imports_within_0_05_hu(tmp_path):
     """Q-AE against the real package's class, its zero-initialised W_g, W_b, b_r, b_b made
     non-zero so that every quadratic term counts."""
     torch, _ = _torch()
-    network = _ldctbench("qae")
-    torch.manual_seed(3)
-    model = network.Model(argparse.Namespace()).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.rsplit(".", 1)[1] in ("W_g", "W_b", "b_r", "b_b"):
-                p.copy_(0.01 * torch.randn_like(p))
+    model = _reference().model("qae", 3)
     torch.save({"args": argparse.Namespace(trainer="qae"), "iteration": 10,
                 "model_state_dict": model.state_dict()}, tmp_path / "best_SSIM.pt")
     d = models.import_ldctbench(str(tmp_path / "best_SSIM.pt"))
@@ -250,16 +252,7 @@ def test_ldctbench_resnet_imports_with_its_batchnorm_statistics_within_0_05_hu(t
     """ResNet (128 channels, 10 blocks) against the real package's class, BatchNorm in
     inference mode with random running statistics and affine parameters."""
     torch, _ = _torch()
-    network = _ldctbench("resnet")
-    torch.manual_seed(4)
-    model = network.Model(argparse.Namespace()).eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.copy_(0.1 * torch.randn_like(m.running_mean))
-                m.running_var.copy_(0.5 + torch.rand_like(m.running_var))
-                m.weight.copy_(0.5 + torch.rand_like(m.weight))
-                m.bias.copy_(0.1 * torch.randn_like(m.bias))
+    model = _reference().model("resnet", 4)
     torch.save({"args": argparse.Namespace(trainer="resnet"), "iteration": 10,
                 "model_state_dict": model.state_dict()}, tmp_path / "best_SSIM.pt")
     d = models.import_ldctbench(str(tmp_path / "best_SSIM.pt"))
@@ -271,67 +264,22 @@ def test_ldctbench_resnet_imports_with_its_batchnorm_statistics_within_0_05_hu(t
     assert np.abs(np.asarray(d(x)) - ref).max() <= 0.05
 
 
-def _gaussian_blur_stand_in(torch):
-    """`torchvision.transforms.GaussianBlur(kernel_size, sigma)` for one int size and one float
-    sigma, as torchvision's `gaussian_blur` defines it: the 1-D kernel exp(-t^2 / (2 sigma^2))
-    at t = linspace(-(k - 1) / 2, (k - 1) / 2, k), normalised; its outer product with itself,
-    per channel, on the image padded by k // 2 in 'reflect' mode (edge not repeated)."""
-    fn = torch.nn.functional
-
-    class GaussianBlur(torch.nn.Module):
-        def __init__(self, kernel_size, sigma):
-            super().__init__()
-            self.kernel_size, self.sigma = kernel_size, sigma
-
-        def forward(self, img):
-            k, half = self.kernel_size, (self.kernel_size - 1) * 0.5
-            pdf = torch.exp(-0.5 * (torch.linspace(-half, half, steps=k) / self.sigma) ** 2)
-            k1 = pdf / pdf.sum()
-            c = img.shape[-3]
-            kernel = torch.mm(k1[:, None], k1[None, :]).expand(c, 1, k, k)
-            img = fn.pad(img, [k // 2] * 4, mode="reflect")
-            return fn.conv2d(img, kernel, groups=c)
-
-    return GaussianBlur
-
-
 @pytest.fixture
-def transct_network(monkeypatch):
-    """ldct-benchmark's `transct` network module, imported with a stand-in for
-    `torchvision.transforms.GaussianBlur`: torchvision cannot be installed beside the PyTorch
-    these tests run with (it has no CPU build for torch 2.13), and the network imports nothing
-    else of it. `sys.modules` is restored afterwards, the network's module included."""
-    import types
-    torch, _ = _torch()
-    transforms = types.ModuleType("torchvision.transforms")
-    transforms.GaussianBlur = _gaussian_blur_stand_in(torch)
-    vision = types.ModuleType("torchvision")
-    vision.transforms = transforms
-    monkeypatch.setitem(sys.modules, "torchvision", vision)
-    monkeypatch.setitem(sys.modules, "torchvision.transforms", transforms)
-    name = "ldctbench.methods.transct.network"
-    # Recorded, then removed, so that the import below runs with the stand-in and teardown
-    # puts back what was there before (nothing, or a module imported with torchvision).
-    monkeypatch.setitem(sys.modules, name, sys.modules.get(name))
-    del sys.modules[name]
+def transct_network():
+    """ldct-benchmark's `transct` network module, imported over a stand-in for
+    `torchvision.transforms.GaussianBlur` where torchvision is missing (it cannot be installed
+    beside the PyTorch these tests run with: no CPU build for torch 2.13)."""
     return _ldctbench("transct")
 
 
 @pytest.mark.slow
-def test_ldctbench_transct_imports_by_its_method_name_within_0_05_hu(transct_network,
-                                                                       tmp_path):
-    """TransCT against the real package's class (`transct_network`: torchvision's Gaussian
-    blur stood in for, since torchvision cannot be installed beside these tests' PyTorch) on a
-    512 x 512 image, its biases (the attention's are zero-initialised) moved by noise so that
-    every one counts; saved as ldct-benchmark's trainer saves it and imported without naming
-    the method."""
+def test_ldctbench_transct_imports_by_its_method_name_within_0_05_hu(tmp_path):
+    """TransCT against the real package's class (torchvision's Gaussian blur stood in for
+    where torchvision is missing, as in `transct_network`) on a 512 x 512 image, its
+    biases (the attention's are zero-initialised) moved by noise so that every one counts;
+    saved as ldct-benchmark's trainer saves it and imported without naming the method."""
     torch, _ = _torch()
-    torch.manual_seed(6)
-    model = transct_network.Model(argparse.Namespace()).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias"):
-                p.add_(0.02 * torch.randn_like(p))
+    model = _reference().model("transct", 6)
     torch.save({"args": argparse.Namespace(trainer="transct"), "iteration": 10,
                 "model_state_dict": model.state_dict()}, tmp_path / "best_SSIM.pt")
     d = models.import_ldctbench(str(tmp_path / "best_SSIM.pt"))
@@ -406,20 +354,14 @@ def test_transct_jvp_equals_vjp_under_jit_and_vmap():
     assert lhs > 0 and abs(lhs - rhs) <= 1e-4 * abs(lhs)
 
 
-def test_ldctbench_bilateral_imports_within_0_05_hu(monkeypatch, tmp_path):
+def test_ldctbench_bilateral_imports_within_0_05_hu(tmp_path):
     """The real package's `bilateral` network, with a stand-in for `bilateral_filter_layer`
-    (its `BilateralFilter3d` needs CUDA to build): a plain PyTorch version of the package's CPU
-    kernel with the same parameter names. Sigmas differ per axis and filter, windows 5 to 11,
+    where it is missing (its `BilateralFilter3d` needs CUDA to build): a plain PyTorch version
+    of the package's CPU kernel with the same parameter names
+    (`benchmarks.ldctbench_reference`). Sigmas differ per axis and filter, windows 5 to 11,
     range sigmas 25 to 150 HU on an image with edges and noise."""
     torch, tden = _torch()
-    network = stand_ins.ldctbench_bilateral_network(monkeypatch, torch)
-    model = network.Model(argparse.Namespace(cuda=False)).eval()
-    sigmas = [(0.8, 1.2, 0.5, 0.05), (1.6, 0.8, 1.0, 0.3), (2.2, 1.6, 2.0, 0.15)]
-    with torch.no_grad():
-        for layer, values in zip(model.filters, sigmas):
-            for p, v in zip((layer.sigma_x, layer.sigma_y, layer.sigma_z, layer.color_sigma),
-                            values):
-                p.fill_(v)
+    model = _reference().model("bilateral")  # BILATERAL_SIGMAS
     torch.save({"args": argparse.Namespace(trainer="bilateral"), "iteration": 10,
                 "model_state_dict": model.state_dict()}, tmp_path / "best_SSIM.pt")
     d = models.import_ldctbench(str(tmp_path / "best_SSIM.pt"))

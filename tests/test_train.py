@@ -561,7 +561,7 @@ def test_bilateral_range_sigmas_step_with_lr_range():
         assert np.all(error <= 1e-5 * t * lr + 2.0 ** -23 * np.abs(x)), (error / lr).max()
 
 
-def test_ldctbench_bilateral_preset_starts_and_steps_as_ldct_benchmark(monkeypatch):
+def test_ldctbench_bilateral_preset_starts_and_steps_as_ldct_benchmark():
     """The real package's bilateral Model, given the yaml's sigma_*_init as ldct-benchmark's
     training passes them, only warns and starts from 0.5 and 0.01: so does the preset. Its
     optimizer is the package's Trainer's: PyTorch's Adam with the params whose name holds
@@ -570,8 +570,10 @@ def test_ldctbench_bilateral_preset_starts_and_steps_as_ldct_benchmark(monkeypat
     import argparse
     import warnings
     torch = pytest.importorskip("torch")
-    from tests import stand_ins
-    network = stand_ins.ldctbench_bilateral_network(monkeypatch, torch)
+    from tests import optional
+    optional.require("ldctbench", "pip install --no-deps ldct-benchmark")
+    from benchmarks import ldctbench_reference
+    network = ldctbench_reference.network("bilateral")
     args = argparse.Namespace(cuda=False, **{k: v for k, v in BILATERAL_YAML.items()
                                              if k.endswith("_init")})
     with warnings.catch_warnings(record=True) as caught:
