@@ -409,21 +409,13 @@ def print_table(rows: list[str]) -> None:
 
 
 def main(_):
-    import jax
     import torch
 
-    threads = FLAGS.threads or common.cpu_threads()
-    common.set_torch_threads(threads)
-    dev = jax.devices()[0]
-    gpu = dev.platform == "gpu" and torch.cuda.is_available()
-    tdev = "cuda" if gpu else "cpu"
-    print(f"JAX {jax.__version__} on {jax.device_count()} x {dev.device_kind}; PyTorch "
-          f"{torch.__version__} on {tdev}" + ("" if gpu else f", {torch.get_num_threads()} "
-                                                         "threads"))
+    tdev = common.device_header(FLAGS.threads or common.cpu_threads())
     load = os.getloadavg()[0]
     print(f"load average {load:.1f} on {common.cpu_threads()} cores" + (
         "; PyTorch's threads spin while they wait for each other, so on a loaded machine "
-        "run with OMP_WAIT_POLICY=PASSIVE" if load > common.cpu_threads() and not gpu
+        "run with OMP_WAIT_POLICY=PASSIVE" if load > common.cpu_threads() and tdev == "cpu"
         and "OMP_WAIT_POLICY" not in os.environ else ""))
     print(f"float32 2048^3 matmul: JAX {common.jax_matmul_gflops():.1f} GFLOP/s, PyTorch "
           f"{common.torch_matmul_gflops(device=tdev):.1f} GFLOP/s")

@@ -212,20 +212,10 @@ def torch_runner(model: str, batch_np: dict, device: str) -> Callable[[], Any]:
 
 
 def main(_):
-    import jax
-    import torch
-
     impls = [i for i in IMPLS if i in FLAGS.impls]
     if sorted(set(FLAGS.impls) - set(impls)):
         raise app.UsageError(f"--impls: expected some of {IMPLS}, got {FLAGS.impls}")
-    threads = FLAGS.threads or common.cpu_threads()
-    common.set_torch_threads(threads)
-    dev = jax.devices()[0]
-    gpu = dev.platform == "gpu" and torch.cuda.is_available()
-    tdev = "cuda" if gpu else "cpu"
-    print(f"JAX {jax.__version__} on {jax.device_count()} x {dev.device_kind}; PyTorch "
-          f"{torch.__version__} on {tdev}" + ("" if gpu else f", {torch.get_num_threads()} "
-                                                         "threads"))
+    tdev = common.device_header(FLAGS.threads or common.cpu_threads())
     jmm = common.jax_matmul_gflops()
     tmm = common.torch_matmul_gflops(device=tdev)
     print(f"float32 2048^3 matmul: JAX {jmm:.1f} GFLOP/s, PyTorch {tmm:.1f} GFLOP/s")

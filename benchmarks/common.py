@@ -159,3 +159,18 @@ def fmt_rate(x: float) -> str:
     if x < 1:
         return f"{x:.3g}"
     return f"{x:,.2f}" if x < 100 else f"{x:,.0f}"
+
+
+def device_header(threads: int) -> str:
+    """Sets PyTorch's threads, prints where JAX and PyTorch run, returns PyTorch's device
+    ('cuda' where JAX runs on a GPU and PyTorch has one, else 'cpu')."""
+    import jax
+    import torch
+    set_torch_threads(threads)
+    dev = jax.devices()[0]
+    gpu = dev.platform == "gpu" and torch.cuda.is_available()
+    tdev = "cuda" if gpu else "cpu"
+    print(f"JAX {jax.__version__} on {jax.device_count()} x {dev.device_kind}; PyTorch "
+          f"{torch.__version__} on {tdev}" + ("" if gpu else f", {torch.get_num_threads()} "
+                                                         "threads"))
+    return tdev

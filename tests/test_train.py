@@ -21,24 +21,13 @@ from ldct_jax.jobs import data as data_job
 from ldct_jax.jobs import train as job
 from ldct_jax.jobs import trainers
 from ldct_jax.train.checkpoint import Checkpointer
+from tests import training
 from tests.training import (Lowerings, assert_trees_close, phantom_scans,
                             sigterm_at_checkpoint)
 from tests.workdirs import files_of
 
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """A fresh persistent compilation cache for this module: the runs of one test compile the
-    same steps, and on a 2-core CPU compiling dominates these tests."""
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes")
-    before = {n: getattr(jax.config, n) for n in names}
-    jax.config.update(names[0], str(tmp_path_factory.mktemp("jax_cache")))
-    jax.config.update(names[1], 0.0)
-    jax.config.update(names[2], 0)
-    yield
-    for n, v in before.items():
-        jax.config.update(n, v)
+# The steps of this module's runs compile once (a module-scoped autouse fixture).
+compilation_cache = training.compilation_cache
 
 
 _VGG_CACHE = {}

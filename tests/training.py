@@ -1,4 +1,5 @@
-"""What the training tests share: tiny in-memory scans, exact-resume and compile checks."""
+"""What the training tests share: tiny in-memory scans, exact-resume and compile checks, a
+per-module compilation cache (import the fixture to use it)."""
 
 import contextlib
 import os
@@ -6,8 +7,24 @@ import signal
 
 import jax
 import numpy as np
+import pytest
 
 from ldct_jax.data.scan import Scan
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """A fresh persistent compilation cache for this module: the runs of one test compile the
+    same steps, and on a 2-core CPU compiling dominates these tests."""
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+             "jax_persistent_cache_min_entry_size_bytes")
+    before = {n: getattr(jax.config, n) for n in names}
+    jax.config.update(names[0], str(tmp_path_factory.mktemp("jax_cache")))
+    jax.config.update(names[1], 0.0)
+    jax.config.update(names[2], 0)
+    yield
+    for n, v in before.items():
+        jax.config.update(n, v)
 
 
 def phantom_scans(size=32, slices=3, patients=2, anatomies=("abdomen", "head"), noise=60.0,

@@ -28,7 +28,6 @@ from ldct_jax import ct, distances, models, parallel
 from ldct_jax.analysis import natural
 from ldct_jax.data.scan import Scan
 from ldct_jax.jobs import configs, inputs, natural_report, trainers
-from ldct_jax.jobs import data as data_job
 from ldct_jax.jobs import train as train_job
 from ldct_jax.jobs.metrics_log import MetricsLog
 from ldct_jax.models import natural as natural_models
@@ -145,15 +144,7 @@ def run(config: Any, workdir: str, *, scans: Optional[Sequence[Scan]] = None) ->
     train_job.check_restart(config, workdir, NATURAL_FREE)
     denoiser = inputs.load_denoiser(config.model, config.checkpoint, dict(config.model_config),
                                     config.seed)
-    mesh = parallel.make_mesh(config.num_devices or None)
-    with configs.naming("batch_size", config.batch_size):
-        parallel.check_batch_divisible(config.batch_size, mesh)
-    main = jax.process_index() == 0
-    os.makedirs(workdir, exist_ok=True)
-    if scans is None:
-        scans = data_job.load_scans(config.data, workdir)
-    train_scans, held_out = data_job.split_scans(config.data, scans)
-    trainers.check_patch_fits(config, train_scans)
+    mesh, main, scans, train_scans, held_out = train_job.prepare(config, workdir, scans)
     images = inputs.load_images(config, workdir, list(held_out or train_scans))
     with configs.naming("model", config.model):
         models.check_input_size(denoiser.name, images[0].shape)

@@ -154,16 +154,7 @@ def run(config, workdir: str, *, scans: Optional[Sequence[Scan]] = None) -> dict
     parallel.maybe_initialize_distributed(config.distributed)
     trainers.check_config(config)
     check_restart(config, workdir)
-    mesh = parallel.make_mesh(config.num_devices or None)
-    with configs.naming("batch_size", config.batch_size):
-        parallel.check_batch_divisible(config.batch_size, mesh)
-    main = jax.process_index() == 0
-    os.makedirs(workdir, exist_ok=True)
-
-    if scans is None:
-        scans = data_job.load_scans(config.data, workdir)
-    train_scans, held_out = data_job.split_scans(config.data, scans)
-    trainers.check_patch_fits(config, train_scans)
+    mesh, main, scans, train_scans, held_out = prepare(config, workdir, scans)
     logging.info("data: %d training and %d held-out patients (%s)", len(train_scans),
                  len(held_out), config.data.source)
     trainer = trainers.build(config, mesh, train_scans)
@@ -175,6 +166,25 @@ def run(config, workdir: str, *, scans: Optional[Sequence[Scan]] = None) -> dict
         return _train(config, workdir, mesh, trainer, held_out, ckpt, t_start, main)
     finally:
         ckpt.close()
+
+
+def prepare(config, workdir: str, scans: Optional[Sequence[Scan]] = None) -> tuple:
+    """What a training run needs before its trainer: the mesh (the batch checked against it),
+    whether this is process 0, the workdir created, the data (`scans`, or config.data loaded)
+    and its split into training and held-out patients (the patches checked against it).
+
+    Returns:
+      `(mesh, main, scans, train_scans, held_out)`.
+    """
+    mesh = parallel.make_mesh(config.num_devices or None)
+    with configs.naming("batch_size", config.batch_size):
+        parallel.check_batch_divisible(config.batch_size, mesh)
+    os.makedirs(workdir, exist_ok=True)
+    if scans is None:
+        scans = data_job.load_scans(config.data, workdir)
+    train_scans, held_out = data_job.split_scans(config.data, scans)
+    trainers.check_patch_fits(config, train_scans)
+    return mesh, jax.process_index() == 0, scans, train_scans, held_out
 
 
 def _train(config, workdir, mesh, trainer, held_out, ckpt, t_start, main):
