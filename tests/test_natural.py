@@ -251,8 +251,9 @@ def test_gauss_ri_ground_truth(tmp_path):
     """The quick preset on the synthetic data: the generator learns to change the image inside
     the zeroed square, where the denoiser cannot see, more than outside it, and the output
     changes by a fraction of the input. The GAN's outcome depends on float rounding: on one
-    device 148 and 1/84 (5.8 HU RMS for 487 HU), on four 8.9 and 1/6.8; an output change of 1 HU RMS
-    is not reached (the image-domain search, a free optimisation per image, reaches 0.65)."""
+    device 148 and 1/84 (5.8 HU RMS for 487 HU), on four 8.9 and 1/6.8; an output change of
+    1 HU RMS is not reached (the image-domain search, a free optimisation per image, reaches
+    0.65)."""
     wd = str(tmp_path / "run")
     result = job.run(natural_config.get_config("gauss_ri,quick"), wd)
     natural_row, search_row = result["summary"]
