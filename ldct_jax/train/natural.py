@@ -151,11 +151,10 @@ def make_step(spec: DenoiserSpec, generator: natural_models.InvarianceGenerator,
         return total, (jnp.stack(wasserstein), jnp.stack(penalty))
 
     @fastpath.convolutions
-    def generator_loss_fn(params, cparams, fparams, x_hu, key, lam):
+    def generator_loss_fn(params, cparams, fparams, x_hu, y0, key, lam):
         k1, k2 = jax.random.split(key)
         z1, z2 = (draw_noise(k, x_hu.shape, channels) for k in (k1, k2))
         x_net = spec.to_net(x_hu)
-        y0 = jax.lax.stop_gradient(spec.apply_net(fparams, x_net))
         y_hu = spec.from_net(y0)
         (inv1, p1), (inv2, p2) = (perturb(generator, params, x_hu, z, y_hu) for z in (z1, z2))
         both = jnp.stack([p1, p2])                                # [2, B, H, W] HU
@@ -178,20 +177,23 @@ def make_step(spec: DenoiserSpec, generator: natural_models.InvarianceGenerator,
             raise ValueError(f"natural step: batch has {low.shape[0]} sub-batches, expected "
                              f"n_critic={settings.n_critic}")
         keys = jax.random.split(state_lib.step_key(state), settings.n_critic + 1)
+        # f(x), network units, once per sub-batch the step conditions on (every one, or only the
+        # generator's last): the critics' fakes and the generator's output change use it.
+        y_net = jax.lax.stop_gradient(spec.apply_net(
+            fparams, spec.to_net(low if generator.condition_on_output else low[-1:])))
         cparams, copt = state.critic_params, state.critic_opt_state
         # A Python loop, as in the WGAN-VGG step: XLA:CPU slows convolutions inside loops.
         for i in range(settings.n_critic):
             kz, kgp = jax.random.split(keys[i])
             z = draw_noise(kz, low[i].shape, channels)
-            y_hu = (spec.from_net(spec.apply_net(fparams, spec.to_net(low[i])))
-                    if generator.condition_on_output else None)
+            y_hu = spec.from_net(y_net[i]) if generator.condition_on_output else None
             fake = jax.lax.stop_gradient(perturb(generator, state.params, low[i], z, y_hu)[1])
             (c_loss, (w, gp)), grads = jax.value_and_grad(critic_loss_fn, has_aux=True)(
                 cparams, real[i], fake, kgp)
             updates, copt = c_optimizer.update(grads, copt, cparams)
             cparams = optax.apply_updates(cparams, updates)
         (g_loss, stats), grads = jax.value_and_grad(generator_loss_fn, has_aux=True)(
-            state.params, cparams, fparams, low[-1], keys[-1], lam_at(state.step))
+            state.params, cparams, fparams, low[-1], y_net[-1], keys[-1], lam_at(state.step))
         updates, opt_state = g_optimizer.update(grads, state.opt_state, state.params)
         new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                             opt_state=opt_state, critic_params=cparams, critic_opt_state=copt)
