@@ -109,11 +109,10 @@ def sample_sharded(generator: Generator, images: Any, key: jax.Array, num_sample
     (default: every device). Returns x_inv `[N, S, H, W]` HU as numpy, the same numbers as
     `sample` up to float rounding."""
     _check_denoiser(generator.module, generator.denoiser)
-    d = generator.denoiser if generator.module.condition_on_output else None
-    spec, dparams = (d.spec, parallel.replicate(d.params, mesh or parallel.make_mesh())) \
-        if d else (None, None)
-    x = arrays.check_images(images)
     mesh = mesh or parallel.make_mesh()
+    d = generator.denoiser if generator.module.condition_on_output else None
+    spec, dparams = (d.spec, parallel.replicate(d.params, mesh)) if d else (None, None)
+    x = arrays.check_images(images)
     n, size = len(x), parallel.padded_size(max(1, batch_size), mesh)
     image = np.repeat(np.arange(n, dtype=np.int32), num_samples)
     index = np.tile(np.arange(num_samples, dtype=np.int32), n)

@@ -30,6 +30,19 @@ TRAINED = {
 }
 
 
+def denoiser_name(model: str) -> str:
+    """The registered name of config.model (an alias such as 'wganvgg' -> 'wgan_vgg').
+
+    Raises:
+      ValueError: naming config.model and the names there are.
+    """
+    try:
+        return models.canonical(model)
+    except ValueError:
+        raise ValueError(f"config.model={model!r} is not a denoiser; expected one of "
+                         f"{sorted([*models.ARCHITECTURES, *models.ALIASES])}") from None
+
+
 def load_denoiser(model: str, checkpoint: str = "", model_config: Optional[dict] = None,
                   seed: int = 0, key: str = "checkpoint") -> Denoiser:
     """The denoiser a sweep studies.
@@ -46,11 +59,7 @@ def load_denoiser(model: str, checkpoint: str = "", model_config: Optional[dict]
       ValueError: unknown model, or a checkpoint holding another model.
       FileNotFoundError: no checkpoint where expected (says how to train one).
     """
-    try:
-        model = models.canonical(model)
-    except ValueError:
-        raise ValueError(f"config.model={model!r} is not a denoiser; expected one of "
-                         f"{sorted([*models.ARCHITECTURES, *models.ALIASES])}") from None
+    model = denoiser_name(model)
     if not checkpoint and not models.param_shapes(models.spec(model, **dict(model_config or {}))):
         return models.create(model, jax.random.key(seed), **dict(model_config or {}))
     default, train = TRAINED.get(model, ("", ""))

@@ -42,11 +42,7 @@ NATURAL_FREE = train_job.RESTART_FREE + ("checkpoints.every_steps", "checkpoints
 
 def check_config(config: Any) -> None:
     """Raises ValueError naming the key for a value that cannot work, before any heavy work."""
-    try:
-        models.canonical(config.model)
-    except ValueError:
-        raise ValueError(f"config.model={config.model!r} is not a denoiser; expected one of "
-                         f"{sorted([*models.ARCHITECTURES, *models.ALIASES])}") from None
+    model = inputs.denoiser_name(config.model)
     trainers.check_loop(config, "checkpoints")
     trainers.check_adam(config, "optimizer")
     trainers.check_adam(config, "critic_optimizer")
@@ -69,16 +65,12 @@ def check_config(config: Any) -> None:
                          f"generator's {config.generator.levels} downsamplings need "
                          f"({levels} px)")
     with configs.naming("patch_size", config.patch_size):
-        models.check_input_size(models.canonical(config.model), (config.patch_size,) * 2,
-                                "patches")
+        models.check_input_size(model, (config.patch_size,) * 2, "patches")
     trainers.check_data(config)
 
 
 def check_positive(config: Any, key: str, allow_zero: bool = False) -> None:
-    value = config
-    for part in key.split("."):
-        value = value[part]
-    trainers.check_positive(config, key, value, allow_zero=allow_zero)
+    trainers.check_positive(config, key, trainers.field(config, key), allow_zero=allow_zero)
 
 
 def settings_from(config: Any) -> natural_train.NaturalSettings:

@@ -28,7 +28,7 @@ from ldct_jax import files, models
 from ldct_jax.analysis import invariance_metrics, natural, search
 from ldct_jax.data import sampling
 from ldct_jax.data.scan import Scan
-from ldct_jax.jobs import html_report, report, sweep_report
+from ldct_jax.jobs import html_report, invariance, report, sweep_report
 from ldct_jax.jobs.inputs import Images
 
 COLUMNS = ("model", "method", "distance", "lam", "input_rms_hu", "output_rms_hu", "ratio",
@@ -48,10 +48,9 @@ def search_samples(config: Any, denoiser: models.Denoiser, images: np.ndarray, s
                    mesh) -> np.ndarray:
     """The image-domain search's x_inv for the same images, loss (distance, lambda) and
     number of samples (random starts, seeds 0..S-1): `[N, S, H, W]` HU."""
-    from ldct_jax.jobs.invariance import options_from
     rows = search.grid(len(images), [config.loss.lam], [config.loss.distance],
                        list(range(samples)))
-    searcher = search.Searcher(denoiser.spec, [config.loss.distance], options_from(config),
+    searcher = search.Searcher(denoiser.spec, [config.loss.distance], invariance.options_from(config),
                                None, mesh)
     result = searcher.run(denoiser.params, images, rows, batch_size=config.samples.batch_size)
     return result.perturbation.reshape((len(images), samples) + images.shape[1:])

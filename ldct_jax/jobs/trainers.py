@@ -82,7 +82,7 @@ def check_config(config) -> None:
                          f"{n} images only (whole slices); set config.patch_size={n}")
     check_loop(config)
     for key in ("eval.slices_per_patient", "eval.batch_size"):
-        check_positive(config, key, _get(config, key))
+        check_positive(config, key, field(config, key))
     check_positive(config, "eval.every_steps", config.eval.every_steps, allow_zero=True)
     check_adam(config, "optimizer")
     if config.model == "bilateral":
@@ -123,7 +123,7 @@ def check_loop(config, checkpoints: str = "checkpoint") -> None:
     `checkpoints` names the group of `every_steps` and `keep`."""
     for key in ("num_steps", "batch_size", "patch_size", "log_every_steps",
                 f"{checkpoints}.every_steps", f"{checkpoints}.keep"):
-        check_positive(config, key, _get(config, key))
+        check_positive(config, key, field(config, key))
     check_positive(config, "num_devices", config.num_devices, allow_zero=True)
 
 
@@ -162,7 +162,8 @@ def check_patch_fits(config, scans: Sequence[Scan]) -> None:
                          f"patient {smallest.patient} ({h}x{w})")
 
 
-def _get(config, dotted: str):
+def field(config, dotted: str):
+    """`config.<dotted>` (e.g. 'checkpoint.every_steps')."""
     value = config
     for part in dotted.split("."):
         value = value[part]
