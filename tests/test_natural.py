@@ -20,7 +20,7 @@ from ldct_jax.models import natural as natural_models
 from ldct_jax.models.gauss_ri import central_square
 from ldct_jax.train import natural as natural_train
 from tests import training
-from tests.training import (Lowerings, assert_trees_close, phantom_scans,
+from tests.training import (assert_trees_close, phantom_scans,
                             sigterm_at_checkpoint)
 
 # The steps of this module's runs compile once (a module-scoped autouse fixture).
@@ -155,18 +155,7 @@ def test_save_and_load_give_the_same_samples(tmp_path):
 def _steps(config, scans, n):
     mesh = parallel.make_mesh(config.num_devices or None)
     denoiser = models.create("gauss_ri", jax.random.key(0), square=12)
-    trainer = job.build(config, mesh, scans, denoiser)
-    state = trainer.init_state
-    init = jax.device_get(state.params)
-    batches = [parallel.global_batch(trainer.local_batch(i), mesh) for i in range(n)]
-    with Lowerings() as first:
-        state, metrics = trainer.step(state, batches[0])
-    with Lowerings() as later:
-        for b in batches[1:]:
-            state, metrics = trainer.step(state, b)
-    assert first.count == 1 and later.count == 0, (first.count, later.count)
-    assert all(np.isfinite(float(v)) for v in jax.device_get(metrics).values())
-    return init, jax.device_get((state.params, state.critic_params))
+    return training.run_steps(job.build(config, mesh, scans, denoiser), mesh, n)[:2]
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ from ldct_jax.jobs import train as job
 from ldct_jax.jobs import trainers
 from ldct_jax.train.checkpoint import Checkpointer
 from tests import training
-from tests.training import (Lowerings, assert_trees_close, phantom_scans,
+from tests.training import (assert_trees_close, phantom_scans,
                             sigterm_at_checkpoint)
 from tests.workdirs import files_of
 
@@ -98,25 +98,9 @@ def _update(c, over):
 
 
 def _train_params(config, scans, steps):
-    """`steps` steps with trainers.build on config.num_devices devices.
-
-    Returns:
-      (initial params, final (params, critic params)) as numpy, and the final state.
-    """
+    """`steps` steps with trainers.build on config.num_devices devices (`training.run_steps`)."""
     mesh = parallel.make_mesh(config.num_devices or None)
-    trainer = trainers.build(config, mesh, scans)
-    state = trainer.init_state
-    init = jax.device_get(state.params)
-    batches = [parallel.global_batch(trainer.local_batch(s), mesh) for s in range(steps)]
-    with Lowerings() as first:
-        state, metrics = trainer.step(state, batches[0])
-    with Lowerings() as later:
-        for batch in batches[1:]:
-            state, metrics = trainer.step(state, batch)
-    # Compiled once, state donated every step.
-    assert first.count == 1 and later.count == 0, (first.count, later.count)
-    assert np.isfinite(float(metrics["loss"]))
-    return init, jax.device_get((state.params, state.critic_params)), state
+    return training.run_steps(trainers.build(config, mesh, scans), mesh, steps)
 
 
 @pytest.mark.slow

@@ -91,3 +91,24 @@ class Lowerings:
 
     def __exit__(self, *exc):
         jax.monitoring.unregister_event_duration_listener(self._on_event)
+
+
+def run_steps(trainer, mesh, steps):
+    """`steps` steps of a `jobs.trainers.Trainer` on `mesh`, checking that the step compiles
+    once (the state donated every step) and that every metric of the last one is finite.
+
+    Returns:
+      (initial params, final (params, critic params)) as numpy, and the final state.
+    """
+    from ldct_jax import parallel
+    state = trainer.init_state
+    init = jax.device_get(state.params)
+    batches = [parallel.global_batch(trainer.local_batch(s), mesh) for s in range(steps)]
+    with Lowerings() as first:
+        state, metrics = trainer.step(state, batches[0])
+    with Lowerings() as later:
+        for batch in batches[1:]:
+            state, metrics = trainer.step(state, batch)
+    assert first.count == 1 and later.count == 0, (first.count, later.count)
+    assert all(np.isfinite(float(v)) for v in jax.device_get(metrics).values()), metrics
+    return init, jax.device_get((state.params, state.critic_params)), state
