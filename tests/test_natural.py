@@ -237,19 +237,22 @@ def test_a_checkpoint_of_another_architecture_fails_at_start(tmp_path):
 
 @pytest.mark.slow
 def test_gauss_ri_ground_truth(tmp_path):
-    """The quick preset on the synthetic data: the generator learns to change the image inside
-    the zeroed square, where the denoiser cannot see, more than outside it, and the output
-    changes by a fraction of the input. The GAN's outcome depends on float rounding: on one
-    device 148 and 1/84 (5.8 HU RMS for 487 HU), on four 8.9 and 1/6.8; an output change of
-    1 HU RMS is not reached (the image-domain search, a free optimisation per image, reaches
-    0.65)."""
+    """The quick preset on the synthetic data, on one device (as on a laptop) and without the
+    image-domain search beside it (its own ground truth is in test_search.py): the generator
+    learns to change the image inside the zeroed square, where the denoiser cannot see, more
+    than outside it, and the output changes by a fraction of the input. The GAN's outcome
+    depends on float rounding: measured 138 to 148 and 1/69 to 1/84 (about 5.5 HU RMS for
+    400 HU) on one device, 8.9 and 1/6.8 on four; an output change of 1 HU RMS is not
+    reached (the search, a free optimisation per image, reaches 0.65)."""
     wd = str(tmp_path / "run")
-    result = job.run(natural_config.get_config("gauss_ri,quick"), wd)
-    natural_row, search_row = result["summary"]
-    assert natural_row["method"] == "natural" and search_row["method"] == "search"
+    c = natural_config.get_config("gauss_ri,quick")
+    c.num_devices = 1
+    c.report.search = False
+    result = job.run(c, wd)
+    [natural_row] = result["summary"]
+    assert natural_row["method"] == "natural"
     assert natural_row["inside_outside_ratio"] >= 3.0, natural_row
     assert natural_row["ratio"] >= 3.0, natural_row
-    assert search_row["inside_outside_ratio"] >= 3.0 and search_row["output_rms_hu"] <= 1.0
     # The table is what the saved arrays give (recomputed here with numpy, outside the job).
     with np.load(os.path.join(wd, "report", "samples.npz")) as f:
         images, x_inv, noise = f["images"], f["x_inv"], f["noise"]
