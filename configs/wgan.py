@@ -2,10 +2,11 @@
 
 Presets:
   (none)      synthetic data built into <workdir>/data; about 6 minutes on a 2-core CPU with the
-              data build (400 steps, batch 4, patches 48, 1 critic step). Without --config.vgg.weights
-              the VGG19 is RANDOM INIT (logged, and written into eval.json), so this preset
-              adds a pixel MSE term to the generator loss (wgan.mse_weight=1000; 0, the
-              paper's loss, in the other presets): a smoke run, not a study.
+              data build (400 steps, batch 4, patches 48, 1 critic step). Without
+              --config.vgg.weights the VGG19 is RANDOM INIT (logged, and written into
+              eval.json), so this preset adds a pixel MSE term to the generator loss
+              (wgan.mse_weight=1000; 0, the paper's loss, in the other presets): a smoke run,
+              not a study.
   paper       Mayo data (--config.data.root=...), the published settings: patches 64x64, batch
               128, Adam 1e-5 with betas 0.5/0.9 for generator and critic, 4 critic steps per
               generator step, perceptual weight 0.1, gradient penalty weight 10.

@@ -50,8 +50,8 @@ def search_samples(config: Any, denoiser: models.Denoiser, images: np.ndarray, s
     number of samples (random starts, seeds 0..S-1): `[N, S, H, W]` HU."""
     rows = search.grid(len(images), [config.loss.lam], [config.loss.distance],
                        list(range(samples)))
-    searcher = search.Searcher(denoiser.spec, [config.loss.distance], invariance.options_from(config),
-                               None, mesh)
+    searcher = search.Searcher(denoiser.spec, [config.loss.distance],
+                               invariance.options_from(config), None, mesh)
     result = searcher.run(denoiser.params, images, rows, batch_size=config.samples.batch_size)
     return result.perturbation.reshape((len(images), samples) + images.shape[1:])
 
