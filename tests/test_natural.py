@@ -198,12 +198,29 @@ def test_killed_and_restarted_run_ends_with_the_same_params(tmp_path):
     job.train_job.check_restart(tiny_cfg(samples__num_samples=3), wd, job.NATURAL_FREE)
 
 
+def test_report_puts_the_search_beside_the_generator(tmp_path):
+    """With `report.search`, the search runs `search_starts` random starts per image on the
+    same images, and its row is what its saved x_inv give (numpy RMS)."""
+    cfg = tiny_cfg(report__search=True, report__search_starts=3)
+    cfg.search.update(iterations=10)
+    wd = str(tmp_path / "run")
+    natural_row, search_row = job.run(cfg, wd, scans=phantom_scans())["summary"]
+    assert (natural_row["method"], search_row["method"]) == ("natural", "search")
+    with np.load(os.path.join(wd, "report", "samples.npz")) as f:
+        images, found = f["images"], f["search_x_inv"]
+    assert found.shape == (len(images), 3) + images.shape[1:]
+    rms = np.sqrt(np.mean(np.square(found.astype(np.float64)), axis=(-2, -1))).mean()
+    assert search_row["input_rms_hu"] == pytest.approx(rms, rel=1e-4)
+    assert search_row["lam"] == cfg.loss.lam and search_row["distance"] == cfg.loss.distance
+
+
 @pytest.mark.parametrize("over, message", [
     (dict(model="cnn11"), r"config.model='cnn11' is not a denoiser"),
     (dict(critic__scales=4), r"config.critic.scales=4 is too large for patches of 16 px"),
     (dict(loss__distance="vgg16"), r"config.loss.distance='vgg16'"),
     (dict(loss__alpha=-1.0), r"config.loss.alpha=-1.0 must be >= 0"),
     (dict(generator__levels=5), r"config.patch_size=16 is smaller than the generator's 5"),
+    (dict(report__search_starts=0), r"config.report.search_starts=0"),
 ])
 def test_bad_config_fails_at_start(over, message, tmp_path):
     cfg = tiny_cfg()

@@ -48,7 +48,8 @@ def check_config(config: Any) -> None:
     trainers.check_adam(config, "critic_optimizer")
     for key in ("generator.features", "generator.levels", "generator.noise_channels",
                 "critic.features", "critic.n_critic", "samples.num_samples",
-                "samples.batch_size", "report.noise_patches", "report.noise_patch_size"):
+                "samples.batch_size", "report.search_starts", "report.noise_patches",
+                "report.noise_patch_size"):
         check_positive(config, key)
     for key in ("generator.out_scale", "critic.gp_weight", "loss.lam", "loss.alpha",
                 "loss.beta", "loss.lam_start", "loss.lam_steps",

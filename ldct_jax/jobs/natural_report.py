@@ -4,8 +4,9 @@ In `<workdir>/report/`:
 
     samples.npz         images [N, H, W] (x, HU), x_inv [N, S, H, W] (the generator's samples,
                         HU), noise [M, h, w] (low minus routine dose patches of the same data,
-                        HU) and, when the search ran, search_x_inv [N, S, H, W] (S random
-                        starts): every number below can be recomputed from it
+                        HU) and, when the search ran, search_x_inv [N, R, H, W]
+                        (config.report.search_starts random starts): every number below can be
+                        recomputed from it
     summary.json|csv|md per method (natural, search): input_rms_hu, output_rms_hu, ratio,
                         input_ssim, diversity, spectral_distance and, for gauss_ri,
                         inside_outside_ratio (`ldct_jax.analysis.invariance_metrics`)
@@ -52,7 +53,7 @@ def search_samples(config: Any, denoiser: models.Denoiser, images: np.ndarray, s
                        list(range(samples)))
     searcher = search.Searcher(denoiser.spec, [config.loss.distance],
                                invariance.options_from(config), None, mesh)
-    result = searcher.run(denoiser.params, images, rows, batch_size=config.samples.batch_size)
+    result = searcher.run(denoiser.params, images, rows)
     return result.perturbation.reshape((len(images), samples) + images.shape[1:])
 
 
@@ -79,7 +80,7 @@ def write(workdir: str, config: Any, denoiser: models.Denoiser, generator: natur
                                                s, mesh=mesh,
                                                batch_size=config.samples.batch_size)}
     if config.report.search:
-        x_inv["search"] = search_samples(config, denoiser, x, s, mesh)
+        x_inv["search"] = search_samples(config, denoiser, x, config.report.search_starts, mesh)
     noise = noise_patches(scans, config.report.noise_patches, config.report.noise_patch_size,
                           config.seed)
     square = denoiser.spec.module.square if denoiser.name == "gauss_ri" else None
