@@ -27,6 +27,17 @@ from tests.training import (assert_trees_close, phantom_scans,
 compilation_cache = training.compilation_cache
 
 
+def inside_outside(x_inv: np.ndarray, square: int) -> float:
+    """Mean |x_inv| more than 4 px inside gauss_ri's central square over the mean outside it
+    (numpy, from the square's definition)."""
+    rows, cols = central_square(*x_inv.shape[-2:], square)
+    inside = np.zeros(x_inv.shape[-2:], bool)
+    inside[rows, cols] = True
+    deep = np.zeros_like(inside)
+    deep[rows.start + 4:rows.stop - 4, cols.start + 4:cols.stop - 4] = True
+    return np.abs(x_inv)[..., deep].mean() / np.abs(x_inv)[..., ~inside].mean()
+
+
 def tiny_cfg(model="gauss_ri", **over):
     c = natural_config.get_config(model)
     c.generator.update(features=4, levels=1, noise_channels=2)
@@ -211,6 +222,8 @@ def test_report_puts_the_search_beside_the_generator(tmp_path):
     assert found.shape == (len(images), 3) + images.shape[1:]
     rms = np.sqrt(np.mean(np.square(found.astype(np.float64)), axis=(-2, -1))).mean()
     assert search_row["input_rms_hu"] == pytest.approx(rms, rel=1e-4)
+    ratio = inside_outside(found, cfg.model_config.square)
+    assert search_row["inside_outside_ratio"] == pytest.approx(ratio, rel=1e-4)
     assert search_row["lam"] == cfg.loss.lam and search_row["distance"] == cfg.loss.distance
 
 
@@ -276,12 +289,7 @@ def test_gauss_ri_ground_truth(tmp_path):
     assert x_inv.shape[:2] == (len(images), 4)
     rms = np.sqrt(np.mean(np.square(x_inv.astype(np.float64)), axis=(-2, -1))).mean()
     assert natural_row["input_rms_hu"] == pytest.approx(rms, rel=1e-4)
-    inside = np.zeros(images.shape[1:], bool)
-    rows, cols = central_square(*images.shape[1:], 30)
-    inside[rows, cols] = True
-    deep = np.zeros_like(inside)
-    deep[rows.start + 4:rows.stop - 4, cols.start + 4:cols.stop - 4] = True
-    ratio = np.abs(x_inv)[..., deep].mean() / np.abs(x_inv)[..., ~inside].mean()
+    ratio = inside_outside(x_inv, 30)
     assert natural_row["inside_outside_ratio"] == pytest.approx(ratio, rel=1e-4)
     assert natural_row["spectral_distance"] == pytest.approx(
         invariance_metrics.spectral_distance(x_inv, noise), rel=1e-6)
