@@ -31,7 +31,7 @@ def dense_svd(d, x):
 @pytest.fixture(scope="module")
 def gauss():
     d = models.create("gauss_ri", jax.random.key(0))
-    x = phantom(64)
+    x = phantom(48)
     # One image on one device (on the 4 simulated ones it would be padded to 4).
     one = parallel.make_mesh(1)
     return d, x, jacobian.spectrum(d, x, k=16, mesh=one), dense_svd(d, x)
@@ -56,11 +56,11 @@ def test_gauss_ri_smallest_vectors_are_ignored_and_lie_in_the_square(gauss):
     Jv = np.linalg.norm(V.astype(np.float64) @ J.T, axis=1)      # ||J v|| per vector
     assert np.all(Jv <= 1e-3 * norm), Jv / norm
     np.testing.assert_allclose(s.smallest_values[0], Jv, atol=1e-3 * norm)
-    rows, cols = central_square(64, 64, 30)
-    inside = np.zeros((64, 64), bool)
+    rows, cols = central_square(48, 48, 30)
+    inside = np.zeros((48, 48), bool)
     inside[rows, cols] = True
     share = np.sum(np.square(s.smallest_vectors[0][:, inside])) / 16
-    print(f"gauss_ri 64x64: ||J v|| / ||J|| of the 16 smallest: max {np.max(Jv) / norm:.2e}; "
+    print(f"gauss_ri 48x48: ||J v|| / ||J|| of the 16 smallest: max {np.max(Jv) / norm:.2e}; "
           f"energy inside the zeroed square: {100 * share:.1f} %; {int(s.products[0])} "
           f"products with J and J^T")
     # The exact null space is the square's interior; float32 mixes in the Gaussian's highest
@@ -71,10 +71,10 @@ def test_gauss_ri_smallest_vectors_are_ignored_and_lie_in_the_square(gauss):
 @pytest.mark.slow
 def test_cnn10_values_match_the_dense_svd_of_jacrev():
     """Both ends to 1e-3 relative. The smallest end is a dense cluster (the 16 smallest singular
-    values lie within 2.4e-3 ||J||, the smallest at 3e-5 ||J||): a tighter tolerance there
+    values lie within 4.2e-3 ||J||, the smallest at 6e-5 ||J||): a tighter tolerance there
     resolves it; float32 cannot resolve values below about 1e-6 ||J|| to 1e-3 of themselves."""
     d = small_cnn10(features=(16, 8))
-    x = phantom(48, seed=1)
+    x = phantom(40, seed=1)
     s = jacobian.spectrum(d, x, options=jacobian.SpectrumOptions(
         k=16, iterations=1500, smallest_tolerance=2e-6), mesh=parallel.make_mesh(1))
     J, dense = dense_svd(d, x)
@@ -86,7 +86,7 @@ def test_cnn10_values_match_the_dense_svd_of_jacrev():
     np.testing.assert_allclose(s.smallest_values[0], np.linalg.norm(V @ J.T, axis=1),
                                rtol=1e-4, atol=1e-7 * norm)
     assert s.converged[0].all()
-    print(f"cnn10 48x48: s_max {norm:.4g}; smallest {smallest[0]:.3g}..{smallest[-1]:.3g}, "
+    print(f"cnn10 40x40: s_max {norm:.4g}; smallest {smallest[0]:.3g}..{smallest[-1]:.3g}, "
           f"worst relative error {np.max(np.abs(s.smallest_values[0] / smallest - 1)):.1e}; "
           f"iterations {s.iterations[0].tolist()}, {int(s.products[0])} products, "
           f"{s.seconds:.1f} s")
