@@ -56,8 +56,8 @@ def test_gauss_ri_smallest_vectors_are_ignored_and_lie_in_the_square(gauss):
     Jv = np.linalg.norm(V.astype(np.float64) @ J.T, axis=1)      # ||J v|| per vector
     assert np.all(Jv <= 1e-3 * norm), Jv / norm
     np.testing.assert_allclose(s.smallest_values[0], Jv, atol=1e-3 * norm)
-    rows, cols = central_square(48, 48, 30)
-    inside = np.zeros((48, 48), bool)
+    rows, cols = central_square(*x.shape, 30)
+    inside = np.zeros(x.shape, bool)
     inside[rows, cols] = True
     share = np.sum(np.square(s.smallest_vectors[0][:, inside])) / 16
     print(f"gauss_ri 48x48: ||J v|| / ||J|| of the 16 smallest: max {np.max(Jv) / norm:.2e}; "
