@@ -15,7 +15,7 @@ from scipy import ndimage
 
 from ldct_jax import ct, models
 from ldct_jax.models import bilateral, ldctbench, registry, transct, vgg_weights, wgan_vgg
-from tests import optional
+from tests import nets, optional
 
 # transct takes 512 x 512 images only: instead of these per-architecture tests on small
 # images it has its own (test_*transct*), sized to its cost.
@@ -422,9 +422,7 @@ def test_gauss_ri_zero_square_and_scipy_gaussian_outside(denoisers, apply_jit):
     inside = np.zeros((H, W), bool)
     inside[TOP:TOP + SIDE, LEFT:LEFT + SIDE] = True
     assert np.all(y[:, inside] == 0.0)
-    # 'symmetric' padding of jnp.pad repeats the edge pixel: scipy's mode='reflect'.
-    ref = np.stack([ndimage.gaussian_filter(np.float64(xi), sigma=1.0, mode="reflect",
-                                            truncate=4.0) for xi in x])
+    ref = nets.scipy_gauss_ri(x)
     assert np.abs(y[:, ~inside] - ref[:, ~inside]).max() < 1e-3
 
 

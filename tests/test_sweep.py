@@ -19,6 +19,7 @@ from ldct_jax.jobs import attack as attack_sweep
 from ldct_jax.jobs import chunks, sweep_report
 from ldct_jax.jobs import invariance as sweep
 from tests.browser import Page, check_report
+from tests.nets import scipy_gauss_ri
 from tests.workdirs import files_of
 
 SIZE = 64
@@ -452,7 +453,6 @@ def test_attack_bad_config(image_file, tmp_path, change, message, uninterrupted)
 
 @pytest.mark.slow
 def test_targeted_attack_sweep(image_file, tmp_path):
-    import scipy.ndimage
     one = str(tmp_path / "one.npy")
     x = np.load(image_file)[0]
     np.save(one, x)
@@ -460,8 +460,7 @@ def test_targeted_attack_sweep(image_file, tmp_path):
     attack_sweep.run(config, str(tmp_path / "run"))
     # The target: f(x) (SciPy's Gaussian, sigma 1, central 30x30 square zeroed) with the central
     # disc replaced by the median of the ring around it.
-    y = scipy.ndimage.gaussian_filter(x.astype(np.float64), 1.0, mode="reflect", truncate=4.0)
-    y[17:47, 17:47] = 0.0
+    y = scipy_gauss_ri(x)
     yy, xx = np.mgrid[:SIZE, :SIZE]
     r = np.hypot(yy - 31.5, xx - 31.5)
     y[r <= 12] = np.median(y[(r > 12) & (r <= 24)])
