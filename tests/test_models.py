@@ -14,7 +14,7 @@ import pytest
 from scipy import ndimage
 
 from ldct_jax import ct, models
-from ldct_jax.models import bilateral, ldctbench, registry, transct, vgg_weights, wgan_vgg
+from ldct_jax.models import bilateral, gauss_ri, ldctbench, registry, transct, vgg_weights, wgan_vgg
 from tests import nets, optional
 
 # transct takes 512 x 512 images only: instead of these per-architecture tests on small
@@ -435,6 +435,30 @@ def test_gauss_ri_gradient_exactly_zero_deep_inside_the_square(denoisers):
     # ... and not deeper than needed: the ring just inside the radius still reaches outside.
     assert np.all(g[TOP + RADIUS - 1, LEFT + RADIUS:LEFT + SIDE - RADIUS] != 0.0)
     assert np.all(g[TOP + RADIUS:TOP + SIDE - RADIUS, LEFT + SIDE - RADIUS] != 0.0)
+
+
+@pytest.mark.parametrize("jnp_mode, scipy_mode", [("symmetric", "reflect"), ("reflect", "mirror")])
+def test_separable_filter_is_scipys_and_its_derivatives_are_its_matrix(jnp_mode, scipy_mode):
+    """gauss_ri's and TransCT's blur against SciPy's `correlate1d`: its values, and as a matrix
+    A (SciPy's filter of every unit image), forward mode gives A t and reverse mode A^T g."""
+    k = gauss_ri.gaussian_kernel(1.0, 4.0)
+    h, w = 12, 10
+    def scipy_filter(x):
+        for axis in (-2, -1):
+            x = ndimage.correlate1d(x, np.float64(k), axis=axis, mode=scipy_mode)
+        return x
+    a = scipy_filter(np.eye(h * w).reshape(h * w, h, w)).reshape(h * w, h * w).T  # y = A x
+    rng = np.random.default_rng(0)
+    x, t, g = (rng.normal(size=(2, h, w)).astype(np.float32) for _ in range(3))
+    filt = jax.jit(lambda x: gauss_ri.separable_filter(x[..., None], k, jnp_mode)[..., 0])
+    y, jt = jax.jvp(filt, (x,), (t,))
+    gt = jax.jit(lambda x, g: jax.vjp(filt, x)[1](g)[0])(x, g)
+    flat = lambda v: np.float64(v).reshape(2, h * w)
+    np.testing.assert_allclose(flat(y), flat(x) @ a.T, atol=1e-6)
+    np.testing.assert_allclose(flat(jt), flat(t) @ a.T, atol=1e-6)
+    np.testing.assert_allclose(flat(gt), flat(g) @ a, atol=1e-6)
+    with pytest.raises(ValueError, match="symmetric odd-length kernel, got 4 taps"):
+        gauss_ri.separable_filter(x[..., None], np.ones(4, np.float32), jnp_mode)
 
 
 # ---------------------------------------------------------------------------------------------
