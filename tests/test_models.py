@@ -459,6 +459,8 @@ def test_separable_filter_is_scipys_and_its_derivatives_are_its_matrix(jnp_mode,
     np.testing.assert_allclose(flat(gt), flat(g) @ a, atol=1e-6)
     with pytest.raises(ValueError, match="symmetric odd-length kernel, got 4 taps"):
         gauss_ri.separable_filter(x[..., None], np.ones(4, np.float32), jnp_mode)
+    with pytest.raises(ValueError, match=r"images of 3x10 px are smaller than the 9-tap"):
+        gauss_ri.separable_filter(x[:, :3, :, None], k, jnp_mode)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -61,6 +61,11 @@ def separable_filter(x, k: np.ndarray, mode: str):
         raise ValueError(f"separable_filter: mode {mode!r} (expected one of "
                          f"{tuple(_EDGE_OFFSET)}) with a symmetric odd-length kernel, "
                          f"got {k.shape[0]} taps")
+    r, s = (k.shape[0] - 1) // 2, _EDGE_OFFSET[mode]
+    if min(x.shape[1:3]) < r + s:  # the padding would mirror more than once
+        raise ValueError(f"separable_filter: images of {x.shape[1]}x{x.shape[2]} px are "
+                         f"smaller than the {k.shape[0]}-tap kernel's {mode!r} padding "
+                         f"needs ({r + s} px)")
     k = jnp.asarray(k, x.dtype)
 
     def forward(x):
@@ -70,8 +75,8 @@ def separable_filter(x, k: np.ndarray, mode: str):
         return _filter_axis_adjoint(_filter_axis_adjoint(g, k, 2, mode), k, 1, mode)
 
     # `custom_linear_solve` is JAX's way to give a linear map its own transpose. Transposing
-    # the slices by autodiff gives one zero-padded array per tap, which XLA:CPU sums 7x slower
-    # than this adjoint (3 x 512 x 512, value and gradient). `solve` is the map; `matvec` is
+    # the slices by autodiff gives one zero-padded array per tap, which XLA:CPU sums 9x slower
+    # than this adjoint (`benchmarks/bench_blur.py`: 3 x 512 x 512, value and gradient). `solve` is the map; `matvec` is
     # only differentiated when it closes over traced values, and the identity does not.
     return lax.custom_linear_solve(lambda v: v, x, lambda _, b: forward(b),
                                    lambda _, g: adjoint(g))
