@@ -85,7 +85,7 @@ def get_config(arg=None):
         # The output term 100x stronger against the other three (for Adam, the same as dividing
         # all three weights by 100): the reward grows whatever f passes with a gain below
         # sqrt(lam), and a Gaussian passes high frequencies at up to 10% (lam 1e-2: x_inv's
-        # leftovers outside the square moved f by 5.8 HU RMS) or 1% (lam 1e-4: 0.14-0.33 HU).
+        # leftovers outside the square moved f by 5.8 HU RMS) or 1% (lam 1e-4: 0.13-0.44 HU).
         c.loss.update(lam=1e-4, alpha=3e-6, beta=1e-4)
     if variant == "quick":
         c.num_steps = 400
