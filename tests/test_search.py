@@ -192,7 +192,9 @@ def test_default_reaches_the_adam_objective_in_a_tenth_of_the_iterations():
 
 def test_adam_method_gives_the_talks_perturbations():
     """method='adam' reproduces the search as it was before the default changed: numbers
-    computed then (Adam, constant 1e-2, 60 iterations in chunks of 25, 4 devices)."""
+    computed then (Adam, constant 1e-2, 60 iterations in chunks of 25, 4 devices). gauss_ri's
+    gradient has since been given its adjoint, which rounds differently: pixels move by up to
+    2e-3 HU (of +-375), hence an absolute tolerance of 1e-2 HU on them."""
     d = models.build("gauss_ri", {})
     r = S.search(d, phantom(32), lambdas=list(LAMBDAS), seeds=[0, 1, 2],
                  options=S.SearchOptions(method="adam", iterations=60, chunk=25))
@@ -204,7 +206,8 @@ def test_adam_method_gives_the_talks_perturbations():
     np.testing.assert_allclose(p[:, [3, 16, 20], [5, 16, 29]],
                                [[66.96039581, -374.90808105, 1.03249383],
                                 [374.80352783, -375.24267578, -77.53982544],
-                                [-208.14707947, -376.96960449, -77.53982544]], rtol=1e-5)
+                                [-208.14707947, -376.96960449, -77.53982544]],
+                               rtol=1e-5, atol=1e-2)
     assert np.all(r.stopped == 60) and not r.converged.any()
 
 
