@@ -76,8 +76,9 @@ def separable_filter(x, k: np.ndarray, mode: str):
 
     # `custom_linear_solve` is JAX's way to give a linear map its own transpose. Transposing
     # the slices by autodiff gives one zero-padded array per tap, which XLA:CPU sums 9x slower
-    # than this adjoint (`benchmarks/bench_blur.py`: 3 x 512 x 512, value and gradient). `solve` is the map; `matvec` is
-    # only differentiated when it closes over traced values, and the identity does not.
+    # than this adjoint (`benchmarks/bench_blur.py`: 3 x 512 x 512, value and gradient).
+    # `solve` is the map; `matvec` is only differentiated when it closes over traced values,
+    # and the identity does not.
     return lax.custom_linear_solve(lambda v: v, x, lambda _, b: forward(b),
                                    lambda _, g: adjoint(g))
 
