@@ -22,28 +22,34 @@ def gaussian_kernel(sigma: float, truncate: float) -> np.ndarray:
 _EDGE_OFFSET = {"symmetric": 0, "reflect": 1}  # jnp.pad modes: does the mirror skip the edge?
 
 
-def _filter_axis(x, k: jax.Array, axis: int, mode: str):
-    """`x` filtered along `axis` by the odd-length kernel `k`, `mode` padding: a sum of shifted
-    slices (exact, and as fast as XLA:CPU runs anything on 1 channel)."""
-    r, n = (k.shape[0] - 1) // 2, x.shape[axis]
-    pad = [(0, 0)] * x.ndim
-    pad[axis] = (r, r)
-    x = jnp.pad(x, pad, mode=mode)
+def _pad_axis(x, axis: int, before: int, after: int, mode: str = "constant"):
+    """`x` padded along `axis` only, by `jnp.pad`'s `mode` (zeros by default)."""
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (before, after)
+    return jnp.pad(x, widths, mode=mode)
+
+
+def _correlate_valid(x, k: jax.Array, axis: int):
+    """`x` correlated with `k` along `axis` where every tap lands inside `x` (len(k) - 1 shorter):
+    a sum of shifted slices (exact, and as fast as XLA:CPU runs anything on 1 channel)."""
+    n = x.shape[axis] - k.shape[0] + 1
     return sum(k[i] * lax.slice_in_dim(x, i, i + n, axis=axis) for i in range(k.shape[0]))
+
+
+def _filter_axis(x, k: jax.Array, axis: int, mode: str):
+    """`x` filtered along `axis` by the odd-length kernel `k`, with `mode` padding."""
+    r = (k.shape[0] - 1) // 2
+    return _correlate_valid(_pad_axis(x, axis, r, r, mode), k, axis)
 
 
 def _filter_axis_adjoint(g, k: jax.Array, axis: int, mode: str):
     """The adjoint of `_filter_axis` for a symmetric `k`: the filter of `g` padded with zeros,
     then the padding's mirrored edge rows folded back onto the rows they copied."""
     r, n, s = (k.shape[0] - 1) // 2, g.shape[axis], _EDGE_OFFSET[mode]
-    zeros = [(0, 0)] * g.ndim
-    zeros[axis] = (2 * r, 2 * r)
-    g = jnp.pad(g, zeros)
-    g = sum(k[i] * lax.slice_in_dim(g, i, i + n + 2 * r, axis=axis) for i in range(k.shape[0]))
+    g = _correlate_valid(_pad_axis(g, axis, 2 * r, 2 * r), k, axis)  # n + 2r: output and padding
     low, high = (jnp.flip(lax.slice_in_dim(g, a, a + r, axis=axis), axis) for a in (0, n + r))
-    to_low, to_high = [(0, 0)] * g.ndim, [(0, 0)] * g.ndim
-    to_low[axis], to_high[axis] = (s, n - r - s), (n - r - s, s)
-    return lax.slice_in_dim(g, r, r + n, axis=axis) + jnp.pad(low, to_low) + jnp.pad(high, to_high)
+    return (lax.slice_in_dim(g, r, r + n, axis=axis) + _pad_axis(low, axis, s, n - r - s)
+            + _pad_axis(high, axis, n - r - s, s))
 
 
 def separable_filter(x, k: np.ndarray, mode: str):
