@@ -51,6 +51,9 @@ def define_flags() -> None:
     flags.DEFINE_list("lambdas", ["1e-4", "1e-3", "1e-2"], "lambdas (one row each)")
     flags.DEFINE_integer("torch_iterations", ADAM_ITERATIONS, "PyTorch Adam iterations timed "
                          "(the time is scaled to 3000; 0: no PyTorch run)")
+    flags.DEFINE_string("compute_dtype", "float32", "the default's denoiser dtype, float32 or "
+                        "bfloat16 (SearchOptions.compute_dtype); the adam and torch runs stay "
+                        "float32")
     flags.DEFINE_integer("threads", 0, "PyTorch threads (0: the cores this process may use)")
     flags.DEFINE_string("data", "", "synthetic data folder (built there if missing; '': "
                         "runs/cnn10/data when present, else a temporary folder)")
@@ -172,6 +175,7 @@ def main(_):
     from ldct_jax.analysis import search as search_lib
     common.set_torch_threads(FLAGS.threads or common.cpu_threads())
     lambdas = [float(v) for v in FLAGS.lambdas]
+    default_options = search_lib.SearchOptions(compute_dtype=FLAGS.compute_dtype)
     rows = []
     for size in (int(s) for s in FLAGS.sizes):
         image = load_image(size, FLAGS.data)
@@ -179,8 +183,7 @@ def main(_):
             denoiser, kind = load_denoiser(name)
             adam, adam_stamps = timed_search(denoiser, image, lambdas,
                                              search_lib.SearchOptions(method="adam"))
-            default, default_stamps = timed_search(denoiser, image, lambdas,
-                                                   search_lib.SearchOptions())
+            default, default_stamps = timed_search(denoiser, image, lambdas, default_options)
             torch_seconds = float("nan")
             if FLAGS.torch_iterations:
                 torch_seconds = torch_adam_seconds(denoiser, image, lambdas,

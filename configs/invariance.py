@@ -55,7 +55,7 @@ def get_config(arg=None):
     c.search = ml_collections.ConfigDict(dict(
         method="anneal", iterations=0, chunk=25, learning_rate=0.0, b1=0.9, b2=0.0, eps=1e-8,
         lambda_start=-1.0, lambda_steps=0, final_lr_fraction=0.0, tolerance=-1.0, window=0,
-        init_scale_hu=1.0, clip=True, sensitivity=False))
+        init_scale_hu=1.0, clip=True, sensitivity=False, compute_dtype="float32"))
 
     c.report = ml_collections.ConfigDict(dict(
         figures=True,

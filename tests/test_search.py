@@ -135,6 +135,29 @@ def test_batch_equals_each_row_alone_and_scan_equals_steps_and_mask_and_range(mo
 
 
 @pytest.mark.slow
+def test_bfloat16_compute_finds_the_invariance_to_bfloat16_resolution():
+    """compute_dtype='bfloat16': x_inv stays float32 and still lives in gauss_ri's zeroed
+    square, but the denoiser sees x + x_inv and answers to 8 significant bits, so its float32
+    output change is only as small as that resolution (2^-8 of the image's magnitude), where
+    float32's is far below it."""
+    d = models.build("gauss_ri", {})
+    x = phantom()
+    r = {dt: S.search(d, x, lambdas=1e-4, iterations=200, chunk=100, compute_dtype=dt)
+         for dt in S.COMPUTE_DTYPES}
+    p = r["bfloat16"].perturbation
+    assert p.dtype == np.float32
+    inside, deep = regions()
+    a = np.abs(p[0])
+    assert a[deep].mean() >= 10 * a[~inside].mean() and a[deep].mean() > 100.0
+    out = {dt: r[dt].metrics["output_rms_hu"][0] for dt in r}
+    resolution = 2.0 ** -8 * np.abs(x).max()
+    print(f"output change: bfloat16 {out['bfloat16']:.3f}, float32 {out['float32']:.3f} HU RMS; "
+          f"bfloat16's resolution {resolution:.2f} HU")
+    assert 0.1 * resolution <= out["bfloat16"] <= resolution  # it cannot see below it
+    assert out["float32"] <= 0.1 * resolution
+
+
+@pytest.mark.slow
 def test_sensitivity_search_turns_the_sign():
     d = small_cnn10()
     r = S.sensitivity_search(d, phantom(32), lambdas=1e-2, iterations=30, chunk=30)
@@ -160,6 +183,7 @@ def test_sensitivity_search_turns_the_sign():
     (dict(chunk=0), "chunk .* positive"),
     (dict(learning_rate=-1.0), "learning_rate must be > 0"),
     (dict(method="sgd"), "unknown method 'sgd'"),
+    (dict(compute_dtype="float16"), "compute_dtype must be one of"),
 ])
 def test_bad_inputs_fail_at_start(kwargs, message):
     d = models.build("gauss_ri", {})

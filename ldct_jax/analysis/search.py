@@ -45,6 +45,7 @@ from ldct_jax.models.denoiser import Denoiser, DenoiserSpec
 METRICS = ("input_rms_hu", "input_max_hu", "input_ssim", "d_in", "output_rms_hu",
            "output_max_hu", "ratio")
 CURVES = ("loss", "d_out", "d_in")
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +77,10 @@ class SearchOptions:
       init_scale_hu: standard deviation of the Gaussian start, HU (zero is a fixed point of L).
       clip: keep x + x_inv inside [HU_MIN, HU_MAX] (projection after every step).
       sensitivity: turn the sign of L (the adversarial direction).
+      compute_dtype: the denoiser's dtype inside the search, 'float32' or 'bfloat16' (for
+        accelerators; XLA:CPU runs bfloat16 slower). x_inv, the optimiser's state, the
+        distances and the reported metrics stay float32, and the metrics use the float32
+        denoiser.
     """
 
     method: str = "anneal"
@@ -93,6 +98,7 @@ class SearchOptions:
     init_scale_hu: float = 1.0
     clip: bool = True
     sensitivity: bool = False
+    compute_dtype: str = "float32"
 
     def __post_init__(self):
         if self.iterations < 0 or self.chunk < 1 or self.lambda_steps < 0 or self.window < 0:
@@ -105,6 +111,9 @@ class SearchOptions:
         if not 0 <= self.final_lr_fraction <= 1:
             raise ValueError(f"search: final_lr_fraction must be in (0, 1] (0: the method's), "
                              f"got {self.final_lr_fraction}")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"search: compute_dtype must be one of {COMPUTE_DTYPES}, got "
+                             f"{self.compute_dtype!r}")
         self.settings  # an unknown method fails here, not at the first run
 
     @property
@@ -212,6 +221,15 @@ class _Program:
         the next chunk has the sharding its program was compiled for."""
         return jax.lax.with_sharding_constraint(tree, parallel.batch_sharding(self.mesh))
 
+    def net(self, params, x):
+        """The denoiser in the options' compute dtype, its output in `x`'s dtype."""
+        dtype = jnp.dtype(self.options.compute_dtype)
+        if dtype == x.dtype:
+            return self.spec.apply_net(params, x)
+        params = jax.tree.map(
+            lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, params)
+        return self.spec.apply_net(params, x.astype(dtype)).astype(x.dtype)
+
     # -- per row (x is [H, W] in network units) ----------------------------------------------
 
     def d_in(self, vgg, a, b, weight):
@@ -223,7 +241,7 @@ class _Program:
 
     def objective(self, delta, params, vgg, x, y0, lam, weight):
         xp = x + delta
-        d_out = jnp.mean(jnp.square(self.spec.apply_net(params, xp) - y0))
+        d_out = jnp.mean(jnp.square(self.net(params, xp) - y0))
         d_in = self.d_in(vgg, xp, x, weight)
         loss = d_out - lam * d_in
         if self.options.sensitivity:
@@ -262,7 +280,7 @@ class _Program:
 @functools.partial(jax.jit, static_argnums=0)
 def _init(program: _Program, params, x, mask, lam, weight, keys) -> State:
     spec, options = program.spec, program.options
-    y0 = spec.apply_net(params, x)
+    y0 = program.net(params, x)  # the compute dtype's: x_inv = 0 changes nothing
     noise = jax.vmap(lambda k: jax.random.normal(k, x.shape[1:], x.dtype))(keys)
     delta = jax.vmap(program.project)(noise * (options.init_scale_hu / spec.scale), x, mask)
     return program.rows(State(x, y0, delta, mask, lam, weight,
@@ -295,7 +313,8 @@ def _chunk(program: _Program, params, vgg, state: State, length: int):
 def _metrics(program: _Program, params, vgg, state: State):
     spec, s = program.spec, program.spec.scale
     y = spec.apply_net(params, state.x + state.delta)
-    dx, dy = state.delta * s, (y - state.y0) * s
+    y0 = state.y0 if program.options.compute_dtype == "float32" else spec.apply_net(params, state.x)
+    dx, dy = state.delta * s, (y - y0) * s
     x_hu = spec.from_net(state.x)
     in_rms = jnp.sqrt(jnp.mean(jnp.square(dx), axis=(-2, -1)))
     out_rms = jnp.sqrt(jnp.mean(jnp.square(dy), axis=(-2, -1)))
