@@ -22,7 +22,9 @@ same random-init weights:
 Both loops are `benchmarks.search_loops` (bench_zoo times them too).
 
 The JAX implementations are timed between the search's progress callbacks, after the first
-(compiling) chunk; PyTorch after one warm-up chunk. The best chunk counts.
+(compiling) chunk; PyTorch after one warm-up chunk. The best chunk counts. A JAX run that
+compiles anything after its first chunk stops with an error: on an accelerator, 'scan' is the
+path the search takes, and this checks that its chunk program is built once.
 
 FLOPs are the conv FLOPs `2 H W k^2 Cin Cout` of the forward pass, twice (forward + input
 gradient; no weight gradient; f(x) is computed before the loop); XLA's cost analysis of the

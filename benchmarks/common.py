@@ -6,9 +6,11 @@ params) or, in bench_zoo, ldct-benchmark's own networks (`benchmarks.ldctbench_r
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 # (kernel size, in channels, out channels) of every conv, in order; SAME padding, stride 1.
 CONVS: dict[str, tuple[tuple[int, int, int], ...]] = {
@@ -59,6 +61,33 @@ def cpu_threads() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - macOS
         return os.cpu_count() or 1
+
+
+# JAX records this event (jax._src.dispatch.BACKEND_COMPILE_EVENT) for every program it has
+# XLA build or read from the persistent cache; a call that jit's in-memory cache serves has none.
+_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+@contextlib.contextmanager
+def count_compiles() -> Iterator[collections.Counter]:
+    """Counts the programs compiled inside the block, by jitted function name.
+
+        with count_compiles() as compiled:
+            searcher.run(...)
+        compiled["jit(_chunk)"]   # programs of the search's chunk that the run built
+    """
+    import jax
+    compiled: collections.Counter = collections.Counter()
+
+    def listener(event: str, duration: float, fun_name: str = "", **kwargs) -> None:
+        if event == _COMPILE_EVENT:
+            compiled[fun_name] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield compiled
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
 
 
 # ---------------------------------------------------------------------------------------------

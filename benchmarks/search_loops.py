@@ -21,6 +21,8 @@ from unittest import mock
 
 import numpy as np
 
+from benchmarks import common
+
 LR = 1e-2
 
 
@@ -41,6 +43,10 @@ def jax_search(denoiser, images: np.ndarray, lam: float, chunk: int, repeats: in
     Returns:
       (the best seconds of a timed chunk, the `SearchResult`, whose curves hold every
       iteration's loss).
+
+    Raises:
+      RuntimeError: a program was compiled after the first chunk (the timed chunks must reuse
+        the first one's programs; on accelerators this checks that the scan compiles once).
     """
     from ldct_jax import fastpath
     from ldct_jax.analysis import search as search_lib
@@ -52,9 +58,18 @@ def jax_search(denoiser, images: np.ndarray, lam: float, chunk: int, repeats: in
     with mock.patch.dict(os.environ, switch):
         searcher = search_lib.Searcher(denoiser.spec, ["mse"], options)
         rows = search_lib.make_rows(n, n, lambdas=lam, distances="mse", seeds=seeds)
-        stamps = []
-        result = searcher.run(denoiser.params, images, rows,
-                              progress=lambda done: stamps.append(time.perf_counter()))
+        stamps, compiles = [], []
+
+        def progress(done: int) -> None:
+            stamps.append(time.perf_counter())
+            compiles.append(sum(compiled.values()))
+
+        with common.count_compiles() as compiled:
+            result = searcher.run(denoiser.params, images, rows, progress=progress)
+    if compiles[-1] != compiles[0]:
+        raise RuntimeError(f"jax_search: {compiles[-1] - compiles[0]} program(s) compiled after "
+                           f"the first chunk ({dict(compiled)} in all); the timed chunks would "
+                           "include compiling")
     return float(np.min(np.diff(stamps))), result
 
 

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from benchmarks import common
 from ldct_jax import ct, fastpath, models, parallel
 from ldct_jax.analysis import search as S
 from ldct_jax.models.gauss_ri import central_square
@@ -252,3 +253,33 @@ def test_converged_rows_stop_and_keep_their_perturbation():
     table = S.result_table(r)
     assert [row["iterations"] for row in table] == list(r.stopped)
     assert all(row["converged"] for row in table)
+
+
+def test_scan_loop_compiles_each_program_once(monkeypatch):
+    """The accelerator path (`loop='scan'`, fast paths off): one program per chunk length,
+    built by the first batch; another batch of the same size (other images, lambdas, seeds) and
+    rows that stop on convergence in between (their `active` flag changes) reuse them all."""
+    monkeypatch.setenv(fastpath.ENV, "0")
+    d = models.build("gauss_ri", {})
+    # An init_scale_hu no other test uses: programs of their own, so that the counts start at 0.
+    options = S.SearchOptions(iterations=60, chunk=25, tolerance=0.0, init_scale_hu=0.7)
+    searcher = S.Searcher(d.spec, ["mse"], options)
+    assert searcher.loop == "scan" and len(searcher.mesh.devices.flat) > 1
+    rows = S.make_rows(2, 4, lambdas=[1e-4, 1e-2, 1e-3, 1e-1], seeds=[0, 1, 2, 3],
+                       image_index=[0, 1, 0, 1])
+    images = np.stack([phantom(32), phantom(32, shift=3.0)])
+    with common.count_compiles() as first:
+        searcher.run(d.params, images, rows)
+    # Chunks of 25, 25, 10: two lengths, two programs.
+    assert first["jit(_chunk)"] == 2 and first["jit(_init)"] == 1 and first["jit(_metrics)"] == 1
+    other = rows._replace(lam=rows.lam[::-1].copy(), seed=rows.seed + 10)
+    with common.count_compiles() as again:
+        searcher.run(d.params, images[::-1] + 50.0, other)
+    assert not again, dict(again)
+
+    stopping = S.Searcher(d.spec, ["mse"], S.SearchOptions(
+        iterations=400, chunk=10, lambda_steps=20, window=20, tolerance=1e-3, init_scale_hu=0.7))
+    with common.count_compiles() as compiled:
+        r = stopping.run(d.params, images, rows)
+    assert r.converged.all() and len(set(r.stopped)) > 1  # rows stopped at different chunks
+    assert compiled["jit(_chunk)"] == 1, dict(compiled)
