@@ -94,7 +94,11 @@ def _stop(done: int) -> None:
 
 def timed_search(denoiser, image: np.ndarray, lambdas, options):
     """The search of one row per lambda, timed after compiling its programs (a first call
-    stopped after one chunk); (result, [(iterations done, seconds since start)])."""
+    stopped after one chunk); (result, [(iterations done, seconds since start)]).
+
+    Raises:
+      RuntimeError: the timed run compiled its chunk program again.
+    """
     from ldct_jax.analysis import search as search_lib
     rows = search_lib.make_rows(1, len(lambdas), lambdas=list(lambdas), seeds=0,
                                 image_index=[0] * len(lambdas))
@@ -104,10 +108,13 @@ def timed_search(denoiser, image: np.ndarray, lambdas, options):
     except _Compiled:
         pass
     stamps = []
-    start = time.perf_counter()
-    result = searcher.run(denoiser.params, image, rows,
-                          progress=lambda done: stamps.append(
-                              (done, time.perf_counter() - start)))
+    with common.count_compiles() as compiled:
+        start = time.perf_counter()
+        result = searcher.run(denoiser.params, image, rows,
+                              progress=lambda done: stamps.append(
+                                  (done, time.perf_counter() - start)))
+    if compiled["jit(_chunk)"]:  # the loop's program must be the first call's
+        raise RuntimeError(f"timed_search: the timed run compiled {dict(compiled)}")
     return result, stamps
 
 
