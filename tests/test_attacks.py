@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from benchmarks import common
 from ldct_jax import ct, fastpath
 from ldct_jax.analysis import attacks
 from tests.nets import small_cnn10
@@ -174,11 +175,16 @@ def test_bad_inputs_fail_at_start(setup, kwargs, message):
 @pytest.mark.slow
 def test_one_program_equals_step_by_step(setup, results, monkeypatch):
     """The fast paths off (the accelerator path: one program, a fori_loop, plain convolutions)
-    == on (CPU: step by step)."""
+    == on (CPU: step by step), and that program serves other images of the same size."""
     d, x, target = setup
     monkeypatch.setenv(fastpath.ENV, "0")
-    r = attacks.bim(d, x, EPS, steps=20, step_size_hu=1.0, target=target)
+    with common.count_compiles() as first:
+        r = attacks.bim(d, x, EPS, steps=20, step_size_hu=1.0, target=target)
     ref = results["bim", True]
     np.testing.assert_allclose(r.perturbation, ref.perturbation, atol=1e-4)
     for k, v in ref.metrics.items():
         np.testing.assert_allclose(r.metrics[k], v, rtol=1e-4, atol=1e-5)
+    assert first["jit(_whole)"] == 1, dict(first)
+    with common.count_compiles() as again:
+        attacks.bim(d, x[::-1] + 10.0, EPS, steps=20, step_size_hu=1.0, target=target[::-1])
+    assert not again, dict(again)

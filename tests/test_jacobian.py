@@ -7,7 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from ldct_jax import models, parallel
+from benchmarks import common
+from ldct_jax import fastpath, models, parallel
 from ldct_jax.analysis import jacobian
 from ldct_jax.models.gauss_ri import central_square
 from tests.browser import Page
@@ -105,6 +106,22 @@ def test_masked_directions_stay_in_the_mask_and_batch_equals_alone():
         assert np.all(V[..., mask == 0] == 0)
     alone = jacobian.spectrum(d, x[1], mask=mask, options=opts)
     np.testing.assert_allclose(alone.largest_values[0], both.largest_values[1], rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_while_loop_program_serves_every_batch_of_the_size(monkeypatch):
+    """The accelerator path (fast paths off: each end's iterations in one `lax.while_loop`) is
+    compiled by the first batch; another batch of the same size compiles nothing."""
+    monkeypatch.setenv(fastpath.ENV, "0")
+    d = models.create("gauss_ri", jax.random.key(0))
+    x = np.stack([phantom(32), phantom(32, seed=3)])
+    opts = jacobian.SpectrumOptions(k=2, extra=3, iterations=30)  # this test's own programs
+    with common.count_compiles() as first:
+        jacobian.spectrum(d, x, options=opts)
+    assert first["jit(_iterate_all)"] == 2, dict(first)  # one per end
+    with common.count_compiles() as again:
+        jacobian.spectrum(d, x[::-1] + 10.0, options=opts)
+    assert not again, dict(again)
 
 
 def test_energy_fraction_is_the_share_in_the_span():

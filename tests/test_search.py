@@ -255,6 +255,7 @@ def test_converged_rows_stop_and_keep_their_perturbation():
     assert all(row["converged"] for row in table)
 
 
+@pytest.mark.slow
 def test_scan_loop_compiles_each_program_once(monkeypatch):
     """The accelerator path (`loop='scan'`, fast paths off): one program per chunk length,
     built by the first batch; another batch of the same size (other images, lambdas, seeds) and
