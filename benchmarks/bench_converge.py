@@ -113,7 +113,7 @@ def timed_search(denoiser, image: np.ndarray, lambdas, options):
         result = searcher.run(denoiser.params, image, rows,
                               progress=lambda done: stamps.append(
                                   (done, time.perf_counter() - start)))
-    if compiled["jit(_chunk)"]:  # the loop's program must be the first call's
+    if compiled["jit(chunk)"]:  # the loop's program must be the first call's
         raise RuntimeError(f"timed_search: the timed run compiled {dict(compiled)}")
     return result, stamps
 

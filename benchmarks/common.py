@@ -74,7 +74,7 @@ def count_compiles() -> Iterator[collections.Counter]:
 
         with count_compiles() as compiled:
             searcher.run(...)
-        compiled["jit(_chunk)"]   # programs of the search's chunk that the run built
+        compiled["jit(chunk)"]   # programs of the search's chunk that the run built
     """
     import jax
     compiled: collections.Counter = collections.Counter()

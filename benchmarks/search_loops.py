@@ -112,11 +112,11 @@ def torch_search(net, spec, images: np.ndarray, lams: Sequence[float],
     """
     import torch
 
-    from ldct_jax.analysis import search as search_lib
+    from ldct_jax.analysis import search_program
     for p in net.parameters():
         p.requires_grad_(False)
     seeds = list(range(len(images))) if seeds is None else list(seeds)
-    lo, hi = search_lib.net_range(spec)
+    lo, hi = search_program.net_range(spec)
     x = torch.from_numpy(np.asarray(spec.to_net(images), np.float32))
     with torch.no_grad():
         y0 = net(x[:, None])[:, 0]

@@ -11,10 +11,10 @@ With `sensitivity=True` the sign of L is turned: small input change, large outpu
 
 One perturbation is one (image, lambda, distance, seed) row. A batch of rows runs as one
 `vmap`ped step inside a `lax.scan` over `chunk` iterations, with the batch sharded over all
-devices. The programs are jitted once per denoiser spec, distances, options and mesh (the
-denoiser and VGG params are arguments), whichever `Searcher` asks for them. On CPU the
-iterations of a chunk are separate calls of one jitted step instead, and CNN-10's first
-convolution takes its fast form (`ldct_jax.fastpath`).
+devices. The programs (`ldct_jax.analysis.search_program`) are jitted once per denoiser spec,
+distances, options and mesh (the denoiser and VGG params are arguments), whichever `Searcher`
+asks for them. On CPU the iterations of a chunk are separate calls of one jitted step instead,
+and CNN-10's first convolution takes its fast form (`ldct_jax.fastpath`).
 
     result = search(d, images_hu, lambdas=[1e-4, 1e-2], distances="mse", seeds=0)
     result.perturbation   # [B, H, W] HU;  result.metrics["input_rms_hu"]  # [B]
@@ -27,7 +27,6 @@ uses image i, or image 0 when N is 1); lambdas, distances and seeds are scalars 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 import time
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
@@ -35,16 +34,15 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.sharding import Mesh
 
-from ldct_jax import ct, distances as distances_lib, fastpath, metrics as metrics_lib, parallel
-from ldct_jax.analysis import arrays, optimizers
+from ldct_jax import distances as distances_lib, fastpath, metrics as metrics_lib, parallel
+from ldct_jax.analysis import arrays, optimizers, search_program as compiled
+from ldct_jax.analysis.search_program import CURVES, State
 from ldct_jax.models.denoiser import Denoiser, DenoiserSpec
 
 METRICS = ("input_rms_hu", "input_max_hu", "input_ssim", "d_in", "output_rms_hu",
            "output_max_hu", "ratio")
-CURVES = ("loss", "d_out", "d_in")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
@@ -133,20 +131,6 @@ class Rows(NamedTuple):
     seed: np.ndarray         # [B] int
 
 
-class State(NamedTuple):
-    """Per-row optimisation state (network units), a pytree sharded along the batch."""
-
-    x: jax.Array        # [B, H, W] image
-    y0: jax.Array       # [B, H, W] f(x)
-    delta: jax.Array    # [B, H, W] x_inv
-    mask: jax.Array     # [B, H, W] where x_inv may live
-    lam: jax.Array      # [B]
-    weight: jax.Array   # [B, K] one-hot over the searcher's distances
-    opt: Any            # Adam state, per row
-    t: jax.Array        # [B] int32 iterations run (lambda continuation's clock)
-    active: jax.Array   # [B] bool: not converged yet (a converged row's x_inv stays put)
-
-
 @dataclasses.dataclass
 class SearchResult:
     """Perturbations in HU and what they did, one row per perturbation."""
@@ -195,140 +179,6 @@ def check_image_size(shape: Sequence[int], distances: Sequence[str]) -> None:
         if min(h, w) < size:
             raise ValueError(f"search: images of {h}x{w} px are smaller than {what} needs "
                              f"({size}x{size} px)")
-
-
-def net_range(spec: DenoiserSpec) -> tuple[float, float]:
-    return float(spec.to_net(ct.HU_MIN)), float(spec.to_net(ct.HU_MAX))
-
-
-@dataclasses.dataclass(frozen=True)
-class _Program:
-    """What the compiled search depends on besides data (hashable: a static jit argument)."""
-
-    spec: DenoiserSpec
-    distances: tuple[str, ...]
-    present: tuple[int, ...]  # the distances some row of the batch uses
-    options: SearchOptions
-    mesh: Mesh
-    fast: bool                # fastpath.enabled(mesh) when the searcher was built
-
-    @property
-    def optimizer(self) -> optax.GradientTransformation:
-        return optimizers.optimizer(self.options.settings, self.options.b1, self.options.eps)
-
-    def rows(self, tree):
-        """Pins every (per-row) output to the batch sharding, so that the state fed back into
-        the next chunk has the sharding its program was compiled for."""
-        return jax.lax.with_sharding_constraint(tree, parallel.batch_sharding(self.mesh))
-
-    def net(self, params, x):
-        """The denoiser in the options' compute dtype, its output in `x`'s dtype."""
-        dtype = jnp.dtype(self.options.compute_dtype)
-        if dtype == x.dtype:
-            return self.spec.apply_net(params, x)
-        params = jax.tree.map(
-            lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, params)
-        return self.spec.apply_net(params, x.astype(dtype)).astype(x.dtype)
-
-    # -- per row (x is [H, W] in network units) ----------------------------------------------
-
-    def d_in(self, vgg, a, b, weight):
-        # Only the distances some row of the batch uses: a batch of 'mse' rows does not pay
-        # for VGG16 features with weight 0.
-        lo, hi = net_range(self.spec)
-        return sum(weight[k] * distances_lib.input_distance(
-            self.distances[k], vgg, net_range=(lo, hi))(a, b) for k in self.present)
-
-    def objective(self, delta, params, vgg, x, y0, lam, weight):
-        xp = x + delta
-        d_out = jnp.mean(jnp.square(self.net(params, xp) - y0))
-        d_in = self.d_in(vgg, xp, x, weight)
-        loss = d_out - lam * d_in
-        if self.options.sensitivity:
-            loss = -loss
-        return loss, (d_out, d_in)
-
-    def project(self, delta, x, mask):
-        if self.options.clip:
-            lo, hi = net_range(self.spec)
-            delta = jnp.clip(x + delta, lo, hi) - x
-        return delta * mask
-
-    def step(self, params, vgg, delta, opt, t, active, x, y0, mask, lam, weight):
-        """One optimiser step of one row; a row that is not `active` keeps its state.
-
-        Returns:
-          (delta, opt, t, [loss, d_out, d_in] at the incoming delta and the row's own lambda).
-        """
-        settings = self.options.settings
-        # The denoiser's and the VGG's convolutions in their XLA:CPU-fast forms (on CPU).
-        objective = fastpath.convolutions(self.objective, enable=self.fast)
-        (loss, (d_out, d_in)), g = jax.value_and_grad(objective, has_aux=True)(
-            delta, params, vgg, x, y0, optimizers.effective_lambda(settings, lam, t), weight)
-        if optimizers.schedule_end(settings):
-            loss = d_out - lam * d_in if not self.options.sensitivity else lam * d_in - d_out
-        # The gradient of the per-pixel sum (see SearchOptions.eps).
-        g = g * (mask * (x.shape[-2] * x.shape[-1]))
-        updates, new_opt = self.optimizer.update(g, opt, delta)
-        new_delta = self.project(optax.apply_updates(delta, updates), x, mask)
-        if settings.tolerance > 0:  # else every row runs every iteration
-            new_delta, new_opt = jax.tree.map(lambda a, b: jnp.where(active, a, b),
-                                              (new_delta, new_opt), (delta, opt))
-        return new_delta, new_opt, t + active, jnp.stack([loss, d_out, d_in])
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _init(program: _Program, params, x, mask, lam, weight, keys) -> State:
-    spec, options = program.spec, program.options
-    y0 = program.net(params, x)  # the compute dtype's: x_inv = 0 changes nothing
-    noise = jax.vmap(lambda k: jax.random.normal(k, x.shape[1:], x.dtype))(keys)
-    delta = jax.vmap(program.project)(noise * (options.init_scale_hu / spec.scale), x, mask)
-    return program.rows(State(x, y0, delta, mask, lam, weight,
-                              jax.vmap(program.optimizer.init)(delta),
-                              jnp.zeros(lam.shape, jnp.int32), jnp.ones(lam.shape, bool)))
-
-
-@functools.partial(jax.jit, static_argnums=(0, 4), donate_argnums=(3,))
-def _chunk(program: _Program, params, vgg, state: State, length: int):
-    """`length` steps: a `lax.scan`, or with length 1 a single step and no loop."""
-    step = jax.vmap(program.step, in_axes=(None, None) + (0,) * 9)
-
-    def body(carry, _):
-        delta, opt, t = carry
-        delta, opt, t, curves = step(params, vgg, delta, opt, t, state.active, state.x,
-                                     state.y0, state.mask, state.lam, state.weight)
-        return (delta, opt, t), curves
-
-    carry = (state.delta, state.opt, state.t)
-    if length == 1:
-        (delta, opt, t), curves = body(carry, None)
-        curves = curves[:, None]  # [B, 1, 3]
-    else:
-        (delta, opt, t), curves = jax.lax.scan(body, carry, length=length)
-        curves = jnp.moveaxis(curves, 0, 1)  # [B, T, 3]
-    return program.rows((state._replace(delta=delta, opt=opt, t=t), curves))
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _metrics(program: _Program, params, vgg, state: State):
-    spec, s = program.spec, program.spec.scale
-    y = spec.apply_net(params, state.x + state.delta)
-    y0 = state.y0 if program.options.compute_dtype == "float32" else spec.apply_net(params, state.x)
-    dx, dy = state.delta * s, (y - y0) * s
-    x_hu = spec.from_net(state.x)
-    in_rms = jnp.sqrt(jnp.mean(jnp.square(dx), axis=(-2, -1)))
-    out_rms = jnp.sqrt(jnp.mean(jnp.square(dy), axis=(-2, -1)))
-    return program.rows((dict(
-        input_rms_hu=in_rms,
-        input_max_hu=jnp.max(jnp.abs(dx), axis=(-2, -1)),
-        input_ssim=metrics_lib.ssim(x_hu, x_hu + dx, ct.HU_MAX - ct.HU_MIN),
-        d_in=jax.vmap(fastpath.convolutions(program.d_in, enable=program.fast),
-                      in_axes=(None, 0, 0, 0))(vgg, state.x + state.delta, state.x,
-                                               state.weight),
-        output_rms_hu=out_rms,
-        output_max_hu=jnp.max(jnp.abs(dy), axis=(-2, -1)),
-        ratio=in_rms / out_rms,  # inf where the output did not change at all
-    ), dx))
 
 
 class Searcher:
@@ -384,9 +234,10 @@ class Searcher:
             raise ValueError(f"search: lambdas must be finite and >= 0, got {lam}")
         weight = np.stack([np.array([nm == k for k in self.distances], np.float32)
                            for nm in names])
-        program = _Program(self.spec, self.distances,
-                           tuple(k for k, name in enumerate(self.distances) if name in names),
-                           self.options, self.mesh, self.fast)
+        program = compiled.Program(
+            self.spec, self.distances,
+            tuple(k for k, name in enumerate(self.distances) if name in names),
+            self.options, self.mesh, self.fast)
         keys = np.stack([np.asarray(jax.random.key_data(jax.random.key(int(s))))
                          for s in rows.seed])
         size = max(parallel.padded_size(n, self.mesh),
@@ -399,11 +250,11 @@ class Searcher:
         vgg = parallel.replicate(self.vgg, self.mesh)
 
         start = time.perf_counter()
-        state = _init(program, params, dev["x"], dev["mask"], dev["lam"], dev["weight"],
-                      jax.random.wrap_key_data(dev["keys"]))
+        state = compiled.init(program, params, dev["x"], dev["mask"], dev["lam"], dev["weight"],
+                              jax.random.wrap_key_data(dev["keys"]))
         state, curves = self._optimise(program, params, vgg, state, n, progress)
         (metrics, dx), (stopped, active) = parallel.gather_rows(
-            (_metrics(program, params, vgg, state), (state.t, state.active)), n)
+            (compiled.final_metrics(program, params, vgg, state), (state.t, state.active)), n)
         seconds = time.perf_counter() - start
         return SearchResult(
             perturbation=dx, metrics=metrics,
@@ -411,7 +262,7 @@ class Searcher:
             rows=Rows(idx, lam, np.array(names, dtype=object), np.asarray(rows.seed)),
             stopped=stopped.astype(np.int64), converged=~active, seconds=seconds)
 
-    def _optimise(self, program: _Program, params, vgg, state: State, n: int,
+    def _optimise(self, program: compiled.Program, params, vgg, state: State, n: int,
                   progress: Optional[Callable[[int], None]]) -> tuple[State, np.ndarray]:
         """Runs chunks until every one of the first `n` rows converged or the iterations ran out.
 
@@ -423,11 +274,11 @@ class Searcher:
         while done < total:
             length = min(self.options.chunk, total - done)
             if self.loop == "scan":
-                state, c = _chunk(program, params, vgg, state, length)
+                state, c = compiled.chunk(program, params, vgg, state, length)
             else:
                 parts = []
                 for _ in range(length):
-                    state, c = _chunk(program, params, vgg, state, 1)
+                    state, c = compiled.chunk(program, params, vgg, state, 1)
                     parts.append(c)
                 c = jnp.concatenate(parts, axis=1)
             curves.append(parallel.gather_rows(c, n) if settings.tolerance > 0 else c)
