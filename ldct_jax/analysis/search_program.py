@@ -41,6 +41,8 @@ class State(NamedTuple):
 
 
 def net_range(spec: DenoiserSpec) -> tuple[float, float]:
+    """The valid HU range [HU_MIN, HU_MAX] in `spec`'s network units: where x + x_inv is
+    clipped, and the range the bounded input distances are scaled by."""
     return float(spec.to_net(ct.HU_MIN)), float(spec.to_net(ct.HU_MAX))
 
 
