@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 from benchmarks import (bench_natural, bench_search, bench_train, common,  # noqa: E402
                         search_loops, torch_twins)
 from configs import natural as natural_config  # noqa: E402
-from ldct_jax import gan_losses, metrics, models, parallel  # noqa: E402
+from ldct_jax import ct, gan_losses, metrics, models, parallel  # noqa: E402
 from ldct_jax.analysis import search as search_lib  # noqa: E402
 from ldct_jax.models import natural as natural_models  # noqa: E402
 from ldct_jax.models import vgg_weights, wgan_vgg  # noqa: E402
@@ -219,7 +219,8 @@ def test_torch_wgan_step_matches_library():
 def test_converge_benchmark_smoke(capsys):
     from benchmarks import bench_converge
     d, kind = bench_converge.load_denoiser("gauss_ri")
-    x = np.random.default_rng(0).normal(40, 300, (1, 32, 32)).astype(np.float32)
+    x = np.random.default_rng(0).normal(40, 300, (1, 32, 32)).clip(ct.HU_MIN, ct.HU_MAX)
+    x = x.astype(np.float32)
     xn = np.asarray(d.spec.to_net(x), np.float32)
     twin = torch_twins.denoiser("gauss_ri", d.params)(torch.from_numpy(xn)[:, None])[:, 0]
     assert rel(twin.numpy(), d.spec.apply_net(d.params, xn)) < 1e-6

@@ -5,7 +5,7 @@ import pytest
 
 from benchmarks import common
 from ldct_jax import ct, fastpath, models, parallel
-from ldct_jax.analysis import search as S
+from ldct_jax.analysis import optimizers, search as S
 from ldct_jax.models.gauss_ri import central_square
 from tests.nets import small_cnn10
 
@@ -97,6 +97,11 @@ def test_gauss_ri_metrics_and_curves(gauss):
     np.testing.assert_allclose(r.curves["loss"],
                                r.curves["d_out"] - np.asarray(LAMBDAS)[:, None] * r.curves["d_in"],
                                rtol=1e-4, atol=1e-9)
+    # final_loss is L of the returned x_inv (the curves hold L before each step).
+    d_out = (r.metrics["output_rms_hu"] / d.spec.scale) ** 2
+    np.testing.assert_allclose(r.metrics["final_loss"],
+                               d_out - np.asarray(LAMBDAS) * r.metrics["d_in"], rtol=1e-3,
+                               atol=1e-9)
     table = S.result_table(r)
     assert [t["lam"] for t in table] == pytest.approx(LAMBDAS)
     assert set(S.METRICS) <= set(table[0])
@@ -180,9 +185,19 @@ def test_sensitivity_search_turns_the_sign():
     (dict(lambdas=[1.0, 2.0], images=np.zeros((3, 16, 16))), r"lambdas: expected a scalar or 3"),
     (dict(lambdas=[1.0, 2.0, 3.0], images=np.zeros((2, 16, 16))), "2 images but 3 perturbations"),
     (dict(image_index=5), "image_index out of range"),
-    (dict(iterations=-1), "must be >= 0"),
-    (dict(chunk=0), "chunk .* positive"),
+    (dict(iterations=-1), "iterations must be >= 0"),
+    (dict(chunk=0), r"chunk must be >= 1, got 0"),
     (dict(learning_rate=-1.0), "learning_rate must be > 0"),
+    (dict(b1=1.0), r"b1 must be in \[0, 1\), got 1.0"),
+    (dict(eps=-1.0), r"eps must be > 0, got -1.0"),
+    (dict(window=-5), r"window must be >= 0 \(0: the method's\), got -5"),
+    (dict(init_scale_hu=0.0), r"init_scale_hu must be > 0 HU"),
+    (dict(method="adam", lambda_start=1e-2), r"\['lambda_start'\] apply to method 'anneal'"),
+    (dict(iterations=50, lambda_steps=60, lambdas=1e-4),
+     r"iterations \(50\) end before lambda_steps \(60\): rows with lambda below lambda_start "
+     r"\(0.01\), here 0.0001"),
+    (dict(images=np.full((16, 16), -2048.0)), r"256 pixel\(s\) outside the valid HU range"),
+    (dict(mask=np.zeros((16, 16))), r"no pixel is 1 for image\(s\) \[0\]"),
     (dict(method="sgd"), "unknown method 'sgd'"),
     (dict(compute_dtype="float16"), "compute_dtype must be one of"),
 ])
@@ -192,6 +207,20 @@ def test_bad_inputs_fail_at_start(kwargs, message):
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         S.search(d, args.pop("images"), **args)
+
+
+def test_rows_of_unequal_length_and_short_schedules():
+    d = models.build("gauss_ri", {})
+    rows = S.Rows(image_index=np.array([0, 0, 0]), lam=np.array([1e-2, 1e-2], np.float32),
+                  distance=np.array(["mse"] * 3, dtype=object), seed=np.array([0]))
+    with pytest.raises(ValueError, match=r"differ in length \{'image_index': 3, 'lam': 2, "
+                                         r"'distance': 3, 'seed': 1\}"):
+        S.Searcher(d.spec, ["mse"], S.SearchOptions()).run(d.params, np.zeros((16, 16)), rows)
+    # The default schedule is a third of the iterations, however many: short runs end at their
+    # lambdas, and rows at or above lambda_start need no schedule at all.
+    assert S.SearchOptions(iterations=60).settings.lambda_steps == 20
+    assert S.SearchOptions().settings.lambda_steps == 100
+    optimizers.check_schedule(S.SearchOptions(iterations=10, lambda_steps=50).settings, [1e-2])
 
 
 

@@ -229,8 +229,13 @@ def test_changed_config_is_refused(image_file, uninterrupted):
     (dict(lambdas=(1e-2, float("nan"))), ValueError, r"config\.lambdas"),
     (dict(search=dict(iterations=-1, chunk=10)), ValueError, r"config\.search: .*iterations"),
     (dict(search=dict(compute_dtype="float16")), ValueError,
-     r"config\.search: search: compute_dtype must be one of \('float32', 'bfloat16'\), got "
+     r"config\.search: compute_dtype must be one of \('float32', 'bfloat16'\), got "
      r"'float16'"),
+    (dict(search=dict(lambda_steps=40)), ValueError,
+     r"config\.search: iterations \(20\) end before lambda_steps \(40\): rows with lambda "
+     r"below lambda_start \(0\.01\), here 0\.0001"),
+    (dict(report=dict(figure_seed=3)), ValueError,
+     r"config\.report\.figure_seed=3: not among config\.seeds=\[0\]"),
     (dict(images="EMPTY"), ValueError, r"empty\.npy.*no pixels \(shape \(0, 64, 64\)\)"),
     (dict(images="TINY"), ValueError, r"images of 8x8 px are smaller than SSIM \(the input_ssim "
                                       r"metric\) needs \(11x11 px\)"),

@@ -10,6 +10,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from ldct_jax import ct
+
 
 def check_images(images: Any, what: str = "images") -> np.ndarray:
     """`images` as float32 `[N, H, W]` HU; a ValueError naming `what` unless 2-D/3-D and finite."""
@@ -48,7 +50,21 @@ def check_mask(mask: Any, shape: tuple[int, ...], what: str = "mask") -> Optiona
     if not np.all((m == 0) | (m == 1)):
         raise ValueError(f"{what}: values must be 0 or 1 (1 where the perturbation may live), "
                          f"got values in [{np.nanmin(m)}, {np.nanmax(m)}]")
+    empty = np.flatnonzero(~m.any(axis=(-2, -1)))
+    if empty.size:
+        raise ValueError(f"{what}: no pixel is 1 for image(s) {empty.tolist()}; expected at "
+                         "least one pixel where the perturbation may live")
     return np.ascontiguousarray(m)
+
+
+def check_hu_range(x: np.ndarray, what: str = "images") -> None:
+    """A ValueError unless `x` lies inside [HU_MIN, HU_MAX]: outside it, 'x + delta in range'
+    cannot hold for a small delta (e.g. -2048 HU padding outside a scanner's field of view)."""
+    outside = (x < ct.HU_MIN) | (x > ct.HU_MAX)
+    if outside.any():
+        raise ValueError(f"{what}: {int(outside.sum())} pixel(s) outside the valid HU range "
+                         f"[{ct.HU_MIN:g}, {ct.HU_MAX:g}] (min {x.min():g}, max {x.max():g}); "
+                         "clip them first (np.clip(images, ct.HU_MIN, ct.HU_MAX))")
 
 
 def broadcast(name: str, value: Any, n: int, dtype=None) -> np.ndarray:

@@ -7,10 +7,10 @@ Two methods minimise L(x_inv) = D_out - lambda * d_in (see `ldct_jax.analysis.se
 - `anneal` (the default): Adam with a larger step that decays (cosine, to `final_lr_fraction`
   of it) and lambda continuation: a row with lambda below `lambda_start` starts at
   `lambda_start` and lambda falls geometrically to its own value over `lambda_steps`
-  iterations. A large lambda grows x_inv quickly along the directions f ignores (at small
-  lambda that growth is slow: Adam's step there is set by D_out's gradient); lowering it
-  then removes what f does pass, which is fast. At most 300 iterations; rows stop earlier when
-  they converge.
+  iterations (a third of them unless given). A large lambda grows x_inv quickly along the
+  directions f ignores (at small lambda that growth is slow: Adam's step there is set by
+  D_out's gradient); lowering it then removes what f does pass, which is fast. At most 300
+  iterations; rows stop earlier when they converge.
 
 Stopping: a row has converged when its loss changed by at most `tolerance` (relative to the
 loss) over the last `window` iterations, checked after every chunk once the lambda schedule is
@@ -19,7 +19,7 @@ over; a converged row keeps its x_inv from then on, and the loop ends when every
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -58,18 +58,31 @@ def settings(method: str, iterations: int = 0, learning_rate: float = 0.0, b2: f
     """`Settings` of `method`, each value given replacing the method's default.
 
     Defaults stand for "the method's": 0 for counts and rates, a negative number for
-    lambda_start and tolerance (whose 0 means "off").
+    lambda_start and tolerance (whose 0 means "off"). The method's lambda_steps is a share of
+    the iterations (anneal: a third, 100 of 300).
     """
     if method not in DEFAULTS:
         raise ValueError(f"search: unknown method {method!r}; expected one of {METHODS}")
+    if method == "adam":
+        # The talk's recipe has no schedule: a value given for one would be silently ignored.
+        given = dict(lambda_start=lambda_start > 0, lambda_steps=lambda_steps > 0,
+                     final_lr_fraction=final_lr_fraction not in (0.0, 1.0))
+        if any(given.values()):
+            raise ValueError(f"search: {[k for k, v in given.items() if v]} apply to method "
+                             "'anneal' only; method 'adam' keeps lambda and the step constant")
     d = DEFAULTS[method]
+    iterations = iterations or d.iterations
+    if not lambda_steps and d.lambda_steps:
+        # The default schedule takes the same share of the iterations however many there are,
+        # so that a short run still ends at its lambdas.
+        lambda_steps = max(1, round(d.lambda_steps * iterations / d.iterations))
     return Settings(
         method,
-        iterations=iterations or d.iterations,
+        iterations=iterations,
         learning_rate=learning_rate or d.learning_rate,
         b2=b2 or d.b2,
         lambda_start=d.lambda_start if lambda_start < 0 else lambda_start,
-        lambda_steps=lambda_steps or d.lambda_steps,
+        lambda_steps=lambda_steps,
         final_lr_fraction=final_lr_fraction or d.final_lr_fraction,
         tolerance=d.tolerance if tolerance < 0 else tolerance,
         window=window or d.window)
@@ -92,6 +105,18 @@ def effective_lambda(s: Settings, lam: jax.Array, t: jax.Array) -> jax.Array:
     high = jnp.maximum(lam, s.lambda_start)
     geometric = jnp.exp(left * jnp.log(high) + (1.0 - left) * jnp.log(jnp.maximum(lam, 1e-30)))
     return jnp.where(lam > 0, geometric, high * left)
+
+
+def check_schedule(s: Settings, lambdas: Any) -> None:
+    """A ValueError unless every row reaches its own lambda within the iterations: with lambda
+    continuation, a row whose lambda is below `lambda_start` gets there after `lambda_steps`."""
+    low = [float(v) for v in np.atleast_1d(np.asarray(lambdas, np.float64)) if v < s.lambda_start]
+    if low and s.method != "adam" and s.iterations < s.lambda_steps:
+        raise ValueError(
+            f"search: iterations ({s.iterations}) end before lambda_steps ({s.lambda_steps}): "
+            f"rows with lambda below lambda_start ({s.lambda_start:g}), here {min(low):g}, would "
+            "stop before reaching their lambda; raise iterations, lower lambda_steps or set "
+            "lambda_start=0")
 
 
 def schedule_end(s: Settings) -> int:

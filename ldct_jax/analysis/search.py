@@ -42,7 +42,7 @@ from ldct_jax.analysis.search_program import CURVES, State
 from ldct_jax.models.denoiser import Denoiser, DenoiserSpec
 
 METRICS = ("input_rms_hu", "input_max_hu", "input_ssim", "d_in", "output_rms_hu",
-           "output_max_hu", "ratio")
+           "output_max_hu", "ratio", "final_loss")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
@@ -68,12 +68,14 @@ class SearchOptions:
         whatever the image size, and eps only stalls lambda below about eps / |x_inv| (~1e-8 in
         network units).
       lambda_start, lambda_steps: anneal's continuation: rows start at lambda_start (1e-2; 0:
-        off) and reach their own lambda after lambda_steps (100) iterations.
+        off) and reach their own lambda after lambda_steps iterations (a third of the
+        iterations: 100 of 300); an explicit lambda_steps above the iterations is an error.
       final_lr_fraction: anneal's step at the last iteration, as a fraction of the first (1e-2).
       tolerance, window: a row stops once its loss moved by at most `tolerance` of itself over
         `window` iterations (anneal 1e-3 over 50; adam 0: never).
       init_scale_hu: standard deviation of the Gaussian start, HU (zero is a fixed point of L).
-      clip: keep x + x_inv inside [HU_MIN, HU_MAX] (projection after every step).
+      clip: keep x + x_inv inside [HU_MIN, HU_MAX] (projection after every step; the images
+        must lie inside it).
       sensitivity: turn the sign of L (the adversarial direction).
       compute_dtype: the denoiser's dtype inside the search, 'float32' or 'bfloat16' (for
         accelerators; XLA:CPU runs bfloat16 slower). x_inv, the optimiser's state, the
@@ -99,16 +101,20 @@ class SearchOptions:
     compute_dtype: str = "float32"
 
     def __post_init__(self):
-        if self.iterations < 0 or self.chunk < 1 or self.lambda_steps < 0 or self.window < 0:
-            raise ValueError(f"search: iterations ({self.iterations}), lambda_steps and window "
-                             f"must be >= 0 and chunk ({self.chunk}) positive")
-        if self.learning_rate < 0 or self.init_scale_hu < 0 or not 0 <= self.b2 < 1:
-            raise ValueError(f"search: learning_rate must be > 0 (0: the method's), b2 in "
-                             f"[0, 1) and init_scale_hu >= 0, got {self.learning_rate}, "
-                             f"{self.b2} and {self.init_scale_hu}")
-        if not 0 <= self.final_lr_fraction <= 1:
-            raise ValueError(f"search: final_lr_fraction must be in (0, 1] (0: the method's), "
-                             f"got {self.final_lr_fraction}")
+        expected = dict(  # field -> (holds, what was expected)
+            iterations=(self.iterations >= 0, ">= 0 (0: the method's)"),
+            chunk=(self.chunk >= 1, ">= 1"),
+            learning_rate=(self.learning_rate >= 0, "> 0 (0: the method's)"),
+            b1=(0 <= self.b1 < 1, "in [0, 1)"),
+            b2=(0 <= self.b2 < 1, "in (0, 1) (0: the method's)"),
+            eps=(self.eps > 0, "> 0"),
+            lambda_steps=(self.lambda_steps >= 0, ">= 0 (0: the method's)"),
+            final_lr_fraction=(0 <= self.final_lr_fraction <= 1, "in (0, 1] (0: the method's)"),
+            window=(self.window >= 0, ">= 0 (0: the method's)"),
+            init_scale_hu=(self.init_scale_hu > 0, "> 0 HU (zero is a fixed point of L)"))
+        for name, (holds, what) in expected.items():
+            if not holds:
+                raise ValueError(f"search: {name} must be {what}, got {getattr(self, name)}")
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise ValueError(f"search: compute_dtype must be one of {COMPUTE_DTYPES}, got "
                              f"{self.compute_dtype!r}")
@@ -216,11 +222,17 @@ class Searcher:
         """
         x = arrays.check_images(images)
         check_image_size(x.shape, self.distances)
+        if self.options.clip:
+            arrays.check_hu_range(x)
         m = arrays.check_mask(mask, x.shape)
         n = len(rows.lam)
         idx = np.asarray(rows.image_index)
         if n == 0:
             raise ValueError("search: no perturbations asked for")
+        lengths = {k: len(v) for k, v in rows._asdict().items()}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"search: the rows' fields differ in length {lengths}; expected one "
+                             "value per perturbation in each (see make_rows and grid)")
         if idx.min() < 0 or idx.max() >= len(x):
             raise ValueError(f"search: image_index out of range [0, {len(x)}): {idx}")
         names = [str(v) for v in rows.distance]
@@ -232,6 +244,7 @@ class Searcher:
         lam = np.asarray(rows.lam, np.float32)
         if not np.all(np.isfinite(lam)) or lam.min() < 0:
             raise ValueError(f"search: lambdas must be finite and >= 0, got {lam}")
+        optimizers.check_schedule(self.options.settings, lam)
         weight = np.stack([np.array([nm == k for k in self.distances], np.float32)
                            for nm in names])
         program = compiled.Program(
@@ -365,7 +378,6 @@ def result_table(result: SearchResult) -> list[Mapping[str, Any]]:
         row = dict(image_index=int(result.rows.image_index[i]), lam=float(result.rows.lam[i]),
                    distance=str(result.rows.distance[i]), seed=int(result.rows.seed[i]))
         row.update({k: float(result.metrics[k][i]) for k in METRICS})
-        row["final_loss"] = float(result.curves["loss"][i, -1])
         row["iterations"] = int(result.stopped[i])
         row["converged"] = bool(result.converged[i])
         out.append(row)

@@ -163,14 +163,17 @@ def final_metrics(program: Program, params, vgg, state: State):
     x_hu = spec.from_net(state.x)
     in_rms = jnp.sqrt(jnp.mean(jnp.square(dx), axis=(-2, -1)))
     out_rms = jnp.sqrt(jnp.mean(jnp.square(dy), axis=(-2, -1)))
+    d_in = jax.vmap(fastpath.convolutions(program.d_in, enable=program.fast),
+                    in_axes=(None, 0, 0, 0))(vgg, state.x + state.delta, state.x, state.weight)
+    # L of the returned x_inv (the curves hold L before each step).
+    loss = jnp.mean(jnp.square(y - y0), axis=(-2, -1)) - state.lam * d_in
     return program.rows((dict(
         input_rms_hu=in_rms,
         input_max_hu=jnp.max(jnp.abs(dx), axis=(-2, -1)),
         input_ssim=metrics_lib.ssim(x_hu, x_hu + dx, ct.HU_MAX - ct.HU_MIN),
-        d_in=jax.vmap(fastpath.convolutions(program.d_in, enable=program.fast),
-                      in_axes=(None, 0, 0, 0))(vgg, state.x + state.delta, state.x,
-                                               state.weight),
+        d_in=d_in,
         output_rms_hu=out_rms,
         output_max_hu=jnp.max(jnp.abs(dy), axis=(-2, -1)),
         ratio=in_rms / out_rms,  # inf where the output did not change at all
+        final_loss=-loss if program.options.sensitivity else loss,
     ), dx))

@@ -31,14 +31,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import jax
 import numpy as np
 from absl import logging
 
 from ldct_jax import distances, files, parallel
-from ldct_jax.analysis import search
+from ldct_jax.analysis import optimizers, search
 from ldct_jax.jobs import chunks, configs, inputs, sweep_report
 
 
@@ -56,17 +56,20 @@ class Setup:
     notes: dict[str, str]
 
 
-def options_from(config: Any) -> search.SearchOptions:
-    """config.search as `SearchOptions` (a ValueError names a bad field)."""
+def options_from(config: Any, lambdas: Sequence[float] = ()) -> search.SearchOptions:
+    """config.search as `SearchOptions`, checked against the sweep's `lambdas` (a ValueError
+    names a bad field)."""
     fields = {f.name for f in dataclasses.fields(search.SearchOptions)}
     given = dict(config.search)
     unknown = sorted(set(given) - fields)
     if unknown:
         raise ValueError(f"config.search: unknown field(s) {unknown}; expected {sorted(fields)}")
     try:
-        return search.SearchOptions(**given)
+        options = search.SearchOptions(**given)
+        optimizers.check_schedule(options.settings, lambdas)
     except ValueError as e:
-        raise ValueError(f"config.search: {e}") from None
+        raise ValueError(f"config.search: {str(e).removeprefix('search: ')}") from None
+    return options
 
 
 def check_grid(config: Any) -> None:
@@ -78,13 +81,16 @@ def check_grid(config: Any) -> None:
         raise ValueError(f"config.seeds={config.seeds}: expected a non-empty list of integers")
     if config.rows_per_chunk < 1:
         raise ValueError(f"config.rows_per_chunk={config.rows_per_chunk}; expected >= 1")
+    if config.report.figure_seed >= 0 and config.report.figure_seed not in seeds:
+        raise ValueError(f"config.report.figure_seed={config.report.figure_seed}: not among "
+                         f"config.seeds={seeds}; expected one of them or -1 (the first)")
 
 
 def prepare(config: Any, workdir: str, images: Optional[inputs.Images] = None) -> Setup:
     """Checks the config and loads the model, images (unless given) and mask; fails before any
     search."""
     check_grid(config)
-    options = options_from(config)
+    options = options_from(config, config.lambdas)
     compared = sweep_report.load_compared(config.report.compare, ("distance", "lam"))
     raw_mask = inputs.read_mask(config)
     loaded = inputs.load(config, workdir, images)

@@ -83,7 +83,7 @@ def prepare(config: Any, workdir: str) -> tuple[list[str], dict[str, Any], input
     names = check_models(config)
     configs = {m: model_config(config, m) for m in names}
     invariance.check_grid(configs[names[0]])
-    invariance.options_from(configs[names[0]])
+    invariance.options_from(configs[names[0]], configs[names[0]].lambdas)
     images = inputs.load_images(configs[names[0]], workdir)
     for m in names:
         c = configs[m]
