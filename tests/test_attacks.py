@@ -163,6 +163,8 @@ def test_result_table(results):
     (dict(steps=0), "steps must be a positive integer"),
     (dict(step_size_hu=-1.0), "step_size_hu"),
     (dict(probe_hu=-1.0), "probe_hu must be >= 0"),
+    (dict(images=np.full((2, 8, 8), -2048.0)), r"128 pixel\(s\) outside the valid HU range"),
+    (dict(image_ids=[0, 1, 2]), r"image_ids: expected a scalar or 2 values"),
 ])
 def test_bad_inputs_fail_at_start(setup, kwargs, message):
     d = setup[0]
@@ -170,6 +172,19 @@ def test_bad_inputs_fail_at_start(setup, kwargs, message):
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         attacks.attack(args.pop("method"), d, args.pop("images"), args.pop("epsilons_hu"), **args)
+
+
+@pytest.mark.parametrize("method", ["fgsm", "pgd"])
+def test_an_image_attacked_alone_with_its_id_gets_what_it_got_in_the_batch(setup, results, method):
+    """The probe (FGSM) and the random start (PGD) are drawn per image id, not per position,
+    so that a job that attacks its images in chunks gets what one batch would."""
+    d, x, _ = setup
+    alone = attacks.attack(method, d, x[1:], EPS, image_ids=[1],
+                           **({} if method == "fgsm" else dict(steps=20)))
+    ref = results[method, False]
+    np.testing.assert_allclose(alone.perturbation, ref.perturbation[len(EPS):], atol=1e-4)
+    shifted = attacks.attack(method, d, x[1:], EPS, **({} if method == "fgsm" else dict(steps=20)))
+    assert not np.allclose(shifted.perturbation, ref.perturbation[len(EPS):], atol=1e-4)
 
 
 @pytest.mark.slow
@@ -186,5 +201,6 @@ def test_one_program_equals_step_by_step(setup, results, monkeypatch):
         np.testing.assert_allclose(r.metrics[k], v, rtol=1e-4, atol=1e-5)
     assert first["jit(_whole)"] == 1, dict(first)
     with common.count_compiles() as again:
-        attacks.bim(d, x[::-1] + 10.0, EPS, steps=20, step_size_hu=1.0, target=target[::-1])
+        attacks.bim(d, np.clip(x[::-1] + 10.0, ct.HU_MIN, ct.HU_MAX), EPS, steps=20,
+                    step_size_hu=1.0, target=target[::-1])
     assert not again, dict(again)

@@ -15,7 +15,8 @@ and the gradient is taken with respect to the HU input, so `sign` acts per HU pi
 
 Every step keeps `|delta| <= epsilon` and `x + delta` inside `[ct.HU_MIN, ct.HU_MAX]`:
 `delta <- clip(clip(delta + step, -eps, eps), HU_MIN - x, HU_MAX - x)`, and `adversarial` is
-`clip(x + delta, HU_MIN, HU_MAX)`, so both bounds hold exactly in float32.
+`clip(x + delta, HU_MIN, HU_MAX)`, so both bounds hold exactly in float32 (the images must lie
+inside the HU range: both cannot hold for a pixel outside it).
 
 Zero gradient at the start. The untargeted objective has a minimum at delta = 0, so its gradient
 there is exactly zero and FGSM (and BIM's first step) would do nothing. They therefore take their
@@ -222,10 +223,14 @@ def _whole(program: _Program, params, steps, keep_best, x, target, eps, alpha, s
 
 def _attack(method: str, denoiser: Denoiser, images: Any, epsilons_hu: Any, *, steps: int,
             step_size_hu: Optional[float], seed: int, target: Any, mesh: Any,
-            probe_hu: Optional[float], keep_best: bool = True) -> AttackResult:
+            probe_hu: Optional[float], keep_best: bool = True, image_ids: Any = None
+            ) -> AttackResult:
     if method not in METHODS:
         raise ValueError(f"unknown attack method {method!r}; expected one of {', '.join(METHODS)}")
     x = arrays.check_images(images)
+    arrays.check_hu_range(x)
+    ids = arrays.broadcast("image_ids", np.arange(len(x)) if image_ids is None else image_ids,
+                           len(x), np.int64)
     eps = _check_epsilons(epsilons_hu)
     if int(steps) != steps or steps < 1:
         raise ValueError(f"{method}: steps must be a positive integer, got {steps}")
@@ -251,10 +256,10 @@ def _attack(method: str, denoiser: Denoiser, images: Any, epsilons_hu: Any, *, s
         alpha = np.full_like(row_eps, step_size_hu)
     zeros = np.zeros_like(x)
     if method == "pgd":
-        unit = np.stack([np.asarray(pgd_start(seed, i, (h, w))) for i in range(n)])
+        unit = np.stack([np.asarray(pgd_start(seed, int(i), (h, w))) for i in ids])
         start, probes = unit[image_index] * row_eps[:, None, None], zeros[image_index]
     else:
-        probes = (np.stack([np.asarray(probe(seed, i, (h, w), probe_hu)) for i in range(n)])
+        probes = (np.stack([np.asarray(probe(seed, int(i), (h, w), probe_hu)) for i in ids])
                   if probe_hu > 0 else zeros)
         start, probes = zeros[image_index], probes[image_index]
     b = len(row_eps)
@@ -287,7 +292,8 @@ def _attack(method: str, denoiser: Denoiser, images: Any, epsilons_hu: Any, *, s
 
 
 def fgsm(denoiser: Denoiser, images: Any, epsilons_hu: Any, *, target: Any = None,
-         mesh: Any = None, seed: int = 0, probe_hu: Optional[float] = None) -> AttackResult:
+         mesh: Any = None, seed: int = 0, probe_hu: Optional[float] = None,
+         image_ids: Any = None) -> AttackResult:
     """Fast gradient sign method: `delta = epsilon * sign(grad)`, clipped to the HU range.
 
     Args:
@@ -297,15 +303,18 @@ def fgsm(denoiser: Denoiser, images: Any, epsilons_hu: Any, *, target: Any = Non
       target: None (untargeted) or output images `[H, W]` / `[N, H, W]` HU to move towards.
       mesh: device mesh (default: all devices).
       seed, probe_hu: the probe of an untargeted attack (module docstring; `probe`).
+      image_ids: `[N]` the images' indices that seed their probe or PGD start (default 0..N-1):
+        attacking a data set in parts, pass each image's index in it, so that an image's result
+        does not depend on the part it came in.
     """
     return _attack("fgsm", denoiser, images, epsilons_hu, steps=1, step_size_hu=None, seed=seed,
-                   target=target, mesh=mesh, probe_hu=probe_hu)
+                   target=target, mesh=mesh, probe_hu=probe_hu, image_ids=image_ids)
 
 
 def bim(denoiser: Denoiser, images: Any, epsilons_hu: Any, *, steps: int = 10,
         step_size_hu: Optional[float] = None, target: Any = None, mesh: Any = None,
-        seed: int = 0, probe_hu: Optional[float] = None, keep_best: bool = True
-        ) -> AttackResult:
+        seed: int = 0, probe_hu: Optional[float] = None, keep_best: bool = True,
+        image_ids: Any = None) -> AttackResult:
     """Basic iterative method: `steps` FGSM steps of `step_size_hu` (default 2.5 eps / steps),
     each projected onto the budget and the HU range; starts at delta = 0.
 
@@ -315,17 +324,17 @@ def bim(denoiser: Denoiser, images: Any, epsilons_hu: Any, *, steps: int = 10,
     (one step of size epsilon is then FGSM). Other arguments as `fgsm`."""
     return _attack("bim", denoiser, images, epsilons_hu, steps=steps, step_size_hu=step_size_hu,
                    seed=seed, target=target, mesh=mesh, probe_hu=probe_hu,
-                   keep_best=keep_best)
+                   keep_best=keep_best, image_ids=image_ids)
 
 
 def pgd(denoiser: Denoiser, images: Any, epsilons_hu: Any, *, steps: int = 10,
         step_size_hu: Optional[float] = None, seed: int = 0, target: Any = None,
-        mesh: Any = None, keep_best: bool = True) -> AttackResult:
+        mesh: Any = None, keep_best: bool = True, image_ids: Any = None) -> AttackResult:
     """Projected gradient descent: BIM from a uniform random start in the budget (`pgd_start`,
     drawn from `seed`, the same direction for every budget of an image). Arguments as `bim`."""
     return _attack("pgd", denoiser, images, epsilons_hu, steps=steps, step_size_hu=step_size_hu,
                    seed=seed, target=target, mesh=mesh, probe_hu=0.0,
-                   keep_best=keep_best)
+                   keep_best=keep_best, image_ids=image_ids)
 
 
 def attack(method: str, denoiser: Denoiser, images: Any, epsilons_hu: Any,

@@ -155,7 +155,7 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
         idx = np.array([i for _, i in picked])
         target = None if setup.target is None else setup.target[idx]
         result = attacks.attack(method, loaded.denoiser, loaded.images[idx], eps, target=target,
-                                mesh=mesh, **_kwargs(config, method))
+                                mesh=mesh, image_ids=idx, **_kwargs(config, method))
         callback(1)
         records = []
         first_row = units.start * len(eps)
