@@ -22,7 +22,8 @@ AXIAL = (1, 0, 0, 0, 1, 0)
 
 
 def write_ct(path, pixels, *, z, instance, slope=1.0, intercept=-1024.0, patient="L001",
-             modality="CT", orientation=AXIAL, drop=(), spacing=(0.7, 0.7), size=None):
+             modality="CT", orientation=AXIAL, drop=(), spacing=(0.7, 0.7), size=None,
+             series="1.2.3.4"):
     """Writes one CT slice the way a scanner does (explicit VR little endian, CT Image Storage)."""
     pixels = np.asarray(pixels)
     meta = FileMetaDataset()
@@ -36,7 +37,7 @@ def write_ct(path, pixels, *, z, instance, slope=1.0, intercept=-1024.0, patient
     ds.PatientID = patient
     ds.Modality = modality
     ds.StudyInstanceUID = "1.2.3"
-    ds.SeriesInstanceUID = "1.2.3.4"
+    ds.SeriesInstanceUID = series
     ds.InstanceNumber = instance
     normal = np.cross(orientation[:3], orientation[3:])
     ds.ImagePositionPatient = [round(float(v), 4) for v in [-100.0, -120.0, 0.0] + z * normal]
@@ -58,7 +59,9 @@ def write_ct(path, pixels, *, z, instance, slope=1.0, intercept=-1024.0, patient
 
 
 def write_series(folder, raws, zs, rng, **kw):
-    """One file per slice, shuffled file names, instance numbers in position order."""
+    """One file per slice, shuffled file names, instance numbers in position order; a
+    SeriesInstanceUID of its own unless given."""
+    kw.setdefault("series", generate_uid())
     os.makedirs(folder, exist_ok=True)
     names = [f"1-{n:03d}.dcm" for n in rng.sample(range(1, 999), len(raws))]
     for k, (raw, z) in enumerate(zip(raws, zs)):
@@ -139,7 +142,11 @@ def test_load_scans_mayo_and_dicom_sources(tmp_path):
     cfg.low_dir = os.path.join(study, "1.000000-Low Dose Images-43276")
     (pair,) = data_job.load_scans(cfg, str(tmp_path / "work"))
     np.testing.assert_array_equal(pair.low, scan.low)
-    assert pair.patient == "L004" and pair.anatomy == "unknown"
+    assert pair.patient == "L004" and pair.anatomy == "unknown" and pair.dose_fraction is None
+    with cfg.unlocked():
+        cfg.anatomy, cfg.dose_fraction = "abdomen", 0.25
+    (pair,) = data_job.load_scans(cfg, str(tmp_path / "work"))
+    assert (pair.anatomy, pair.dose_fraction) == ("abdomen", 0.25)
     cfg.full_dir = cfg.low_dir = ""
     cfg.root = root  # generic: one folder per patient, pair found by name
     (generic,) = data_job.load_scans(cfg, str(tmp_path / "work"))
@@ -297,6 +304,54 @@ def test_skip_bad_drops_the_partner_of_a_skipped_slice(tmp_path):
     np.testing.assert_allclose(scan.positions, np.delete(0.8 * np.arange(4), 1))
 
 
+def test_skip_bad_does_not_pair_series_at_other_positions(tmp_path):
+    """One skipped slice excuses one missing pair, not a low-dose series 0.4 mm off."""
+    full, _ = series(tmp_path, "full", n=6)
+    folder = str(tmp_path / "low")
+    raws = [np.full((6, 8), 1024, np.uint16)] * 6
+    files = write_series(folder, raws, 0.4 + 0.8 * np.arange(6), random.Random(5))
+    open(os.path.join(folder, files[0]), "w").write("garbage")
+    with pytest.raises(dicom.DicomError, match=r"full dose .*full \(6 slices\) and low dose "
+                       r".*low \(5 slices\) are not at the same positions: 0 slices pair up, "
+                       r"where 1 skipped slice\(s\) explain at most 1 missing pair"):
+        dicom.load_pairs(full, folder, cache_dir=str(tmp_path / "c"), skip_bad=True)
+
+
+def test_a_series_paired_with_itself_fails(tmp_path):
+    full, files = series(tmp_path, "full", n=3)
+    with pytest.raises(dicom.DicomError, match=r"are the same folder"):
+        dicom.load_pairs(full, full + "/", cache_dir=str(tmp_path / "c"))
+    copy = str(tmp_path / "copy")
+    shutil.copytree(full, copy)
+    with pytest.raises(dicom.DicomError, match=r"hold the same series \(SeriesInstanceUID "):
+        dicom.load_pairs(full, copy, cache_dir=str(tmp_path / "c"))
+
+
+def test_a_killed_cache_write_leaves_no_temporary_behind(tmp_path):
+    from ldct_jax import files as files_lib
+    full, _ = series(tmp_path, "full", n=3)
+    cache = tmp_path / "c"
+    cache.mkdir()
+    # The name a write of a process that no longer runs leaves (files.py's temporaries).
+    stale = cache / f".full.npy{files_lib._TMP}999999999-0"
+    stale.write_bytes(b"x" * 100)
+    dicom.read_series(full, str(cache))
+    assert not stale.exists()
+
+
+def test_folders_that_are_not_read_are_named(tmp_path, caplog):
+    root = make_tree(str(tmp_path / "mayo"), patients={"L004": TREE["L004"]})
+    os.makedirs(os.path.join(root, "l003"))
+    caplog.set_level(logging.WARNING)
+    dicom.load_mayo(root, cache_dir=str(tmp_path / "cache"))
+    assert "not reading folder(s) ['l003']: not Mayo patient ids" in caplog.text
+    os.makedirs(os.path.join(root, "P9", "FD"))
+    open(os.path.join(root, "P9", "FD", "1.dcm"), "w").write("x")
+    dicom.load_dicom_pairs(root, cache_dir=str(tmp_path / "cache"))
+    assert re.search(r"not reading folder\(s\) \['P9', 'l003'\]: no full/low dose series "
+                     r"folder pair", caplog.text)
+
+
 def test_cache_is_used_then_invalidated_by_a_changed_file(tmp_path, monkeypatch):
     folder, files = series(tmp_path, "s")
     cache = str(tmp_path / "cache")
@@ -358,3 +413,20 @@ def test_load_scans_synthetic_dispatch_and_unknown_source(tmp_path, monkeypatch)
     cfg.source = "nifti"
     with pytest.raises(ValueError, match=r"config\.data\.source='nifti'; expected one of"):
         data_job.load_scans(cfg, str(tmp_path))
+    # Names are checked before anything is built.
+    cfg.source, cfg.anatomies = "synthetic", ("chets",)
+    with pytest.raises(ValueError, match=r"config\.data\.anatomies=\('chets',\): unknown "
+                                         r"\['chets'\]; expected some of \('chest', "):
+        data_job.load_scans(cfg, str(tmp_path))
+    cfg.anatomies = ("chest",)
+    cfg.synthetic.anatomies = ("head",)
+    with pytest.raises(ValueError, match=r"none of them is in the synthetic set"):
+        data_job.load_scans(cfg, str(tmp_path))
+    assert len(calls) == 1
+    dicom_cfg = ml_collections.ConfigDict(dict(source="dicom", root=str(tmp_path),
+                                               anatomy="lung", dose_fraction=0.25))
+    with pytest.raises(ValueError, match=r"config\.data\.anatomy='lung'; expected one of"):
+        data_job.load_scans(dicom_cfg, str(tmp_path))
+    dicom_cfg.anatomy, dicom_cfg.dose_fraction = "chest", 25.0
+    with pytest.raises(ValueError, match=r"config\.data\.dose_fraction=25\.0; expected"):
+        data_job.load_scans(dicom_cfg, str(tmp_path))

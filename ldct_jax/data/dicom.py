@@ -258,6 +258,7 @@ def read_series(folder: str, cache_dir: Optional[str] = None, *, skip_bad: bool 
                 files=[os.path.basename(s.path) for s in slices], skipped=skipped,
                 n_skipped=len(skipped), source=source)
     os.makedirs(cache_dir, exist_ok=True)
+    files.remove_stale_temps(cache_dir)  # a killed earlier write's (hundreds of MB)
     # The json goes last: it is what marks the cache entry valid.
     _write_volume(npy, slices)
     files.write_json(meta_path, meta)
@@ -290,8 +291,14 @@ def load_pairs(full_dir: str, low_dir: str, *, patient: Optional[str] = None,
       DicomError: series that do not pair (naming both folders and the first mismatching
         position) or of different image sizes.
     """
+    if os.path.realpath(full_dir) == os.path.realpath(low_dir):
+        raise DicomError(f"full dose {full_dir} and low dose {low_dir} are the same folder; "
+                         "expected two series of one patient")
     full, zf, mf = read_series(full_dir, cache_dir, skip_bad=skip_bad)
     low, zl, ml = read_series(low_dir, cache_dir, skip_bad=skip_bad)
+    if mf.get("series_uid") and mf.get("series_uid") == ml.get("series_uid"):
+        raise DicomError(f"full dose {full_dir} and low dose {low_dir} hold the same series "
+                         f"(SeriesInstanceUID {mf['series_uid']}); expected two series")
     if full.shape[1:] != low.shape[1:]:
         raise DicomError(f"full dose {full_dir} has {full.shape[1]}x{full.shape[2]} images, "
                          f"low dose {low_dir} {low.shape[1]}x{low.shape[2]}")
@@ -323,6 +330,14 @@ def load_pairs(full_dir: str, low_dir: str, *, patient: Optional[str] = None,
             rivals = np.flatnonzero(near & (jl == j))
             near[rivals[np.argsort(gap[rivals], kind="stable")[1:]]] = False
         jf = np.flatnonzero(near)
+        # A skipped slice costs at most its own pair: series at other positions stay an error.
+        skipped = mf["n_skipped"] + ml["n_skipped"]
+        if not len(jf) or len(jf) < min(len(zf), len(zl)) - skipped:
+            raise DicomError(
+                f"full dose {full_dir} ({len(zf)} slices) and low dose {low_dir} ({len(zl)} "
+                f"slices) are not at the same positions: {len(jf)} slices pair up, where "
+                f"{skipped} skipped slice(s) explain at most {skipped} missing pair(s); first "
+                f"mismatch at {_first_mismatch(zf, zl)}")
         logging.warning("pairing %s with %s: dropped %d full and %d low slices without partner",
                         full_dir, low_dir, len(zf) - len(jf), len(zl) - len(jf))
         full, low, zf = full[jf], low[jl[near]], zf[jf]
@@ -419,8 +434,11 @@ def load_mayo(root: str, anatomies: Optional[Sequence[str]] = None, *,
     if wanted - known:
         raise ValueError(f"unknown anatomies {sorted(wanted - known)}; expected some of "
                          f"{sorted(known)}")
-    patients = sorted(d for d in os.listdir(root) if re.fullmatch(r"[CLN]\d+\w*", d)
-                      and os.path.isdir(os.path.join(root, d)))
+    folders = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    patients = [d for d in folders if re.fullmatch(r"[CLN]\d+\w*", d)]
+    if len(patients) < len(folders):
+        logging.warning("%s: not reading folder(s) %s: not Mayo patient ids (C, L or N and "
+                        "digits)", root, sorted(set(folders) - set(patients)))
     if not patients:
         raise DicomError(f"no Mayo patients under {root} (found {sorted(os.listdir(root))[:5]}); "
                          f"expected {MAYO_LAYOUT}")
@@ -452,8 +470,13 @@ def load_dicom_pairs(root: str, *, anatomy: str = "unknown",
         name = os.path.basename(os.path.normpath(root))
         return _scans_of(os.path.dirname(os.path.normpath(root)), [name], full_pattern,
                          low_pattern, info, **kw)
-    patients = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))
-                      and find_series_pairs(os.path.join(root, d), full_pattern, low_pattern))
+    folders = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    patients = [d for d in folders
+                if find_series_pairs(os.path.join(root, d), full_pattern, low_pattern)]
+    if patients and len(patients) < len(folders):
+        logging.warning("%s: not reading folder(s) %s: no full/low dose series folder pair in "
+                        "them (names matching %r and %r)", root,
+                        sorted(set(folders) - set(patients)), full_pattern, low_pattern)
     if not patients:
         raise DicomError(f"no full/low dose series folder pairs under {root}: expected "
                          f"<root>/<patient>/.../<full dose folder>/*.dcm next to "
