@@ -383,9 +383,18 @@ def test_unknown_key_is_rejected_by_the_locked_config():
      r"config.optimizer.lr_range is missing: bilateral trains its range sigmas"),
     (lambda: _supervised_cfg("bilateral", optimizer__lr_range=0.0),
      r"config.optimizer.lr_range=0.0 must be > 0"),
+    (lambda: cnn10_cfg(data__held_out_patients=-1),
+     r"config.data.held_out_patients=-1; expected >= 0"),
+    (lambda: cnn10_cfg(data__held_out_patients=2),
+     r"config.data.held_out_patients=2 leaves no patient to train on: the synthetic set has 2 "
+     r"per anatomy"),
+    (lambda: cnn10_cfg(data__source="dicom", data__full_dir="/", data__low_dir="/tmp"),
+     r"config.data.held_out_patients=1, but one series pair .* is one patient"),
+    (lambda: cnn10_cfg(data__anatomies=("chets",)), r"config.data.anatomies=\('chets',\)"),
 ], ids=["patch", "batch", "no-root", "missing-root", "source", "dicom-pair", "steps", "beta",
         "critic", "tap", "schedule", "mse", "redcnn-patch", "transct-patch", "transct-patch-0",
-        "bilateral-no-lr-range", "bilateral-lr-range"])
+        "bilateral-no-lr-range", "bilateral-lr-range", "held-out-negative", "held-out-all",
+        "held-out-one-pair", "anatomy-typo"])
 def test_bad_config_fails_at_start(cfg, message, tmp_path):
     wd = tmp_path / "run"
     with pytest.raises(ValueError, match=message):

@@ -116,7 +116,8 @@ def data_config(**synthetic_overrides) -> ml_collections.ConfigDict:
     """Where the CT data comes from; read by `ldct_jax.jobs.data.load_scans`.
 
     source: 'synthetic' (embedded, built on first use), 'mayo' (TCIA layout under `root`) or
-      'dicom' (a pair of full/low dose series folders, `full_dir` and `low_dir`).
+      'dicom' (a pair of full/low dose series folders, `full_dir` and `low_dir`, or a folder of
+      pairs, `root`; `anatomy` and `dose_fraction` describe them).
     root: data set directory; '' means `<workdir>/data` for the synthetic set.
     synthetic: every parameter of `ldct_jax.data.synthetic.build` (its defaults, then
       `synthetic_overrides`), so that each can be overridden on the command line.
@@ -131,6 +132,8 @@ def data_config(**synthetic_overrides) -> ml_collections.ConfigDict:
         full_dir="",
         low_dir="",
         anatomies=("chest", "abdomen", "head"),
+        anatomy="unknown",     # source='dicom': the anatomy of every pair (its display window)
+        dose_fraction=0.0,     # source='dicom': low dose / routine dose (0: unknown)
         cache_dir="",          # '' -> a cache folder inside the workdir
         skip_bad_slices=False,  # skip unreadable slices (each is logged and counted)
         held_out_patients=1,   # per anatomy, whole patients kept for evaluation

@@ -28,6 +28,30 @@ def _dir_key(data_config: Any, key: str) -> str:
     return value
 
 
+def check_data_config(data_config: Any) -> None:
+    """The values of `config.data` that name things, before any data is built or read."""
+    from ldct_jax.data import synthetic
+    if data_config.source not in SOURCES:
+        raise ValueError(f"config.data.source={data_config.source!r}; expected one of {SOURCES}")
+    anatomies = tuple(data_config.get("anatomies", ()) or ())
+    known = synthetic.ANATOMIES
+    if set(anatomies) - set(known):
+        raise ValueError(f"config.data.anatomies={anatomies}: unknown "
+                         f"{sorted(set(anatomies) - set(known))}; expected some of {known}")
+    if data_config.source == "synthetic" and anatomies:
+        built = tuple(data_config.get("synthetic", {}).get("anatomies", known))
+        if not set(anatomies) & set(built):
+            raise ValueError(f"config.data.anatomies={anatomies}: none of them is in the "
+                             f"synthetic set (config.data.synthetic.anatomies={built})")
+    if data_config.source == "dicom":
+        if data_config.get("anatomy", "unknown") not in known + ("unknown",):
+            raise ValueError(f"config.data.anatomy={data_config.anatomy!r}; expected one of "
+                             f"{known + ('unknown',)}")
+        if not 0 <= data_config.get("dose_fraction", 0.0) <= 1:
+            raise ValueError(f"config.data.dose_fraction={data_config.dose_fraction}; expected "
+                             "the low dose's fraction of the routine dose, in (0, 1] (0: unknown)")
+
+
 def load_scans(data_config: Any, workdir: str) -> list[Scan]:
     """Loads the scans described by `config.data` (see `ldct_jax.jobs.configs.data_config`).
 
@@ -42,6 +66,7 @@ def load_scans(data_config: Any, workdir: str) -> list[Scan]:
       Scans sorted by patient, restricted to `anatomies` (not for 'dicom', whose anatomy is
       whatever the config says).
     """
+    check_data_config(data_config)
     source = data_config.source
     anatomies = tuple(data_config.get("anatomies", ()) or ())
     if source == "synthetic":
@@ -59,15 +84,13 @@ def load_scans(data_config: Any, workdir: str) -> list[Scan]:
             raise ValueError(f"synthetic data set {root} has no {list(anatomies)} patients "
                              "(config.data.anatomies)")
         return scans
-    if source not in SOURCES:
-        raise ValueError(f"config.data.source={source!r}; expected one of {SOURCES}")
     from ldct_jax.data import dicom
     cache_dir = data_config.get("cache_dir", "") or os.path.join(workdir, "cache")
     kw = dict(cache_dir=cache_dir, skip_bad=bool(data_config.get("skip_bad_slices", False)))
     if source == "mayo":
         return dicom.load_mayo(_dir_key(data_config, "root"), anatomies or None, **kw)
     info = dict(anatomy=data_config.get("anatomy", "unknown"),
-                dose_fraction=data_config.get("dose_fraction", None))
+                dose_fraction=data_config.get("dose_fraction", 0.0) or None)
     if data_config.get("full_dir") or data_config.get("low_dir"):
         return [dicom.load_pairs(_dir_key(data_config, "full_dir"),
                                  _dir_key(data_config, "low_dir"), **info, **kw)]

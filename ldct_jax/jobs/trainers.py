@@ -130,9 +130,7 @@ def check_loop(config, checkpoints: str = "checkpoint") -> None:
 def check_data(config) -> None:
     """config.data names data that can exist, and the patches fit synthetic images."""
     data = config.data
-    if data.source not in data_job.SOURCES:
-        raise ValueError(f"config.data.source={data.source!r}; expected one of "
-                         f"{data_job.SOURCES}")
+    data_job.check_data_config(data)
     if data.source == "dicom" and (data.full_dir or data.low_dir):
         for key in ("full_dir", "low_dir"):
             if not data[key]:
@@ -148,6 +146,17 @@ def check_data(config) -> None:
         path = data.get(key)
         if data.source != "synthetic" and path and not os.path.isdir(path):
             raise ValueError(f"config.data.{key}={path!r} is not a directory")
+    held = data.held_out_patients
+    if held < 0:
+        raise ValueError(f"config.data.held_out_patients={held}; expected >= 0 (per anatomy)")
+    if data.source == "synthetic" and held >= data.synthetic.patients_per_anatomy:
+        raise ValueError(f"config.data.held_out_patients={held} leaves no patient to train on: "
+                         f"the synthetic set has {data.synthetic.patients_per_anatomy} per "
+                         "anatomy (config.data.synthetic.patients_per_anatomy)")
+    if data.source == "dicom" and data.full_dir and held:
+        raise ValueError(f"config.data.held_out_patients={held}, but one series pair "
+                         "(config.data.full_dir, low_dir) is one patient: set it to 0 (no "
+                         "held-out set) or use config.data.root with several patients")
     if data.source == "synthetic" and config.patch_size > data.synthetic.size:
         raise ValueError(f"config.patch_size={config.patch_size} is larger than the synthetic "
                          f"images (config.data.synthetic.size={data.synthetic.size})")
