@@ -234,10 +234,12 @@ def test_changed_config_is_refused(image_file, uninterrupted):
     (dict(search=dict(lambda_steps=40)), ValueError,
      r"config\.search: iterations \(20\) end before lambda_steps \(40\): rows with lambda "
      r"below lambda_start \(0\.01\), here 0\.0001"),
+    (dict(anatomy="lung"), ValueError, r"config\.anatomy='lung'; expected one of \('chest', "),
     (dict(report=dict(figure_seed=3)), ValueError,
      r"config\.report\.figure_seed=3: not among config\.seeds=\[0\]"),
     (dict(images="EMPTY"), ValueError, r"empty\.npy.*no pixels \(shape \(0, 64, 64\)\)"),
-    (dict(images="TINY"), ValueError, r"images of 8x8 px are smaller than SSIM \(the input_ssim "
+    (dict(images="TINY"), ValueError, r"config\.images=.*tiny\.npy.*: search: images of 8x8 px "
+                                      r"are smaller than SSIM \(the input_ssim "
                                       r"metric\) needs \(11x11 px\)"),
     (dict(mask="PICKLED"), ValueError, r"config\.mask=.*pickled\.npy': not a plain \.npy array "
                                        r"\(expected a \.npy of 0/1.*pickled object arrays are "

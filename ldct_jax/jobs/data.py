@@ -28,6 +28,14 @@ def _dir_key(data_config: Any, key: str) -> str:
     return value
 
 
+def check_anatomy(key: str, value: str) -> None:
+    """`config.<key>` names an anatomy of the synthetic set, or 'unknown'."""
+    from ldct_jax.data import synthetic
+    known = synthetic.ANATOMIES + ("unknown",)
+    if value not in known:
+        raise ValueError(f"config.{key}={value!r}; expected one of {known}")
+
+
 def check_data_config(data_config: Any) -> None:
     """The values of `config.data` that name things, before any data is built or read."""
     from ldct_jax.data import synthetic
@@ -44,9 +52,7 @@ def check_data_config(data_config: Any) -> None:
             raise ValueError(f"config.data.anatomies={anatomies}: none of them is in the "
                              f"synthetic set (config.data.synthetic.anatomies={built})")
     if data_config.source == "dicom":
-        if data_config.get("anatomy", "unknown") not in known + ("unknown",):
-            raise ValueError(f"config.data.anatomy={data_config.anatomy!r}; expected one of "
-                             f"{known + ('unknown',)}")
+        check_anatomy("data.anatomy", data_config.get("anatomy", "unknown"))
         if not 0 <= data_config.get("dose_fraction", 0.0) <= 1:
             raise ValueError(f"config.data.dose_fraction={data_config.dose_fraction}; expected "
                              "the low dose's fraction of the routine dose, in (0, 1] (0: unknown)")

@@ -106,6 +106,8 @@ def load_images(config: Any, workdir: str, scans: Optional[list] = None) -> "Ima
         path = config.images
         raw = load_npy("images", path, "a .npy of HU, [H, W] or [N, H, W]")
         images = arrays.check_images(raw, f"config.images={path!r}")
+        from ldct_jax.jobs import data as data_job
+        data_job.check_anatomy("anatomy", config.anatomy)
         anatomy = [str(config.anatomy)] * len(images)
         source = [f"{os.path.basename(path)}[{i}]" for i in range(len(images))]
     else:

@@ -94,7 +94,8 @@ def prepare(config: Any, workdir: str, images: Optional[inputs.Images] = None) -
     compared = sweep_report.load_compared(config.report.compare, ("distance", "lam"))
     raw_mask = inputs.read_mask(config)
     loaded = inputs.load(config, workdir, images)
-    search.check_image_size(loaded.images.shape, [str(d) for d in config.distances])
+    with configs.naming(*(("images", config.images) if config.images else ("crop", config.crop))):
+        search.check_image_size(loaded.images.shape, [str(d) for d in config.distances])
     mask = inputs.fit_mask(config, raw_mask, loaded.images.shape)
     notes = {}
     vgg = None
