@@ -375,7 +375,9 @@ def result_table(result: SearchResult) -> list[Mapping[str, Any]]:
     """One dict per row: the row's settings and its metrics (plain Python types)."""
     out = []
     for i in range(len(result.rows.lam)):
-        row = dict(image_index=int(result.rows.image_index[i]), lam=float(result.rows.lam[i]),
+        # lam as written (0.01, not float32's 0.009999999776), so that tables filter on it.
+        row = dict(image_index=int(result.rows.image_index[i]),
+                   lam=float(str(np.float32(result.rows.lam[i]))),
                    distance=str(result.rows.distance[i]), seed=int(result.rows.seed[i]))
         row.update({k: float(result.metrics[k][i]) for k in METRICS})
         row["iterations"] = int(result.stopped[i])
