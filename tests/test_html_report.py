@@ -30,7 +30,8 @@ def page(tmp_path_factory):
     rng = np.random.default_rng(0)
     x = rng.normal(40, 30, (300, 300)).astype(np.float32)
     dx = rng.normal(0, 5, (300, 300)).astype(np.float32)
-    rows = [[report.Panel("x", x, "abdomen"), report.Panel("x_inv", dx, "diff")]] * 2
+    rows = [[report.Panel("x", x, "abdomen"), report.Panel("f difference", dx, "diff"),
+             report.Panel("x_inv", dx, report.perturbation_window(dx))]] * 2
     plot = report.save_scatter(str(d / "changes.png"), [
         report.Point(r["input_rms_hu"], r["output_rms_hu"], r["model"], r["distance"],
                      f"{r['lam']:g}") for r in ROWS], "input", "output", "changes")
@@ -41,11 +42,24 @@ def page(tmp_path_factory):
 @pytest.mark.slow
 def test_page_shows_every_figure_and_row_in_its_window(page):
     shown = check_report(page, figures=2, rows=4)
-    assert shown.canvases == 4 and shown.images == 1
-    # Each panel drawn in its own window until another is picked.
-    assert shown.bounds == ["[-150, 250] HU", "[-50, 50] HU"] * 2
+    assert shown.canvases == 6 and shown.images == 1
+    # Each panel drawn in its own window until another is picked; a perturbation's window
+    # (+-3 RMS of 5 HU, rounded up to 20) follows no button.
+    assert shown.bounds == ["[-150, 250] HU", "[-50, 50] HU", "[-20, 20] HU"] * 2
     shown = check_report(page, figures=2, rows=4, fragment="#anatomy=lung&diff=20")
-    assert shown.bounds == ["[-1350, 150] HU", "[-10, 10] HU"] * 2
+    assert shown.bounds == ["[-1350, 150] HU", "[-10, 10] HU", "[-20, 20] HU"] * 2
+    shown = check_report(page, figures=2, rows=4, fragment="#anatomy=diff")
+    assert shown.bounds == ["[-150, 250] HU", "[-50, 50] HU", "[-20, 20] HU"] * 2
+
+
+@pytest.mark.parametrize("images, window", [
+    ((np.full((4, 4), 5.0),), (0.0, 10.0)),               # max |x| = 5 < 3 RMS: +-5
+    ((np.array([[0.0, 0.0, 0.0, 7.0]]),), (0.0, 20.0)),   # 3 RMS = 10.5 > 7: +-10 (1-2-5)
+    ((np.full((2, 2), 300.0), np.full((2, 2), -40.0)), (0.0, 1000.0)),  # the largest: +-500
+    ((np.zeros((2, 2)),), (0.0, 2.0)),
+])
+def test_perturbation_window_is_three_rms_at_most_the_peak_rounded_up(images, window):
+    assert report.perturbation_window(*images) == pytest.approx(window)
 
 
 @pytest.mark.slow

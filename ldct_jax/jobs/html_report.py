@@ -5,7 +5,8 @@ steps at most) that the page windows itself, so the anatomy window (as read, lun
 head) and the difference window can be switched for every figure at once; plots are embedded
 PNGs. The summary table sorts by any column (click its header). The address can set both:
 `index.html#sort=-ratio&anatomy=lung&diff=20` (descending by ratio, lung window, +-10 HU
-differences). Images wider than
+differences), and follows what is clicked. Perturbations have a window of their own, sized to
+them (`report.perturbation_window`). Images wider than
 `MAX_SIDE` pixels are shown block-averaged (the PNGs in figures/ keep every pixel).
 """
 
@@ -64,8 +65,12 @@ def _encode(image: np.ndarray) -> dict[str, Any]:
 
 
 def _panel_window(panel: report.Panel) -> tuple[str, list[float]]:
-    """('anatomy' | 'diff', [low, high]) of a panel."""
-    kind = "diff" if panel.window == "diff" else "anatomy"
+    """('anatomy' | 'diff' | 'own', [low, high]) of a panel: a named window follows the page's
+    buttons of its kind; a (centre, width) one (a perturbation's) stays as it is."""
+    if isinstance(panel.window, str):
+        kind = "diff" if panel.window == "diff" else "anatomy"
+    else:
+        kind = "own"
     return kind, list(ct.window_bounds(panel.window))
 
 
@@ -146,7 +151,8 @@ def write(report_dir: str, title: str, columns: Sequence[str],
         title=html.escape(title), config=config, table=_table_html(columns, table),
         figures=body, controls=controls, count=len(figures),
         arrays=json.dumps(arrays).replace("</", "<\\/"),
-        windows=json.dumps({w: ct.window_bounds(w) for w in ANATOMY_WINDOWS}), script=_SCRIPT)
+        windows=json.dumps({w: ct.window_bounds(w) for w in ANATOMY_WINDOWS + ("diff",)}),
+        script=_SCRIPT)
     path = os.path.join(report_dir, "index.html")
     files.write_text(path, page)
     return path
@@ -188,7 +194,8 @@ window.addEventListener("error", e => {
   document.body.dataset.errors = (document.body.dataset.errors || "") + e.message + "\n"; });
 const arrays = JSON.parse(document.getElementById("arrays").textContent);
 const WINDOWS = JSON.parse(document.getElementById("windows").textContent);
-const state = {anatomy: "as read", diff: null};
+const DIFF = WINDOWS.diff[1] - WINDOWS.diff[0];  // the difference window's width, as read
+const state = {anatomy: "as read", diff: DIFF, sort: ""};
 const decoded = {};
 
 async function decode(key) {
@@ -203,9 +210,8 @@ async function decode(key) {
 }
 
 function bounds(canvas) {
-  if (canvas.dataset.kind === "diff")
-    return state.diff === null ? JSON.parse(canvas.dataset.window)
-                               : [-state.diff / 2, state.diff / 2];
+  if (canvas.dataset.kind === "own") return JSON.parse(canvas.dataset.window);
+  if (canvas.dataset.kind === "diff") return [-state.diff / 2, state.diff / 2];
   return state.anatomy === "as read" ? JSON.parse(canvas.dataset.window) : WINDOWS[state.anatomy];
 }
 
@@ -232,6 +238,15 @@ function redraw() {
     b => b.classList.toggle("on", Number(b.dataset.diff) === state.diff));
 }
 
+// The address follows the view, so that a copied link opens what is on the screen.
+function remember() {
+  const p = new URLSearchParams();
+  if (state.sort) p.set("sort", state.sort);
+  if (state.anatomy !== "as read") p.set("anatomy", state.anatomy);
+  if (state.diff !== DIFF) p.set("diff", state.diff);
+  try { history.replaceState(null, "", "#" + p.toString()); } catch (e) { /* file: rules */ }
+}
+
 // Numbers by value (NaN after every number), text alphabetically.
 function compare(x, y) {
   if (typeof x !== "number" || typeof y !== "number") return String(x).localeCompare(String(y));
@@ -244,6 +259,7 @@ function sortBy(th) {
   const ascending = !th.classList.contains("asc");
   table.querySelectorAll("th").forEach(h => h.classList.remove("asc", "desc"));
   th.classList.add(ascending ? "asc" : "desc");
+  state.sort = (ascending ? "" : "-") + th.textContent;
   const key = row => {
     const cell = row.children[index];
     return cell.dataset.value !== undefined ? Number(cell.dataset.value) : cell.textContent;
@@ -256,21 +272,30 @@ function sortBy(th) {
 }
 
 document.querySelectorAll("#summary th").forEach(
-  th => th.addEventListener("click", () => sortBy(th)));
+  th => th.addEventListener("click", () => { sortBy(th); remember(); }));
 document.querySelectorAll("button[data-anatomy]").forEach(b => b.addEventListener("click", () => {
-  state.anatomy = b.dataset.anatomy; redraw(); }));
+  state.anatomy = b.dataset.anatomy; redraw(); remember(); }));
 document.querySelectorAll("button[data-diff]").forEach(b => b.addEventListener("click", () => {
-  state.diff = Number(b.dataset.diff); redraw(); }));
-// The address may open the page sorted and windowed: #sort=column (-column: descending),
-// &anatomy=lung|abdomen|head, &diff=<window width in HU>.
-const address = new URLSearchParams(location.hash.slice(1));
-const wanted = (address.get("sort") || "").match(/^(-?)(.+)$/);
-if (wanted) {
-  const th = [...document.querySelectorAll("#summary th")].find(h => h.textContent === wanted[2]);
-  if (th) { sortBy(th); if (wanted[1]) sortBy(th); }
+  state.diff = Number(b.dataset.diff); redraw(); remember(); }));
+
+// The address sets the view: #sort=column (-column: descending), &anatomy=lung|abdomen|head,
+// &diff=<difference window width in HU: 20 is +-10 HU>; on opening and when it is edited.
+function follow() {
+  const address = new URLSearchParams(location.hash.slice(1));
+  const wanted = (address.get("sort") || "").match(/^(-?)(.+)$/);
+  const th = wanted && [...document.querySelectorAll("#summary th")].find(
+    h => h.textContent === wanted[2]);
+  if (th) {
+    th.classList.remove("asc", "desc");
+    sortBy(th);
+    if (wanted[1]) sortBy(th);
+  }
+  const anatomy = address.get("anatomy");
+  state.anatomy = anatomy in WINDOWS && anatomy !== "diff" ? anatomy : "as read";
+  state.diff = Number(address.get("diff")) > 0 ? Number(address.get("diff")) : DIFF;
 }
-if (address.get("anatomy") in WINDOWS) state.anatomy = address.get("anatomy");
-if (Number(address.get("diff")) > 0) state.diff = Number(address.get("diff"));
+follow();
+window.addEventListener("hashchange", () => { follow(); redraw(); });
 Promise.all(Object.keys(arrays).map(async k => { decoded[k] = await decode(k); }))
   .then(() => { redraw(); document.body.dataset.ready = "1"; });
 """

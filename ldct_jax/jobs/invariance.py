@@ -13,8 +13,8 @@ and writes, in the workdir:
       curves.npy                loss, d_out, d_in per iteration [rows, iterations, 3]
       metrics.csv, metrics.json one record per row: settings and metrics
     report/results.csv|json     every row
-    report/summary.csv|md|json  mean metrics per model, distance and lambda (plus the
-                                summaries of config.report.compare workdirs)
+    report/summary.csv|md|json  mean metrics per model, distance and lambda (csv and md with
+                                the summaries of config.report.compare workdirs beside them)
     report/figures/image<i>_<distance>.png   one per image and distance, one row per lambda:
                                 x, x + x_inv, f(x), f(x + x_inv), x_inv, f(x + x_inv) - f(x)
                                 (the first seed; ..._seed<s>.png for config.report.figure_seed)

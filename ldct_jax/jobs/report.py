@@ -24,6 +24,20 @@ class Panel:
     window: ct.Window
 
 
+def perturbation_window(*images: np.ndarray) -> tuple[float, float]:
+    """A window (centre 0, width) that shows perturbations of any size: +-3 RMS of the largest
+    one (at most its largest |value|), rounded up to 1, 2 or 5 x 10^k HU.
+
+    The difference window (+-50 HU) suits output changes; an invariance can be hundreds of HU
+    RMS and an attack's delta 1 HU, and either is lost in it."""
+    half = max(min(3.0 * float(np.sqrt(np.mean(np.square(a, dtype=np.float64)))),
+                   float(np.max(np.abs(a)))) for a in images)
+    if not half > 0:
+        return 0.0, 2.0
+    unit = 10.0 ** np.floor(np.log10(half))
+    return 0.0, 2.0 * next(m * unit for m in (1, 2, 5, 10) if m * unit >= half * (1 - 1e-9))
+
+
 @dataclasses.dataclass(frozen=True)
 class Plot:
     """A panel of curves: `{label: (x, y)}`, optionally on a log y axis."""

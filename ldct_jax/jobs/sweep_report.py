@@ -92,12 +92,15 @@ def load_compared(workdirs: Sequence[str], keys: Sequence[str]) -> list[dict]:
 def write_tables(report_dir: str, records: Sequence[Mapping[str, Any]],
                  summary: Sequence[Mapping[str, Any]], table: Sequence[Mapping[str, Any]],
                  columns: Sequence[str], title: str, extra: Optional[Mapping] = None) -> str:
-    """results.csv/json (every row), summary.csv/json/md; returns the printed text table."""
+    """results.csv/json (every row), summary.json (this sweep's `summary`: what another sweep's
+    report.compare reads), summary.csv/md (the `table`: with the compared sweeps' rows, its
+    `columns` first); returns the printed text table."""
     files.write_csv(os.path.join(report_dir, "results.csv"), list(records))
     files.write_json(os.path.join(report_dir, "results.json"), list(records))
     files.write_json(os.path.join(report_dir, "summary.json"),
                      {"summary": list(summary), **dict(extra or {})})
-    files.write_csv(os.path.join(report_dir, "summary.csv"), list(table))
+    files.write_csv(os.path.join(report_dir, "summary.csv"),
+                    [{**{c: r[c] for c in columns if c in r}, **r} for r in table])
     cells = [[r.get(c, "") for c in columns] for r in table]
     files.write_text(os.path.join(report_dir, "summary.md"),
                      f"# {title}\n\n" + report.markdown_table(columns, cells))
@@ -132,7 +135,7 @@ def figure_rows(denoiser: Denoiser, x: np.ndarray, perturbed: Sequence[np.ndarra
             report.Panel(f"{names[0]}, {label}", xp, win),
             report.Panel("f(x)", y[0], win),
             report.Panel(f"f({names[0]})", y[k + 1], win),
-            report.Panel(f"{names[1]}: {rms(dx):.3g} HU RMS", dx, "diff"),
+            report.Panel(f"{names[1]}: {rms(dx):.3g} HU RMS", dx, report.perturbation_window(dx)),
             report.Panel(f"f({names[0]}) - f(x): {rms(dy):.3g} HU RMS", dy, "diff"),
         ] + ([report.Panel(f"target: {rms(y[k + 1] - target):.3g} HU RMS away", target, win)]
              if target is not None else []))
@@ -140,10 +143,10 @@ def figure_rows(denoiser: Denoiser, x: np.ndarray, perturbed: Sequence[np.ndarra
 
 
 def figure(path: str, rows: Sequence[Sequence[report.Panel]], title: str,
-           figures: list[html_report.Figure]) -> None:
+           figures: list[html_report.Figure], redraw: bool = False) -> None:
     """Writes `rows` to the PNG `path` unless it exists (a sweep's figures depend only on its
-    finished chunks, written atomically), and adds them to the page's `figures`."""
-    if not os.path.exists(path):
+    finished chunks, written atomically) or `redraw`, and adds them to the page's `figures`."""
+    if redraw or not os.path.exists(path):
         report.save_panels(path, rows, title=title)
     figures.append(html_report.Figure(title, rows))
 
@@ -155,9 +158,17 @@ def changes_plot(report_dir: str, table: Sequence[Mapping[str, Any]], series: Se
     path = report.save_scatter(
         os.path.join(report_dir, "changes.png"),
         [report.Point(r["input_rms_hu"], r["output_rms_hu"], r["model"],
-                      " ".join(str(r[k]) for k in series), label(r)) for r in table],
+                      " ".join(_series_name(k, r[k]) for k in series), label(r))
+         for r in table],
         "input change, RMS HU (mean over images)", "output change, RMS HU", title)
     return html_report.Figure(title, png=path)
+
+
+def _series_name(key: str, value: Any) -> str:
+    """A legend's word for a value: a flag by its name ('targeted' / 'untargeted')."""
+    if isinstance(value, (bool, np.bool_)):
+        return key if value else f"un{key}"
+    return str(value)
 
 
 def invariance_report(workdir: str, study: Inputs, compared: Sequence[Mapping[str, Any]],

@@ -155,8 +155,9 @@ def write_report(workdir: str, names: Sequence[str], configs: dict[str, Any],
             rows = side_by_side(workdir, names, configs, images, i, str(dist))
             fig_title = (f"x_inv of every model, d_in = {dist}, image {i} ({images[2][i]}, "
                          f"{images[1][i]})")
+            # Redrawn on every run: the models shown may have changed since the last.
             sweep_report.figure(os.path.join(report_dir, "figures", f"image{i}_{dist}.png"),
-                                rows, fig_title, figures)
+                                rows, fig_title, figures, redraw=True)
     html_report.write(report_dir, "Invariances of " + ", ".join(names), RANKING_COLUMNS,
                       ranking, figures, settings=config.to_dict())
     print(f"report: {report_dir}")
@@ -181,12 +182,15 @@ def side_by_side(workdir: str, names: Sequence[str], configs: dict[str, Any],
                 found[(r["lam"], m)] = (arrays["perturbation"][r["row"]], r)
     rows = []
     for lam in sorted({lam for lam, _ in found}):
-        row = [report.Panel(f"x, lambda={lam:.3g}", x, ct.window_for(anatomy))]
-        for m in names:
-            if (lam, m) in found:
-                dx, r = found[(lam, m)]
-                row.append(report.Panel(
-                    f"{m}: {r['input_rms_hu']:.3g} HU in, {r['output_rms_hu']:.3g} out",
-                    np.asarray(dx), "diff"))
+        row = [report.Panel(f"x (x_inv of lambda={lam:.3g} beside it)", x,
+                            ct.window_for(anatomy))]
+        shown = [m for m in names if (lam, m) in found]
+        # One window for the row, so that the models' x_inv compare by eye.
+        window = report.perturbation_window(*(np.asarray(found[(lam, m)][0]) for m in shown))
+        for m in shown:
+            dx, r = found[(lam, m)]
+            row.append(report.Panel(
+                f"{m}: x_inv {r['input_rms_hu']:.3g} HU RMS, output change "
+                f"{r['output_rms_hu']:.3g}", np.asarray(dx), window))
         rows.append(row)
     return rows
