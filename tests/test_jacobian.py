@@ -106,6 +106,12 @@ def test_masked_directions_stay_in_the_mask_and_batch_equals_alone():
         assert np.all(V[..., mask == 0] == 0)
     alone = jacobian.spectrum(d, x[1], mask=mask, options=opts)
     np.testing.assert_allclose(alone.largest_values[0], both.largest_values[1], rtol=1e-4)
+    # With its id, an image alone starts where it started in the batch: the same iterations.
+    alone = jacobian.spectrum(d, x[1], mask=mask, options=opts, image_ids=[1])
+    np.testing.assert_array_equal(alone.iterations[0], both.iterations[1])
+    for end in ("largest", "smallest"):
+        np.testing.assert_allclose(getattr(alone, f"{end}_values")[0],
+                                   getattr(both, f"{end}_values")[1], rtol=1e-5)
 
 
 @pytest.mark.slow

@@ -61,7 +61,7 @@ class SpectrumOptions:
       smallest_tolerance: the smallest end's tolerance, if not `tolerance`. Its residuals
         reach lower (their rounding scales with s): 2e-6 resolves its values to about 1e-4
         relative where 1e-5 gives about 3e-3, at some 30 % more iterations.
-      seed: the random start block.
+      seed: the random start blocks (one per image, from the seed and the image's id).
     """
 
     k: int = 16
@@ -285,8 +285,8 @@ def check_inputs(shape: tuple[int, ...], k: int, extra: int, mask: Any = None) -
 
 
 def spectrum(denoiser: Denoiser, images: Any, k: Optional[int] = None, *, mask: Any = None,
-             options: SpectrumOptions = SpectrumOptions(), mesh: Optional[Mesh] = None
-             ) -> Spectrum:
+             options: SpectrumOptions = SpectrumOptions(), mesh: Optional[Mesh] = None,
+             image_ids: Any = None) -> Spectrum:
     """The k largest and k smallest singular values of J at each image, and their vectors.
 
     Args:
@@ -297,6 +297,9 @@ def spectrum(denoiser: Denoiser, images: Any, k: Optional[int] = None, *, mask: 
         (J restricted to the masked pixels).
       options: `SpectrumOptions`.
       mesh: device mesh (default: all devices).
+      image_ids: `[N]` the images' indices that seed their start block with `options.seed`
+        (default 0..N-1): computing a data set in parts, pass each image's index in it, so
+        that an image's result does not depend on the part it came in.
 
     Returns:
       A `Spectrum`.
@@ -315,10 +318,12 @@ def spectrum(denoiser: Denoiser, images: Any, k: Optional[int] = None, *, mask: 
     n, h, w = x.shape
     b = options.k + options.extra
     size = parallel.padded_size(n, mesh)
-    rng = np.random.default_rng(options.seed)
+    ids = arrays.broadcast("image_ids", np.arange(n) if image_ids is None else image_ids, n,
+                           np.int64)
     host = dict(x=np.asarray(spec.to_net(x), np.float32),
                 mask=np.ones_like(x) if m is None else m,
-                X0=rng.standard_normal((n, b, h, w)).astype(np.float32))
+                X0=np.stack([np.random.default_rng([options.seed, int(i)]).standard_normal(
+                    (b, h, w), np.float32) for i in ids]))
     dev = parallel.shard_rows(parallel.pad_rows(host, size), mesh)
     params = parallel.replicate(denoiser.params, mesh)
     fast = fastpath.enabled(mesh)

@@ -74,7 +74,7 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
         idx = np.arange(rows.start, rows.stop)
         s = jacobian.spectrum(loaded.denoiser, loaded.images[idx],
                               mask=None if mask is None else mask[idx], options=options,
-                              mesh=mesh)
+                              mesh=mesh, image_ids=idx)
         callback(1)
         records = [dict(row=int(i), image_index=int(i), model=config.model,
                         source=loaded.source[i], norm=float(s.largest_values[j, 0]),
