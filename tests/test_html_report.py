@@ -87,6 +87,16 @@ def test_the_check_fails_on_a_missing_figure_or_a_script_error(page, tmp_path):
         check_report(str(broken), figures=2, rows=4)
 
 
+def test_the_page_says_what_its_columns_hold(page):
+    text = open(page).read()
+    assert ("<dt>ratio</dt><dd>input RMS / output RMS: HU of input change per HU of output "
+            "change") in text
+    meanings = text[text.index('<details class="meanings">'):]
+    meanings = meanings[:meanings.index("</details>")]
+    assert [c for c in COLUMNS if f"<dt>{c}</dt>" in meanings] == [
+        "distance", "lam", "input_rms_hu", "output_rms_hu", "ratio"]  # model needs none
+
+
 def test_embedded_images_are_the_block_means_to_a_tenth_of_a_hu():
     x = np.random.default_rng(1).normal(-300, 400, (520, 520)).astype(np.float32)
     a = html_report._encode(x)

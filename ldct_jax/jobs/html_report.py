@@ -28,6 +28,32 @@ from ldct_jax import ct, files
 from ldct_jax.jobs import report
 
 MAX_SIDE = 256
+# What a summary column holds, shown under the table for the columns a page has.
+COLUMN_MEANINGS = {
+    "distance": "d_in, the input distance the search rewards (mse, dssim, vgg16)",
+    "lam": "lambda, the weight of d_in in L = D_out - lambda d_in",
+    "n": "rows averaged (images x seeds)",
+    "input_rms_hu": "RMS of the input change (x_inv, or an attack's delta), HU",
+    "input_max_hu": "largest |input change|, HU",
+    "input_ssim": "SSIM of x + x_inv against x",
+    "output_rms_hu": "RMS of the output change f(x + x_inv) - f(x), HU",
+    "output_max_hu": "largest |output change|, HU",
+    "ratio": "input RMS / output RMS: HU of input change per HU of output change (higher: the "
+             "network ignores more)",
+    "rank": "by ratio, within a distance and lambda (1: ignores the most)",
+    "epsilon_hu": "the attack's budget, largest |delta| in HU",
+    "target_rms_hu": "RMS of f(x + delta) - target, HU",
+    "target_rms_hu_clean": "RMS of f(x) - target, HU (before the attack)",
+    "amplification": "output RMS / input RMS",
+    "diversity": "RMS of the difference of two samples over the RMS of one (0: identical, "
+                 "1.41: independent)",
+    "spectral_distance": "how far x_inv's noise power spectrum is from the real noise's, in "
+                         "octaves of power (0: the same)",
+    "inside_outside_ratio": "mean |x_inv| deep inside gauss_ri's zeroed square over mean "
+                            "|x_inv| outside it",
+    "norm": "||J||, the largest singular value of the Jacobian (HU/HU)",
+    "smallest_1": "the smallest singular value found",
+}
 ANATOMY_WINDOWS = ("lung", "abdomen", "head")
 DIFF_WINDOWS = (("±10 HU", 20.0), ("±50 HU", 100.0), ("±250 HU", 500.0))
 
@@ -110,6 +136,14 @@ def _sort_value(v: Any) -> str:
     return ("Infinity" if v > 0 else "-Infinity") if np.isinf(v) else repr(v)
 
 
+def _meanings_html(columns: Sequence[str]) -> str:
+    items = "".join(f"<dt>{html.escape(c)}</dt><dd>{html.escape(COLUMN_MEANINGS[c])}</dd>"
+                    for c in columns if c in COLUMN_MEANINGS)
+    if not items:
+        return ""
+    return f'<details class="meanings"><summary>columns</summary><dl>{items}</dl></details>'
+
+
 def _table_html(columns: Sequence[str], table: Sequence[Mapping[str, Any]]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = []
@@ -148,7 +182,8 @@ def write(report_dir: str, title: str, columns: Sequence[str],
     controls = (f'<p class="controls">Anatomy window: {anatomy} &nbsp; Differences: {diff}</p>'
                 if arrays else "")  # nothing to window on a page of plots
     page = _PAGE.format(
-        title=html.escape(title), config=config, table=_table_html(columns, table),
+        title=html.escape(title), config=config,
+        table=_table_html(columns, table) + _meanings_html(columns),
         figures=body, controls=controls, count=len(figures),
         arrays=json.dumps(arrays).replace("</", "<\\/"),
         windows=json.dumps({w: ct.window_bounds(w) for w in ANATOMY_WINDOWS + ("diff",)}),
@@ -172,6 +207,8 @@ canvas {{ width: 180px; image-rendering: pixelated; display: block; }}
 .label {{ font-size: 11px; max-width: 180px; }} .bounds {{ color: #777; }}
 .controls button {{ margin-right: 4px; }} .controls button.on {{ background: #246; color: #fff; }}
 .plot img {{ max-width: 100%; }}
+.meanings dt {{ font-weight: 600; float: left; clear: left; width: 12em; }}
+.meanings dd {{ margin-left: 13em; }}
 </style></head>
 <body data-figures="{count}">
 <h1>{title}</h1>

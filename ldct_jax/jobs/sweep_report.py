@@ -1,8 +1,9 @@
 """The end-of-sweep report: every row, a summary table, and figures in the slides' layout.
 
 Figures: one per image and distance (attacks: per image and method), one row per lambda
-(budget): x, x + x_inv, f(x), f(x + x_inv) in the image's anatomy window, then x_inv and
-f(x + x_inv) - f(x) in the difference window (0/100 HU). A plot of output change against
+(budget): x, x + x_inv, f(x), f(x + x_inv) in the image's anatomy window, then x_inv in a
+window sized to it (`report.perturbation_window`) and f(x + x_inv) - f(x) in the difference
+window (0/100 HU). A plot of output change against
 input change for every summary row (report/changes.png), and report/index.html, the page that
 holds it all (`html_report`).
 """
