@@ -347,6 +347,18 @@ def test_summary_n_counts_exactly_the_rows_of_its_means():
         sweep_report.summarise(records, ("model", "distance", "lam"), ["input_rms_hu"])
 
 
+def test_records_of_earlier_chunks_read_lambda_as_written(tmp_path):
+    """Chunks written before records rounded lambda hold float32's value: read back, it is
+    the lambda as written, so that a resumed sweep's summary keeps one row per lambda."""
+    old, new = float(np.float32(0.01)), 0.01
+    assert old != new
+    for i, lam in enumerate((old, new)):
+        chunks.write_chunk(str(tmp_path), i, {"perturbation": np.zeros((1, 2, 2))},
+                           [dict(row=i, lam=lam, model="m", distance="mse")])
+    _, records = sweep_report.gather(str(tmp_path), 2, ["perturbation"])
+    assert [r["lam"] for r in records] == [new, new]
+
+
 def test_default_checkpoint_message(image_file, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no runs/ here
     with pytest.raises(FileNotFoundError, match=r"'runs/wgan/model': no saved wgan_vgg model "

@@ -371,13 +371,18 @@ def sensitivity_search(denoiser: Denoiser, images: Any, lambdas: Any = 1.0, dist
     return search(denoiser, images, lambdas, distances, seeds, options=options, **kwargs)
 
 
+def lam_as_written(lam: float) -> float:
+    """A float32 lambda as the number it was written as (0.01, not 0.009999999776)."""
+    return float(str(np.float32(lam)))
+
+
 def result_table(result: SearchResult) -> list[Mapping[str, Any]]:
     """One dict per row: the row's settings and its metrics (plain Python types)."""
     out = []
     for i in range(len(result.rows.lam)):
-        # lam as written (0.01, not float32's 0.009999999776), so that tables filter on it.
+        # So that tables filter on lam == 0.01.
         row = dict(image_index=int(result.rows.image_index[i]),
-                   lam=float(str(np.float32(result.rows.lam[i]))),
+                   lam=lam_as_written(result.rows.lam[i]),
                    distance=str(result.rows.distance[i]), seed=int(result.rows.seed[i]))
         row.update({k: float(result.metrics[k][i]) for k in METRICS})
         row["iterations"] = int(result.stopped[i])

@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import numpy as np
 
 from ldct_jax import ct, files, models, parallel
+from ldct_jax.analysis import search
 from ldct_jax.jobs import chunks, html_report, report
 from ldct_jax.jobs.inputs import Inputs
 from ldct_jax.models.denoiser import Denoiser
@@ -34,6 +35,9 @@ def gather(workdir: str, num_chunks: int, arrays: Sequence[str]
     parts = [chunks.read_chunk(workdir, i, arrays) for i in range(num_chunks)]
     out = {k: np.concatenate([p[0][k] for p in parts]) for k in arrays}
     records = [r for p in parts for r in p[1]["rows"]]
+    for r in records:  # chunks of earlier versions hold float32's 0.009999999776 for 0.01
+        if "lam" in r:
+            r["lam"] = search.lam_as_written(r["lam"])
     return out, records
 
 
