@@ -98,6 +98,12 @@ def test_report_page_and_side_by_side_figure(compared):
     # The changes plot and one figure (one distance): a row per lambda, x and three x_inv.
     page = check_report(os.path.join(report, "index.html"), figures=2, rows=3 * len(LAMBDAS))
     assert page.canvases == page.drawn == len(LAMBDAS) * 4
+    # It links each model's own report.
+    text = open(os.path.join(report, "index.html")).read()
+    for m in compared[1]["models"]:
+        href = f"../models/{m}/report/index.html"
+        assert f'<a href="{href}">{m}</a>' in text
+        assert os.path.isfile(os.path.normpath(os.path.join(report, href)))
 
 
 @pytest.mark.slow  # shares the comparison of `compared`

@@ -160,7 +160,8 @@ def _table_html(columns: Sequence[str], table: Sequence[Mapping[str, Any]]) -> s
 
 def write(report_dir: str, title: str, columns: Sequence[str],
           table: Sequence[Mapping[str, Any]], figures: Sequence[Figure],
-          settings: Optional[Mapping[str, Any]] = None) -> str:
+          settings: Optional[Mapping[str, Any]] = None,
+          links: Sequence[tuple[str, str]] = ()) -> str:
     """Writes `report_dir/index.html` atomically and returns its path.
 
     Args:
@@ -169,6 +170,7 @@ def write(report_dir: str, title: str, columns: Sequence[str],
       columns, table: the summary table (records with those columns).
       figures: in page order.
       settings: shown under the title (e.g. the run's config), as JSON.
+      links: (text, address relative to `report_dir`) of related pages, listed under the title.
     """
     arrays: dict[str, dict] = {}
     body = "".join(_figure_html(f, arrays) for f in figures)
@@ -176,7 +178,10 @@ def write(report_dir: str, title: str, columns: Sequence[str],
                       for name in ("as read",) + ANATOMY_WINDOWS)
     diff = "".join(f'<button data-diff="{width}">{html.escape(name)}</button>'
                    for name, width in DIFF_WINDOWS)
-    config = ("<details><summary>settings</summary><pre>"
+    related = ("<p>Reports: " + " ".join(
+        f'<a href="{html.escape(href)}">{html.escape(text)}</a>' for text, href in links)
+        + "</p>") if links else ""
+    config = related + ("<details><summary>settings</summary><pre>"
               + html.escape(json.dumps(settings, indent=1, sort_keys=True, default=str))
               + "</pre></details>") if settings else ""
     controls = (f'<p class="controls">Anatomy window: {anatomy} &nbsp; Differences: {diff}</p>'

@@ -15,7 +15,8 @@ compares them by what they ignore. In the workdir:
     report/figures/image<i>_<distance>.png   x and every model's x_inv on the same image, one
                                      row per lambda (config.report.figure_image)
     report/changes.png               output change against input change, a marker per model
-    report/index.html                all of it on one self-contained page
+    report/index.html                all of it on one self-contained page, linking each
+                                     model's own report
 
 Every model is loaded and checked against the images before the first search starts.
 """
@@ -159,7 +160,8 @@ def write_report(workdir: str, names: Sequence[str], configs: dict[str, Any],
             sweep_report.figure(os.path.join(report_dir, "figures", f"image{i}_{dist}.png"),
                                 rows, fig_title, figures, redraw=True)
     html_report.write(report_dir, "Invariances of " + ", ".join(names), RANKING_COLUMNS,
-                      ranking, figures, settings=config.to_dict())
+                      ranking, figures, settings=config.to_dict(),
+                      links=[(m, f"../models/{m}/report/index.html") for m in names])
     print(f"report: {report_dir}")
     return ranking
 
