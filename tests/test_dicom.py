@@ -281,14 +281,15 @@ def test_pairs_of_different_orientation_fail_naming_both(tmp_path):
 
 def test_skip_bad_gives_each_low_dose_slice_one_partner(tmp_path):
     """Two full-dose slices 7 um apart, both within tolerance of one low-dose slice: only the
-    nearer one keeps it (no low-dose slice is used twice)."""
+    nearer one keeps it (no low-dose slice is used twice); the other lost its partner to the
+    skipped low-dose slice."""
     rng = random.Random(4)
     full, low = str(tmp_path / "full"), str(tmp_path / "low")
     raws = [np.full((6, 8), 1024 + 10 * k, np.uint16) for k in range(5)]
-    names = write_series(full, raws, [0.0, 0.8, 0.807, 1.6, 2.4], rng)
-    open(os.path.join(full, names[4]), "w").write("garbage")  # the slice at 2.4 mm
+    write_series(full, raws[:4], [0.0, 0.8, 0.807, 1.6], rng)
     lows = [raws[0], raws[2], raws[3], raws[4]]
-    write_series(low, lows, [0.0, 0.804, 1.6, 2.4], rng)
+    names = write_series(low, lows, [0.0, 0.804, 1.6, 2.4], rng)
+    open(os.path.join(low, names[3]), "w").write("garbage")  # the slice at 2.4 mm
     scan = dicom.load_pairs(full, low, cache_dir=str(tmp_path / "c"), skip_bad=True)
     np.testing.assert_allclose(scan.positions, [0.0, 0.807, 1.6])
     np.testing.assert_array_equal(scan.low, scan.full)
@@ -312,8 +313,17 @@ def test_skip_bad_does_not_pair_series_at_other_positions(tmp_path):
     files = write_series(folder, raws, 0.4 + 0.8 * np.arange(6), random.Random(5))
     open(os.path.join(folder, files[0]), "w").write("garbage")
     with pytest.raises(dicom.DicomError, match=r"full dose .*full \(6 slices\) and low dose "
-                       r".*low \(5 slices\) are not at the same positions: 0 slices pair up, "
-                       r"where 1 skipped slice\(s\) explain at most 1 missing pair"):
+                       r".*low \(5 slices\) are not at the same positions: 6 full and 5 low "
+                       r"slice\(s\) have no partner, where 1 skipped low and 0 skipped full"):
+        dicom.load_pairs(full, folder, cache_dir=str(tmp_path / "c"), skip_bad=True)
+    # Most slices pair, but the last ones are 0.6 mm apart: one skipped slice does not excuse
+    # that.
+    full, _ = series(tmp_path, "full4", n=4)
+    folder = str(tmp_path / "low4")
+    files = write_series(folder, [np.full((6, 8), 1024, np.uint16)] * 4, [0.0, 0.8, 1.6, 3.0],
+                         random.Random(6))
+    open(os.path.join(folder, files[1]), "w").write("garbage")  # the slice at 0.8 mm
+    with pytest.raises(dicom.DicomError, match=r"2 full and 1 low slice\(s\) have no partner"):
         dicom.load_pairs(full, folder, cache_dir=str(tmp_path / "c"), skip_bad=True)
 
 

@@ -330,16 +330,18 @@ def load_pairs(full_dir: str, low_dir: str, *, patient: Optional[str] = None,
             rivals = np.flatnonzero(near & (jl == j))
             near[rivals[np.argsort(gap[rivals], kind="stable")[1:]]] = False
         jf = np.flatnonzero(near)
-        # A skipped slice costs at most its own pair: series at other positions stay an error.
-        skipped = mf["n_skipped"] + ml["n_skipped"]
-        if not len(jf) or len(jf) < min(len(zf), len(zl)) - skipped:
+        # A slice may lose its partner only to a skipped slice of the other series: series at
+        # other positions stay an error.
+        lost_full, lost_low = len(zf) - len(jf), len(zl) - len(jf)
+        if not len(jf) or lost_full > ml["n_skipped"] or lost_low > mf["n_skipped"]:
             raise DicomError(
                 f"full dose {full_dir} ({len(zf)} slices) and low dose {low_dir} ({len(zl)} "
-                f"slices) are not at the same positions: {len(jf)} slices pair up, where "
-                f"{skipped} skipped slice(s) explain at most {skipped} missing pair(s); first "
-                f"mismatch at {_first_mismatch(zf, zl)}")
+                f"slices) are not at the same positions: {lost_full} full and {lost_low} low "
+                f"slice(s) have no partner, where {ml['n_skipped']} skipped low and "
+                f"{mf['n_skipped']} skipped full slice(s) explain as many; first mismatch at "
+                f"{_first_mismatch(zf, zl)}")
         logging.warning("pairing %s with %s: dropped %d full and %d low slices without partner",
-                        full_dir, low_dir, len(zf) - len(jf), len(zl) - len(jf))
+                        full_dir, low_dir, lost_full, lost_low)
         full, low, zf = full[jf], low[jl[near]], zf[jf]
     if mf["patient_id"] and ml["patient_id"] and mf["patient_id"] != ml["patient_id"]:
         logging.warning("PatientID differs: %s (%s) vs %s (%s)", mf["patient_id"], full_dir,
