@@ -221,6 +221,9 @@ def test_rows_of_unequal_length_and_short_schedules():
     assert S.SearchOptions(iterations=60).settings.lambda_steps == 20
     assert S.SearchOptions().settings.lambda_steps == 100
     optimizers.check_schedule(S.SearchOptions(iterations=10, lambda_steps=50).settings, [1e-2])
+    # As the rows hold it: float32's 0.01 is not below lambda_start.
+    optimizers.check_schedule(S.SearchOptions(iterations=10, lambda_steps=50).settings,
+                              np.float32([1e-2]))
 
 
 

@@ -210,6 +210,22 @@ def test_changed_config_is_refused(image_file, uninterrupted):
         sweep.run(invariance_cfg(image_file, images=path), uninterrupted)
 
 
+@pytest.mark.slow  # shares the sweep of `uninterrupted`
+def test_a_sweep_of_an_earlier_results_version_is_refused(image_file, uninterrupted, tmp_path):
+    """A sweep started by code that computed other results for the same config (its manifest
+    without this version, and without the resolved search settings) is not finished here."""
+    copy = str(tmp_path / "old")
+    shutil.copytree(uninterrupted, copy)
+    path = os.path.join(copy, chunks.MANIFEST)
+    with open(path) as f:
+        settings = json.load(f)["settings"]
+    del settings["results_version"], settings["search"]
+    with open(path, "w") as f:
+        json.dump({"fingerprint": chunks.fingerprint(settings), "settings": settings}, f)
+    with pytest.raises(chunks.ConfigChangedError, match=r"results_version.*new --workdir"):
+        sweep.run(invariance_cfg(image_file), copy)
+
+
 @pytest.mark.parametrize("change, error, message", [
     (dict(distances=("mse", "l1")), ValueError,
      r"config\.distances=\('mse', 'l1'\): unknown input distance\(s\) \['l1'\]; expected some "

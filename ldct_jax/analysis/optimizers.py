@@ -110,7 +110,9 @@ def effective_lambda(s: Settings, lam: jax.Array, t: jax.Array) -> jax.Array:
 def check_schedule(s: Settings, lambdas: Any) -> None:
     """A ValueError unless every row reaches its own lambda within the iterations: with lambda
     continuation, a row whose lambda is below `lambda_start` gets there after `lambda_steps`."""
-    low = [float(v) for v in np.atleast_1d(np.asarray(lambdas, np.float64)) if v < s.lambda_start]
+    # In float32, as the rows hold lambda: 0.01 given is not below a lambda_start of 0.01.
+    low = [float(v) for v in np.atleast_1d(np.asarray(lambdas, np.float32))
+           if v < np.float32(s.lambda_start)]
     if low and s.method != "adam" and s.iterations < s.lambda_steps:
         raise ValueError(
             f"search: iterations ({s.iterations}) end before lambda_steps ({s.lambda_steps}): "

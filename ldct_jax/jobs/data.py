@@ -53,7 +53,7 @@ def check_data_config(data_config: Any) -> None:
                              f"synthetic set (config.data.synthetic.anatomies={built})")
     if data_config.source == "dicom":
         check_anatomy("data.anatomy", data_config.get("anatomy", "unknown"))
-        if not 0 <= data_config.get("dose_fraction", 0.0) <= 1:
+        if not 0 <= (data_config.get("dose_fraction") or 0.0) <= 1:
             raise ValueError(f"config.data.dose_fraction={data_config.dose_fraction}; expected "
                              "the low dose's fraction of the routine dose, in (0, 1] (0: unknown)")
 
@@ -96,7 +96,7 @@ def load_scans(data_config: Any, workdir: str) -> list[Scan]:
     if source == "mayo":
         return dicom.load_mayo(_dir_key(data_config, "root"), anatomies or None, **kw)
     info = dict(anatomy=data_config.get("anatomy", "unknown"),
-                dose_fraction=data_config.get("dose_fraction", 0.0) or None)
+                dose_fraction=data_config.get("dose_fraction") or None)
     if data_config.get("full_dir") or data_config.get("low_dir"):
         return [dicom.load_pairs(_dir_key(data_config, "full_dir"),
                                  _dir_key(data_config, "low_dir"), **info, **kw)]

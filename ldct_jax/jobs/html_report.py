@@ -181,9 +181,10 @@ def write(report_dir: str, title: str, columns: Sequence[str],
     related = ("<p>Reports: " + " ".join(
         f'<a href="{html.escape(href)}">{html.escape(text)}</a>' for text, href in links)
         + "</p>") if links else ""
-    config = related + ("<details><summary>settings</summary><pre>"
-              + html.escape(json.dumps(settings, indent=1, sort_keys=True, default=str))
-              + "</pre></details>") if settings else ""
+    config = related + (("<details><summary>settings</summary><pre>"
+                         + html.escape(json.dumps(settings, indent=1, sort_keys=True,
+                                                  default=str))
+                         + "</pre></details>") if settings else "")
     controls = (f'<p class="controls">Anatomy window: {anatomy} &nbsp; Differences: {diff}</p>'
                 if arrays else "")  # nothing to window on a page of plots
     page = _PAGE.format(
@@ -333,11 +334,14 @@ function follow() {
     if (wanted[1]) sortBy(th);
   }
   const anatomy = address.get("anatomy");
-  state.anatomy = anatomy in WINDOWS && anatomy !== "diff" ? anatomy : "as read";
+  state.anatomy = Object.hasOwn(WINDOWS, anatomy) && anatomy !== "diff" ? anatomy : "as read";
   state.diff = Number(address.get("diff")) > 0 ? Number(address.get("diff")) : DIFF;
 }
 follow();
-window.addEventListener("hashchange", () => { follow(); redraw(); });
+window.addEventListener("hashchange", () => {
+  follow();
+  if (document.body.dataset.ready) redraw();  // else the first redraw, once decoded, shows it
+});
 Promise.all(Object.keys(arrays).map(async k => { decoded[k] = await decode(k); }))
   .then(() => { redraw(); document.body.dataset.ready = "1"; });
 """

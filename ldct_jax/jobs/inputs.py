@@ -170,6 +170,10 @@ def fit_mask(config: Any, raw: Optional[np.ndarray], shape: tuple[int, ...]
 
 # Config fields that do not change results (left out of a sweep's manifest).
 NOT_RESULTS = ("progress_bar", "report", "distributed", "num_devices")
+# In every sweep's manifest: bumped when the code changes what one config's results are (2:
+# anneal's default lambda_steps follows the iterations; attack probes and Jacobian starts
+# drawn per image id), so that a sweep started before is not finished with other results.
+RESULTS_VERSION = 2
 
 
 @dataclasses.dataclass
@@ -203,7 +207,7 @@ class Inputs:
         for k in NOT_RESULTS:
             cfg.pop(k, None)
         spec = self.denoiser.spec
-        out = {"config": cfg,
+        out = {"config": cfg, "results_version": RESULTS_VERSION,
                "model": {"name": spec.name, "config": files.plain(spec.config),
                          "params": files.digest(self.denoiser.params)}}
         out.update({k: None if a is None else files.digest(a) for k, a in arrays_.items()})

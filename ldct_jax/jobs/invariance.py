@@ -131,8 +131,9 @@ def run(config: Any, workdir: str, images: Optional[inputs.Images] = None) -> di
     setup = prepare(config, workdir, images)
     loaded = setup.inputs
     vgg_digest = files.digest(setup.vgg.params) if setup.vgg is not None else None
+    # The options as resolved (method defaults filled in): a changed default is a changed sweep.
     loaded.start(config, workdir, {"mask": setup.mask}, vgg16=vgg_digest,
-                 rows=len(setup.rows.lam))
+                 rows=len(setup.rows.lam), search=setup.options.settings._asdict())
     mesh = parallel.make_mesh(config.num_devices or None)
     searcher = search.Searcher(loaded.denoiser.spec, [str(d) for d in config.distances],
                                setup.options, setup.vgg, mesh)

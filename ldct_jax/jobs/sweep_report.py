@@ -87,6 +87,8 @@ def load_compared(workdirs: Sequence[str], keys: Sequence[str]) -> list[dict]:
                 missing = [k for k in ("model", *keys) if k not in r]
                 if missing:
                     raise ValueError(f"a record without {missing}")
+                if "lam" in r:  # as gather() reads it
+                    r["lam"] = search.lam_as_written(r["lam"])
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"config.report.compare: {path} is not the summary of a sweep of "
                              f"this kind (records with model, {', '.join(keys)}): {e}") from None
