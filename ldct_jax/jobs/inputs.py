@@ -15,7 +15,7 @@ import numpy as np
 from absl import logging
 
 from ldct_jax import ct, files, models
-from ldct_jax.jobs import configs
+from ldct_jax.jobs import configs, data as data_job
 from ldct_jax.analysis import arrays
 from ldct_jax.models.denoiser import Denoiser
 
@@ -106,13 +106,11 @@ def load_images(config: Any, workdir: str, scans: Optional[list] = None) -> "Ima
         path = config.images
         raw = load_npy("images", path, "a .npy of HU, [H, W] or [N, H, W]")
         images = arrays.check_images(raw, f"config.images={path!r}")
-        from ldct_jax.jobs import data as data_job
         data_job.check_anatomy("anatomy", config.anatomy)
         anatomy = [str(config.anatomy)] * len(images)
         source = [f"{os.path.basename(path)}[{i}]" for i in range(len(images))]
     else:
         from ldct_jax.data.sampling import sample_slices
-        from ldct_jax.jobs import data as data_job
         if config.num_images < 1:
             raise ValueError(f"config.num_images={config.num_images}; expected >= 1")
         scans = scans or data_job.load_scans(config.data, workdir)

@@ -34,11 +34,16 @@ def gather(workdir: str, num_chunks: int, arrays: Sequence[str]
     """All chunks' arrays (concatenated along rows) and records, in row order."""
     parts = [chunks.read_chunk(workdir, i, arrays) for i in range(num_chunks)]
     out = {k: np.concatenate([p[0][k] for p in parts]) for k in arrays}
-    records = [r for p in parts for r in p[1]["rows"]]
-    for r in records:  # chunks of earlier versions hold float32's 0.009999999776 for 0.01
+    return out, _lam_as_written([r for p in parts for r in p[1]["rows"]])
+
+
+def _lam_as_written(records: list[dict]) -> list[dict]:
+    """`records` read from disk, lambda as written: files of earlier versions hold float32's
+    0.009999999776 for 0.01."""
+    for r in records:
         if "lam" in r:
             r["lam"] = search.lam_as_written(r["lam"])
-    return out, records
+    return records
 
 
 def summarise(records: Sequence[Mapping[str, Any]], keys: Sequence[str],
@@ -82,13 +87,11 @@ def load_compared(workdirs: Sequence[str], keys: Sequence[str]) -> list[dict]:
             raise FileNotFoundError(f"config.report.compare: {path} does not exist (run that "
                                     "sweep to its end first)")
         try:
-            records = files.read_json(path)["summary"]
+            records = _lam_as_written(files.read_json(path)["summary"])
             for r in records:
                 missing = [k for k in ("model", *keys) if k not in r]
                 if missing:
                     raise ValueError(f"a record without {missing}")
-                if "lam" in r:  # as gather() reads it
-                    r["lam"] = search.lam_as_written(r["lam"])
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"config.report.compare: {path} is not the summary of a sweep of "
                              f"this kind (records with model, {', '.join(keys)}): {e}") from None
