@@ -62,6 +62,16 @@ def test_perturbation_window_is_three_rms_at_most_the_peak_rounded_up(images, wi
     assert report.perturbation_window(*images) == pytest.approx(window)
 
 
+def test_scatter_axes_are_logarithmic_only_over_a_decade_or_more():
+    # One budget: every input RMS near 8 HU (a log axis would label its ticks "8x10^0"), the
+    # outputs over three decades; a zero output is named above the plot, not drawn.
+    points = [report.Point(x, y, "cnn10", "pgd") for x, y in
+              [(7.99, 0.05), (8.1, 50.0), (8.0, 3.0), (8.05, 0.0)]]
+    ax = report.scatter_figure(points, "input", "output").axes[0]
+    assert (ax.get_xscale(), ax.get_yscale()) == ("linear", "log")
+    assert len(ax.collections) - 2 == 3 and "cnn10 pgd" in ax.get_title()  # 2 legend handles
+
+
 @pytest.mark.slow
 def test_page_sorts_numbers_by_value_and_text_alphabetically(page):
     # As text, "10" < "2" and "inf" would sort anywhere; as numbers: 0.5 < 2 < 10, inf last.

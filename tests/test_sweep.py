@@ -306,6 +306,26 @@ def test_missing_compare_fails_before_touching_a_finished_sweep(image_file, unin
     assert files_of(uninterrupted) == before
 
 
+@pytest.mark.slow  # shares the sweep of `uninterrupted`
+def test_compared_rows_say_which_sweep_they_come_from(image_file, uninterrupted, tmp_path):
+    # The same model, distance and lambda as a row of `uninterrupted`: alike but for the sweep.
+    config = invariance_cfg(image_file, distances=("mse",), lambdas=(1e-2,), seeds=(0,))
+    config.report.figures = False
+    config.report.compare = (uninterrupted,)
+    workdir = str(tmp_path / "sweep")
+    sweep.run(config, workdir)
+    table = read_csv(os.path.join(workdir, "report", "summary.csv"))
+    assert [(r["model"], r["distance"], r["lam"], r["sweep"]) for r in table] == [
+        ("gauss_ri", "dssim", "0.0001", uninterrupted), ("gauss_ri", "dssim", "0.01", uninterrupted),
+        ("gauss_ri", "mse", "0.0001", uninterrupted), ("gauss_ri", "mse", "0.01", workdir),
+        ("gauss_ri", "mse", "0.01", uninterrupted)]
+    assert "| sweep |" in open(os.path.join(workdir, "report", "summary.md")).read()
+    own = files.read_json(os.path.join(workdir, "report", "summary.json"))["summary"]
+    assert len(own) == 1 and "sweep" not in own[0]  # what a later sweep compares
+    uncompared = read_csv(os.path.join(uninterrupted, "report", "summary.csv"))
+    assert "sweep" not in uncompared[0]
+
+
 @pytest.mark.slow
 def test_diverging_search_fails_naming_rows_and_writes_no_chunk(image_file, tmp_path):
     """A CNN-10 whose activations overflow float32 (weights x 1e20): the search's rows are NaN.

@@ -53,6 +53,7 @@ COLUMN_MEANINGS = {
                             "|x_inv| outside it",
     "norm": "||J||, the largest singular value of the Jacobian (HU/HU)",
     "smallest_1": "the smallest singular value found",
+    "sweep": "the workdir of the sweep the row comes from (this one, or one of report.compare)",
 }
 ANATOMY_WINDOWS = ("lung", "abdomen", "head")
 DIFF_WINDOWS = (("±10 HU", 20.0), ("±50 HU", 100.0), ("±250 HU", 500.0))

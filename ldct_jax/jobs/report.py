@@ -102,9 +102,15 @@ class Point:
 
 def save_scatter(path: str, points: Sequence[Point], xlabel: str, ylabel: str,
                  title: str) -> str:
-    """Writes a log-log scatter plot of `points` to `path` (PNG), atomically; returns `path`.
-    Points with a non-positive coordinate cannot be drawn on log axes and are named in a note
-    above the plot."""
+    """Writes `scatter_figure(points, xlabel, ylabel)` to `path` (PNG), atomically; returns
+    `path`."""
+    return _save(scatter_figure(points, xlabel, ylabel), path, title)
+
+
+def scatter_figure(points: Sequence[Point], xlabel: str, ylabel: str):
+    """A matplotlib Figure of `points`. An axis whose values span a decade or more is
+    logarithmic. Points with a non-positive coordinate are named in a note above the plot
+    instead of drawn."""
     fig = _figure(7.5, 5.5)
     ax = fig.subplots()
     markers = list(dict.fromkeys(p.marker for p in points))
@@ -122,17 +128,19 @@ def save_scatter(path: str, points: Sequence[Point], xlabel: str, ylabel: str,
     handles += [ax.scatter([], [], marker="o", color=colours[i % len(colours)], label=s)
                 for i, s in enumerate(series)]
     ax.legend(handles=handles, fontsize=8)
-    if drawn:
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+    # A log axis over less than a decade has no labelled decade: its ticks read "8x10^0".
+    for values, set_scale in (([p.x for p in drawn], ax.set_xscale),
+                              ([p.y for p in drawn], ax.set_yscale)):
+        if values and max(values) >= 10 * min(values):
+            set_scale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
     skipped = [p for p in points if not (p.x > 0 and p.y > 0)]
     if skipped:
-        ax.set_title("not drawn (zero on a log axis): "
+        ax.set_title("not drawn (zero or less): "
                      + ", ".join(f"{p.marker} {p.series} {p.label}" for p in skipped), fontsize=7)
-    return _save(fig, path, title)
+    return fig
 
 
 def _figure(width: float, height: float):

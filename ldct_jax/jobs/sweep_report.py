@@ -78,8 +78,8 @@ def summarise(records: Sequence[Mapping[str, Any]], keys: Sequence[str],
 
 def load_compared(workdirs: Sequence[str], keys: Sequence[str]) -> list[dict]:
     """The summary records of other sweeps of the same kind (their report/summary.json, each
-    record with `keys` and a model), read before a sweep starts so that a wrong path fails at
-    once."""
+    record with `keys` and a model, and `sweep`: the workdir it was read from), read before a
+    sweep starts so that a wrong path fails at once."""
     out = []
     for w in workdirs:
         path = os.path.join(w, "report", "summary.json")
@@ -95,8 +95,18 @@ def load_compared(workdirs: Sequence[str], keys: Sequence[str]) -> list[dict]:
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"config.report.compare: {path} is not the summary of a sweep of "
                              f"this kind (records with model, {', '.join(keys)}): {e}") from None
-        out += records
+        out += [dict(r, sweep=w) for r in records]
     return out
+
+
+def with_compared(workdir: str, summary: Sequence[Mapping[str, Any]],
+                  compared: Sequence[Mapping[str, Any]], columns: Sequence[str]
+                  ) -> tuple[list[dict], tuple[str, ...]]:
+    """The report's table and columns: this sweep's `summary` rows, then the `compared` rows of
+    `load_compared`; with compared rows, a last column `sweep` names each row's workdir."""
+    if not compared:
+        return [dict(r) for r in summary], tuple(columns)
+    return [dict(r, sweep=workdir) for r in summary] + list(compared), (*columns, "sweep")
 
 
 def write_tables(report_dir: str, records: Sequence[Mapping[str, Any]],
@@ -196,10 +206,10 @@ def invariance_report(workdir: str, study: Inputs, compared: Sequence[Mapping[st
     summary = summarise(records, ("model", "distance", "lam"), metrics)
     for s in summary:  # ratio of the means: robust where some outputs did not change at all
         s["ratio"] = s["input_rms_hu"] / s["output_rms_hu"] if s["output_rms_hu"] else float("inf")
-    table = summary + list(compared)
+    table, columns = with_compared(workdir, summary, compared, INVARIANCE_COLUMNS)
     table = sorted(table, key=lambda r: (r["distance"], r["lam"], r["model"]))
     random_vgg = "RANDOM INIT" in notes.get("vgg16", "")
-    text = write_tables(report_dir, records, summary, table, INVARIANCE_COLUMNS,
+    text = write_tables(report_dir, records, summary, table, columns,
                         "Invariances: how large an input change each network ignores",
                         {"notes": dict(notes)})
     print(f"\ninvariance sweep, {config.model}: mean over images and seeds "
@@ -230,7 +240,7 @@ def invariance_report(workdir: str, study: Inputs, compared: Sequence[Mapping[st
                                    [images[i] + arrays["perturbation"][r["row"]] for r in picked],
                                    [f"lambda={r['lam']:.3g}" for r in picked], anatomy[i])
                 figure(os.path.join(fig_dir, name + ".png"), rows, title, figures)
-    html_report.write(report_dir, f"Invariances of {config.model}", INVARIANCE_COLUMNS, table,
+    html_report.write(report_dir, f"Invariances of {config.model}", columns, table,
                       figures, settings=config.to_dict())
     print(f"report: {report_dir}")
     return summary
@@ -248,10 +258,10 @@ def attack_report(workdir: str, study: Inputs, compared: Sequence[Mapping[str, A
     for s in summary:
         s["amplification"] = (s["output_rms_hu"] / s["input_rms_hu"] if s["input_rms_hu"]
                               else float("nan"))
-    table = summary + list(compared)
+    table, columns = with_compared(workdir, summary, compared, ATTACK_COLUMNS)
     table = sorted(table, key=lambda r: (r["method"], r["targeted"], r["epsilon_hu"],
                                          r["model"]))
-    text = write_tables(report_dir, records, summary, table, ATTACK_COLUMNS,
+    text = write_tables(report_dir, records, summary, table, columns,
                         "Adversarial attacks: output change per input budget")
     kind = "targeted" if target is not None else "untargeted"
     print(f"\n{kind} attacks, {config.model}: mean over images (HU; amplification = output "
@@ -275,6 +285,6 @@ def attack_report(workdir: str, study: Inputs, compared: Sequence[Mapping[str, A
                                    target=None if target is None else target[i])
                 figure(os.path.join(fig_dir, f"image{i}_{method}.png"), rows, title, figures)
     html_report.write(report_dir, f"{kind.capitalize()} attacks on {config.model}",
-                      ATTACK_COLUMNS, table, figures, settings=config.to_dict())
+                      columns, table, figures, settings=config.to_dict())
     print(f"report: {report_dir}")
     return summary
