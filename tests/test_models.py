@@ -303,8 +303,7 @@ def test_transct_checkpoint_keys(transct_network, tmp_path):
         p.numel() for p in model.parameters())
     state = {k: torch.zeros(3) for k in model.state_dict()}
     assert "decoder.0.mha2.q_proj_weight" in state and "memory.0.mha.in_proj_weight" in state
-    torch.save({"args": argparse.Namespace(trainer="transct"), "model_state_dict": state},
-               tmp_path / "transct.pt")
+    torch.save({"model_state_dict": state}, tmp_path / "transct.pt")  # no args.trainer to check
     with pytest.raises(ValueError, match=r"not an ldct-benchmark cnn10 checkpoint: missing keys "
                        r"\['layers\.0\.bias'.*unexpected keys \['combine\.block1\.0\.bias'.*"
                        r"its keys are those of an ldct-benchmark transct"):
@@ -379,8 +378,12 @@ def test_ldctbench_bilateral_imports_within_0_05_hu(tmp_path):
     with pytest.raises(ValueError, match=r"not an ldct-benchmark bilateral checkpoint: missing "
                        r"keys \['filters\.0\.color_sigma'.*unexpected keys \['layers\.0\.bias'"):
         models.import_ldctbench(str(tmp_path / "cnn10.pt"), "bilateral")
+    torch.save(model.state_dict(), tmp_path / "bare.pt")  # without args.trainer
     with pytest.raises(ValueError, match=r"cnn10 checkpoint: missing keys \['layers\.0\.bias'.*"
                        r"unexpected keys \['filters\.0\.color_sigma'.*ldct-benchmark bilateral\)"):
+        models.import_ldctbench(str(tmp_path / "bare.pt"), "cnn10")
+    with pytest.raises(ValueError, match=r"best_SSIM\.pt: a checkpoint of ldct-benchmark's "
+                       r"'bilateral' \(args\.trainer\), not of 'cnn10'"):
         models.import_ldctbench(str(tmp_path / "best_SSIM.pt"), "cnn10")
 
 
@@ -401,6 +404,54 @@ def test_import_ldctbench_names_an_unknown_method(tmp_path):
                 "model_state_dict": tden.CNN10().state_dict()}, tmp_path / "m.pt")
     with pytest.raises(ValueError, match=r"m\.pt: trained with args\.data_norm='minmax'"):
         models.import_ldctbench(str(tmp_path / "m.pt"))
+
+
+def test_import_ldctbench_refuses_what_would_load_wrongly(tmp_path):
+    torch, tden = _torch()
+    state = tden.CNN10().state_dict()
+
+    def save(name, obj):
+        torch.save(obj, tmp_path / name)
+        return str(tmp_path / name)
+
+    # DU-GAN's generator has RED-CNN's keys: an explicit name must agree with args.trainer.
+    w = save("w.pt", {"args": argparse.Namespace(trainer="wganvgg"),
+                      "model_state_dict": tden.Generator().state_dict()})
+    with pytest.raises(ValueError, match=r"w\.pt: a checkpoint of ldct-benchmark's 'wganvgg' "
+                       r"\(args\.trainer\), not of 'cnn10'; import it as 'wgan_vgg'"):
+        models.import_ldctbench(w, "cnn10")
+    assert models.import_ldctbench(w, "wganvgg").spec.name == "wgan_vgg"
+
+    nan = dict(state, **{"layers.2.bias": state["layers.2.bias"].clone()})
+    nan["layers.2.bias"][3] = float("nan")
+    with pytest.raises(ValueError, match=r"nan\.pt: non-finite params \(NaN/inf count per key: "
+                       r"\{'layers\.2\.bias': 1\}\)"):
+        models.import_ldctbench(save("nan.pt", nan), "cnn10")
+
+    # args saved as a dict are read as the Namespace they stand for; anything else is refused.
+    as_dict = save("d.pt", {"args": {"trainer": "cnn10", "data_norm": "minmax"},
+                            "model_state_dict": state})
+    with pytest.raises(ValueError, match=r"d\.pt: trained with args\.data_norm='minmax'"):
+        models.import_ldctbench(as_dict)
+    with pytest.raises(ValueError, match=r"l\.pt: 'args' is a list; expected ldct-benchmark's "
+                       r"argparse\.Namespace"):
+        models.import_ldctbench(save("l.pt", {"args": ["cnn10"], "model_state_dict": state}))
+
+    with pytest.raises(ValueError, match=r"s\.pt: expected an ldct-benchmark checkpoint .*, got "
+                       r"a dict with keys \['state_dict', 'epoch'\] \('state_dict' holds a state "
+                       r"dict of 6 tensors: save it alone or under 'model_state_dict'\)"):
+        models.import_ldctbench(save("s.pt", {"state_dict": state, "epoch": 3}), "cnn10")
+
+    (tmp_path / "cut.safetensors").write_bytes(b"\x10\x00\x00")
+    with pytest.raises(ValueError, match=r"cut\.safetensors: could not read as a \.safetensors"):
+        models.import_ldctbench(str(tmp_path / "cut.safetensors"), "cnn10")
+
+    # ldct-benchmark does not save n_blocks: a gap in the blocks is all that can be caught.
+    resnet = {k: v for k, v in _reference().model("resnet", 4).state_dict().items()
+              if not k.startswith("blocks.3.")}
+    with pytest.raises(ValueError, match=r"r\.pt: ResNet blocks \['0', '1', '2', '4', .*'9'\] "
+                       r"are not 0\.\.8: a block's weights are missing"):
+        models.import_ldctbench(save("r.pt", resnet), "resnet")
 
 
 def test_import_ldctbench_without_torch_says_how_to_get_it(monkeypatch, tmp_path):

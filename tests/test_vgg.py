@@ -101,6 +101,28 @@ def vgg16_state():
     return _state_dict(TorchVGG("vgg16"))
 
 
+def test_unreadable_or_non_finite_weights_are_named(vgg16_state, tmp_path):
+    from safetensors.numpy import save_file
+
+    state = dict(vgg16_state)
+    state["features.2.weight"] = state["features.2.weight"].copy()
+    state["features.2.weight"][0, 0, 1, 1] = np.inf
+    save_file(state, str(tmp_path / "inf.safetensors"))
+    with pytest.raises(ValueError, match=r"inf\.safetensors: non-finite params \(NaN/inf count "
+                       r"per key: \{'features\.2\.weight': 1\}\)"):
+        vgg_weights.load(str(tmp_path / "inf.safetensors"), "vgg16")
+
+    save_file(vgg16_state, str(tmp_path / "w.safetensors"))
+    vgg_weights.convert(str(tmp_path / "w.safetensors"), str(tmp_path / "vgg16"), "vgg16")
+    npz = tmp_path / "vgg16" / "params.npz"
+    npz.write_bytes(npz.read_bytes()[:1000])  # a copy cut short
+    with pytest.raises(ValueError, match=r"vgg16/params\.npz: could not read the VGG weights"):
+        vgg_weights.load(str(tmp_path / "vgg16"))
+    npz.unlink()
+    with pytest.raises(ValueError, match=r"vgg16/params\.npz: could not read the VGG weights"):
+        vgg_weights.load(str(tmp_path / "vgg16"))
+
+
 def test_missing_key_is_named(vgg16_state):
     state = dict(vgg16_state)
     del state["features.12.bias"]

@@ -70,7 +70,10 @@ def load_denoiser(model: str, checkpoint: str = "", model_config: Optional[dict]
             f"config.{key}={path!r}: no saved {model} model there; {how}point "
             f"--config.{key} at a directory written by ldct_jax.models.save (or an "
             "ldct-benchmark .pt)")
-    if os.path.isfile(path) and path.endswith((".pt", ".pth")):
+    if os.path.isfile(path):
+        if not path.endswith((".pt", ".pth", ".safetensors")):
+            raise ValueError(f"config.{key}={path!r} is a file; expected a directory written "
+                             "by ldct_jax.models.save or an ldct-benchmark .pt/.pth/.safetensors")
         return models.import_ldctbench(path, model)  # ldct-benchmark's trained weights
     d = models.load(path)
     if d.spec.name != model:

@@ -93,16 +93,16 @@ def prepare(config: Any, workdir: str, images: Optional[inputs.Images] = None) -
     options = options_from(config, config.lambdas)
     compared = sweep_report.load_compared(config.report.compare, ("distance", "lam"))
     raw_mask = inputs.read_mask(config)
+    notes = {}
+    vgg = None
+    if "vgg16" in config.distances:  # before the data: a wrong file fails before it is read
+        from ldct_jax.models import vgg_weights
+        vgg = vgg_weights.from_config(config.vgg16_weights, "vgg16", jax.random.key(config.seed))
+        notes["vgg16"] = vgg.describe()
     loaded = inputs.load(config, workdir, images)
     with configs.naming(*(("images", config.images) if config.images else ("crop", config.crop))):
         search.check_image_size(loaded.images.shape, [str(d) for d in config.distances])
     mask = inputs.fit_mask(config, raw_mask, loaded.images.shape)
-    notes = {}
-    vgg = None
-    if "vgg16" in config.distances:
-        from ldct_jax.models import vgg_weights
-        vgg = vgg_weights.from_config(config.vgg16_weights, "vgg16", jax.random.key(config.seed))
-        notes["vgg16"] = vgg.describe()
     rows = grid(config, len(loaded.images))
     return Setup(loaded, compared, mask, rows,
                  chunks.split(len(rows.lam), config.rows_per_chunk), options, vgg, notes)

@@ -154,10 +154,11 @@ def run(config, workdir: str, *, scans: Optional[Sequence[Scan]] = None) -> dict
     parallel.maybe_initialize_distributed(config.distributed)
     trainers.check_config(config)
     check_restart(config, workdir)
+    vgg = trainers.perceptual_vgg(config)
     mesh, main, scans, train_scans, held_out = prepare(config, workdir, scans)
     logging.info("data: %d training and %d held-out patients (%s)", len(train_scans),
                  len(held_out), config.data.source)
-    trainer = trainers.build(config, mesh, train_scans)
+    trainer = trainers.build(config, mesh, train_scans, vgg)
     for what, note in trainer.notes.items():
         logging.warning("%s: %s", what, note)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -232,8 +232,20 @@ def _keys(seed: int) -> dict[str, jax.Array]:
     return {name: jax.random.fold_in(root, i) for i, name in enumerate(("model", "critic", "vgg"))}
 
 
-def build(config, mesh, train_scans: Sequence[Scan]) -> Trainer:
-    """The trainer `config.model` names, on `mesh`, sampling from `train_scans`."""
+def perceptual_vgg(config) -> Optional[vgg_weights.VGG]:
+    """WGAN-VGG's perceptual network as `config.vgg` asks for it (None for the other models).
+    `jobs.train` loads it before the data, so that a wrong weight file fails first."""
+    if config.model in SUPERVISED:
+        return None
+    keys = _keys(config.seed)
+    return vgg_weights.from_config(config.vgg.weights, config.vgg.arch, keys["vgg"],
+                                   imagenet_norm=config.vgg.imagenet_norm)
+
+
+def build(config, mesh, train_scans: Sequence[Scan],
+          vgg: Optional[vgg_weights.VGG] = None) -> Trainer:
+    """The trainer `config.model` names, on `mesh`, sampling from `train_scans`; WGAN-VGG's
+    perceptual network is `vgg`, or else `perceptual_vgg(config)`."""
     keys = _keys(config.seed)
     model_config = dict(config.model_config)
     spec = models.spec(config.model, **model_config)
@@ -255,8 +267,7 @@ def build(config, mesh, train_scans: Sequence[Scan]) -> Trainer:
     wgan_vgg.critic_output_size(config.patch_size)
     critic = wgan_vgg.Critic()
     critic_params = _init_params(critic, keys["critic"], config.patch_size)
-    vgg = vgg_weights.from_config(config.vgg.weights, config.vgg.arch, keys["vgg"],
-                                  imagenet_norm=config.vgg.imagenet_norm)
+    vgg = vgg or perceptual_vgg(config)
     settings = wgan.WGANSettings(n_critic=config.wgan.n_critic, gp_weight=config.wgan.gp_weight,
                                  perceptual_weight=config.wgan.perceptual_weight,
                                  tap=config.vgg.tap,

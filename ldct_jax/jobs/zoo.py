@@ -85,10 +85,11 @@ def prepare(config: Any, workdir: str) -> tuple[list[str], dict[str, Any], input
     configs = {m: model_config(config, m) for m in names}
     invariance.check_grid(configs[names[0]])
     invariance.options_from(configs[names[0]], configs[names[0]].lambdas)
-    images = inputs.load_images(configs[names[0]], workdir)
-    for m in names:
+    for m in names:  # before the images: a wrong checkpoint fails before the data is read
         c = configs[m]
         inputs.load_denoiser(m, c.checkpoint, {}, c.seed, key=f"checkpoints.{m}")
+    images = inputs.load_images(configs[names[0]], workdir)
+    for m in names:
         with configs_lib.naming("models", tuple(config.models)):
             models.check_input_size(m, images[0].shape)
     return names, configs, images

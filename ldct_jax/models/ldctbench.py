@@ -26,6 +26,7 @@ from typing import Mapping, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from ldct_jax.models import bilateral, torch_state, wgan_vgg
 from ldct_jax.models.denoiser import Denoiser, Params
@@ -78,15 +79,21 @@ METHODS = {"cnn10": "cnn10", "wganvgg": "wgan_vgg", "redcnn": "redcnn", "dugan":
            "qae": "qae", "resnet": "resnet", "transct": "transct", "bilateral": "bilateral"}
 
 
-def _module_config(name: str, state: Mapping[str, np.ndarray]) -> dict:
+def _module_config(name: str, state: Mapping[str, np.ndarray], path: str) -> dict:
     """Constructor arguments for a checkpoint: those ldct-benchmark lets vary, read off the
     weights' shapes, and the bilateral filters' `max_radius`, read off their sigmas."""
     if name in ("redcnn", "dugan") and "conv1.weight" in state:
         return {"features": int(state["conv1.weight"].shape[0])}  # out_ch
     if name == "resnet" and "in_conv.weight" in state:
         blocks = {k.split(".")[1] for k in state if k.startswith("blocks.")}
+        # Blocks 0..n-1 (a gap would drop the blocks after it); n_blocks is not saved, so a
+        # file missing its last blocks reads as a shallower network.
+        n = len(blocks)
+        if blocks != {str(i) for i in range(n)}:
+            raise ValueError(f"{path}: ResNet blocks {sorted(blocks, key=lambda b: (len(b), b))}"
+                             f" are not 0..{n - 1}: a block's weights are missing")
         return {"features": int(state["in_conv.weight"].shape[0]),  # n_channels
-                "blocks": len(blocks)}  # n_blocks
+                "blocks": n}  # n_blocks
     if name == "bilateral":
         spatial = [state.get(f"{prefix}.{s}") for prefix in LAYERS["bilateral"].values()
                    for s in ("sigma_x", "sigma_y")]
@@ -223,7 +230,8 @@ def import_ldctbench(path: str, name: Optional[str] = None) -> Denoiser:
     Raises:
       ValueError naming the missing/unexpected keys, or a key and both shapes, when the
       checkpoint is for another architecture; naming `args.trainer` when no name is given
-      and the checkpoint does not say a method this module imports; or naming
+      and the checkpoint does not say a method this module imports, or when it names another
+      method than `name` (DU-GAN's generator has RED-CNN's keys); or naming
       `args.data_norm` when it is not 'meanstd' (its outputs would be off).
     """
     path = os.fspath(path)
@@ -232,8 +240,8 @@ def import_ldctbench(path: str, name: Optional[str] = None) -> Denoiser:
     if norm != "meanstd":
         raise ValueError(f"{path}: trained with args.data_norm={norm!r}; ldct-jax imports "
                          "networks trained on ldct-benchmark's 'meanstd' normalisation only")
+    trainer = getattr(args, "trainer", None)
     if name is None:
-        trainer = getattr(args, "trainer", None)
         if trainer not in METHODS:
             raise ValueError(f"{path}: args.trainer is {trainer!r}; expected one of "
                              f"{sorted(METHODS)} (or pass the architecture's name)")
@@ -242,7 +250,13 @@ def import_ldctbench(path: str, name: Optional[str] = None) -> Denoiser:
     if name not in LAYERS:
         raise ValueError(f"import_ldctbench: no ldct-benchmark mapping for {name!r}; expected "
                          f"one of {sorted(LAYERS)}")
-    config = _module_config(name, state)
+    # DU-GAN's generator has RED-CNN's keys: only args.trainer tells the two apart.
+    if trainer in METHODS and METHODS[trainer] != name:
+        raise ValueError(f"{path}: a checkpoint of ldct-benchmark's {trainer!r} (args.trainer), "
+                         f"not of {name!r}; import it as {METHODS[trainer]!r}")
+    config = _module_config(name, state, path)
+    if config:
+        logging.info("%s: %s with %s (read off the weights)", path, name, config)
     arrays = _convert(state, _layers(name, config), param_shapes(spec(name, **config)), name,
                       path, _which_architecture(state))
     return build(name, unflat(arrays), **config)

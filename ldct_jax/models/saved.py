@@ -76,7 +76,9 @@ def _module_config(config: Mapping[str, Any]) -> dict[str, Any]:
     return {k: tup(v) for k, v in config.items()}
 
 
-def _check_finite(arrays: Mapping[str, np.ndarray], what: str) -> None:
+def check_finite(arrays: Mapping[str, np.ndarray], what: str) -> None:
+    """Raises ValueError naming `what` and the NaN/inf count per key if an array is not
+    finite."""
     bad = {k: int(np.size(v) - np.isfinite(v).sum()) for k, v in sorted(arrays.items())
            if not np.all(np.isfinite(v))}
     if bad:
@@ -108,7 +110,7 @@ def save(d: Denoiser, path: str, *, overwrite: bool = False) -> None:
     if d.spec.name not in ARCHITECTURES:
         raise ValueError(f"save: unknown architecture {d.spec.name!r}")
     arrays = parallel.to_host(flat(d.params))
-    _check_finite(arrays, f"save {path}")
+    check_finite(arrays, f"save {path}")
     meta = {"format": FORMAT, "version": FORMAT_VERSION, "name": d.spec.name,
             "config": _json_config(d.spec.config), "shift": float(d.spec.shift),
             "scale": float(d.spec.scale),
@@ -191,6 +193,6 @@ def load(path: str) -> Denoiser:
         raise ValueError(f"{path}: the params or the model's description do not match the "
                          f"checksum in {META_FILE} (changed or corrupted since they were "
                          "saved); not loading them")
-    _check_finite(arrays, params_dir)
+    check_finite(arrays, params_dir)
     s = dataclasses.replace(s, shift=float(meta["shift"]), scale=float(meta["scale"]))
     return Denoiser(s, unflat(arrays))

@@ -21,7 +21,7 @@ import numpy as np
 from absl import logging
 
 from ldct_jax import files
-from ldct_jax.models import torch_state
+from ldct_jax.models import saved, torch_state
 from ldct_jax.models.vgg import VGG, Params, check_arch, conv_layers
 
 FORMAT = "ldct_jax.vgg"
@@ -108,11 +108,17 @@ def _load_converted(path: str, arch: Optional[str], imagenet_norm: bool) -> VGG:
         raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r}")
     if arch is not None and meta["arch"] != arch:
         raise ValueError(f"{path}: holds {meta['arch']} weights, but {arch} was asked for")
-    with np.load(os.path.join(path, PARAMS_FILE), allow_pickle=False) as z:
-        params: dict[str, dict[str, jax.Array]] = {}
-        for key in z.files:
-            layer, kind = key.split(".")
-            params.setdefault(layer, {})[kind] = jnp.asarray(z[key])
+    params_path = os.path.join(path, PARAMS_FILE)
+    try:
+        with np.load(params_path, allow_pickle=False) as z:
+            arrays = {key: z[key] for key in z.files}
+    except Exception as e:  # missing, truncated (BadZipFile) or not an .npz
+        raise ValueError(f"{params_path}: could not read the VGG weights: {e}") from e
+    saved.check_finite(arrays, params_path)
+    params: dict[str, dict[str, jax.Array]] = {}
+    for key, v in arrays.items():
+        layer, _, kind = key.partition(".")
+        params.setdefault(layer, {})[kind] = jnp.asarray(v)
     want = {name: {"kernel": (3, 3, cin, cout), "bias": (cout,)}
             for name, _, cin, cout in conv_layers(meta["arch"])}
     got = {layer: {kind: tuple(v.shape) for kind, v in d.items()} for layer, d in params.items()}
