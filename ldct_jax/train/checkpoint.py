@@ -1,12 +1,15 @@
 """Checkpoints (orbax) that survive preemption and corruption, and the stop-signal flag.
 
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=3)
-    state, step = ckpt.restore_latest(state)    # falls back past unreadable checkpoints
+    state, step = ckpt.restore_latest(state)    # falls back past corrupt checkpoints
     ckpt.save(state)                            # synchronous and atomic (orbax)
 
-Each checkpoint holds the train state and a JSON record with the step and a fingerprint (the
-sum of |leaf| over the state); a checkpoint that fails to restore or whose restored state does
-not match its fingerprint is moved to `<directory>_corrupt/` and the previous one is used.
+Each checkpoint holds the train state and a JSON record with the step and a fingerprint per
+leaf (sum of |x| of a float leaf, the sum modulo 2**32 of an integer one). A checkpoint that
+fails to decode or whose restored state does not match its record is moved to
+`<directory>_corrupt/` once an older one restored; if none restores, nothing is moved and the
+restore fails (the data may be fine and the storage failing: a Drive mount after a reset).
+An OSError while reading is such a failure too and stops the restore at once.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import shutil
 import signal
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -28,23 +31,58 @@ _FINGERPRINT_RTOL = 1e-5
 
 
 @jax.jit
-def _fingerprint(tree) -> jax.Array:
-    leaves = [jnp.sum(jnp.abs(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)]
-    return jnp.sum(jnp.stack(leaves)) if leaves else jnp.zeros(())
+def _leaf_sums(tree) -> list[jax.Array]:
+    def one(x):
+        if jnp.issubdtype(x.dtype, jnp.floating):
+            return jnp.sum(jnp.abs(x.astype(jnp.float32)))
+        return jnp.sum(x.astype(jnp.uint32))  # exact: wraps modulo 2**32
+    return [one(x) for x in jax.tree.leaves(tree)]
 
 
-def fingerprint(tree: Any) -> float:
-    """Sum of |leaf| over every leaf, as a float: a cheap check that a restore read back data."""
-    return float(_fingerprint(tree))
+def fingerprints(tree: Any) -> dict[str, Union[float, int]]:
+    """Per leaf (named by its path): the sum of |x| of a float leaf, the sum modulo 2**32 of an
+    integer one. A leaf of a train state restored wrongly (zeroed, scaled, another leaf's data)
+    shows in its own sum, however small beside the others."""
+    leaves = _leaves(tree)
+    sums = jax.device_get(_leaf_sums(list(leaves.values())))
+    return {name: (float(v) if np.issubdtype(v.dtype, np.floating) else int(v))
+            for name, v in zip(leaves, sums)}
+
+
+def _legacy_fingerprint(tree: Any) -> float:
+    """The record of checkpoints written before `fingerprints`: one float32 sum of |leaf|."""
+    return float(jnp.sum(jnp.stack([jnp.sum(jnp.abs(x.astype(jnp.float32)))
+                                    for x in jax.tree.leaves(tree)])))
+
+
+def _record_mismatch(state: Any, meta: dict, step: int) -> str:
+    """How the restored `state` differs from the saved record ('' if it does not)."""
+    if int(state.step) != step:
+        return f"restored step {int(state.step)}, the record says {step}"
+    if "fingerprints" not in meta:
+        got, want = _legacy_fingerprint(state), float(meta["fingerprint"])
+        return "" if np.isclose(got, want, rtol=_FINGERPRINT_RTOL) else (
+            f"fingerprint {got:.9g}, the record says {want:.9g}")
+    got, want = fingerprints(state), meta["fingerprints"]
+    if set(got) != set(want):
+        return f"leaves {sorted(set(got) ^ set(want))[:4]} differ from the record's"
+    bad = [k for k in got if not (got[k] == want[k] if isinstance(want[k], int) else
+                                  np.isclose(got[k], want[k], rtol=_FINGERPRINT_RTOL, atol=0))]
+    return "; ".join(f"{k}: sum {got[k]:.9g}, the record says {want[k]:.9g}"
+                     for k in bad[:4]) + ("; ..." if len(bad) > 4 else "")
 
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint written by a run of other settings (another tree of shapes)."""
 
 
-def _leaves(tree: Any) -> dict[str, str]:
-    """`{'params/conv1/kernel': 'float32(9, 9, 1, 64)', ...}` of a train state, or of orbax's
-    metadata tree of one (they name the leaves alike)."""
+class CheckpointReadError(RuntimeError):
+    """No checkpoint could be used, or the storage failed while reading one."""
+
+
+def _leaves(tree: Any) -> dict[str, Any]:
+    """`{'params/conv1/kernel': leaf, ...}` of a train state, or of orbax's metadata tree of
+    one (they name the leaves alike), in `jax.tree.leaves` order."""
     def name(k):
         for attr in ("key", "name", "idx"):
             if hasattr(k, attr):
@@ -52,8 +90,12 @@ def _leaves(tree: Any) -> dict[str, str]:
         return str(k)
 
     leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda v: hasattr(v, "shape"))[0]
-    return {"/".join(name(k) for k in path): f"{np.dtype(v.dtype).name}{tuple(v.shape)}"
-            for path, v in leaves if hasattr(v, "shape")}
+    return {"/".join(name(k) for k in path): v for path, v in leaves if hasattr(v, "shape")}
+
+
+def _shapes(tree: Any) -> dict[str, str]:
+    """`{'params/conv1/kernel': 'float32(9, 9, 1, 64)', ...}` (`_leaves`)."""
+    return {k: f"{np.dtype(v.dtype).name}{tuple(v.shape)}" for k, v in _leaves(tree).items()}
 
 
 class Checkpointer:
@@ -91,27 +133,35 @@ class Checkpointer:
         step = int(state.step)
         if step in self._manager.all_steps():
             return False
-        check = fingerprint(state)
-        if not np.isfinite(check):
+        check = fingerprints(state)
+        bad = [k for k, v in check.items() if not np.isfinite(v)]
+        if bad:
             raise FloatingPointError(f"refusing to save the state of step {step}: it holds "
-                                     "non-finite values")
-        meta = {"step": step, "fingerprint": check, "time": time.time()}
+                                     f"non-finite values (in {bad[:4]})")
+        meta = {"step": step, "fingerprints": check, "time": time.time()}
         self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                          meta=ocp.args.JsonSave(meta)))
         self._manager.wait_until_finished()
         return True
 
     def restore_latest(self, target: Any) -> tuple[Optional[Any], Optional[int]]:
-        """The newest checkpoint that restores cleanly, placed like `target`.
+        """The newest checkpoint that restores cleanly, placed like `target`; the newer ones,
+        which did not, are then moved to `corrupt_directory` (and listed in `skipped`).
 
         Args:
           target: a state with the structure, shapes, dtypes and shardings to restore into
             (e.g. the freshly initialised state).
 
         Returns:
-          `(state, step)`, or `(None, None)` when there is no usable checkpoint.
+          `(state, step)`, or `(None, None)` when there is no checkpoint.
+
+        Raises:
+          CheckpointMismatchError: a checkpoint of another tree (other settings).
+          CheckpointReadError: an OSError while reading, or no checkpoint restored; nothing
+            was moved.
         """
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        failed = []  # (step, error) of the newer checkpoints that did not restore
         for step in reversed(self.all_steps()):
             mismatch = self._mismatch(step, abstract)
             if mismatch:  # not corrupt: written by a run with other settings
@@ -122,20 +172,31 @@ class Checkpointer:
             try:
                 restored = self._manager.restore(step, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-                state, meta = restored.state, restored.meta
-                got, want = fingerprint(state), float(meta["fingerprint"])
-                if int(state.step) != step or not np.isclose(got, want, rtol=_FINGERPRINT_RTOL):
-                    raise ValueError(f"restored state (step {int(state.step)}, fingerprint "
-                                     f"{got:.9g}) does not match the saved record (step {step}, "
-                                     f"fingerprint {want:.9g})")
-            except Exception as e:  # noqa: BLE001 - any failure means this checkpoint is unusable
-                moved = self._quarantine(step)
-                error = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
-                self.skipped.append({"step": step, "error": error, "moved_to": moved})
-                logging.warning("checkpoint at step %d is corrupt or unreadable (%s); moved it to "
-                                "%s and using the previous checkpoint", step, error, moved)
+                state = restored.state
+                mismatch = _record_mismatch(state, restored.meta, step)
+                if mismatch:
+                    raise ValueError(f"the restored state does not match the saved record "
+                                     f"({mismatch})")
+            except OSError as e:  # the storage, not the checkpoint: retry later, keep it all
+                raise CheckpointReadError(
+                    f"{os.path.join(self.directory, str(step))}: reading the checkpoint failed "
+                    f"({type(e).__name__}: {e}); nothing was moved: run again once the storage "
+                    "reads") from e
+            except Exception as e:  # noqa: BLE001 - a checkpoint that does not decode
+                failed.append((step, f"{type(e).__name__}: "
+                                     f"{str(e).splitlines()[0][:300] if str(e) else ''}"))
                 continue
+            for bad, error in failed:
+                moved = self._quarantine(bad)
+                self.skipped.append({"step": bad, "error": error, "moved_to": moved})
+                logging.warning("checkpoint at step %d is corrupt or unreadable (%s); moved it "
+                                "to %s and using the previous checkpoint", bad, error, moved)
             return state, step
+        if failed:
+            raise CheckpointReadError(
+                f"{self.directory}: no checkpoint restored; nothing was moved. "
+                + "; ".join(f"step {s}: {e}" for s, e in failed)
+                + f". To start over, move {self.directory} away.")
         return None, None
 
     def _mismatch(self, step: int, abstract: Any) -> str:
@@ -145,13 +206,13 @@ class Checkpointer:
         from etils import epath
         handler = ocp.StandardCheckpointHandler()
         try:
-            saved = _leaves(handler.metadata(
+            saved = _shapes(handler.metadata(
                 epath.Path(os.path.join(self.directory, str(step), "state"))))
         except Exception:  # noqa: BLE001 - unreadable metadata: a corrupt checkpoint
             return ""
         finally:
             handler.close()
-        want = _leaves(abstract)
+        want = _shapes(abstract)
         if not saved:
             return ""
         diffs = [f"{k}: missing" for k in sorted(set(want) - set(saved))]
