@@ -8,6 +8,8 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -261,6 +263,21 @@ def test_checkpoints_of_other_settings_are_refused_not_quarantined(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_critic_cosine_schedule_spans_every_critic_update():
+    # 10 steps of 4 critic updates: the half cosine from lr to 5 % of it spans 40 updates. With
+    # b1 = b2 = 0, Adam's update of a constant gradient is the learning rate itself.
+    opt = ml_collections.ConfigDict(dict(lr=1.0, b1=0.0, b2=0.0, schedule="cosine"))
+    adam = trainers.critic_adam(opt, num_steps=10, n_critic=4)
+    params = jnp.zeros(())
+    state, steps = adam.init(params), []
+    for _ in range(40):
+        update, state = adam.update(jnp.ones(()), state, params)
+        steps.append(-float(update))
+    k = np.arange(40)
+    np.testing.assert_allclose(steps, 0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * k / 40)),
+                               rtol=1e-5)
+
+
 def test_a_run_with_constant_schedules_may_be_extended(tmp_path):
     scans = phantom_scans()
     straight = job.run(cnn10_cfg(num_steps=6, optimizer__schedule="constant"),

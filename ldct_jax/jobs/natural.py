@@ -103,7 +103,7 @@ def build(config: Any, mesh, train_scans: Sequence[Scan],
     c_params = {f"stage{i}": init_critic(jax.random.fold_in(root, 1 + i), x)["params"]
                 for i in range(settings.scales)}
     g_opt = trainers.make_adam(config.optimizer, config.num_steps)
-    c_opt = trainers.make_adam(config.critic_optimizer, config.num_steps)
+    c_opt = trainers.critic_adam(config.critic_optimizer, config.num_steps, settings.n_critic)
     state = natural_train.init_state(g_params, c_params, g_opt, c_opt, config.seed)
     step = natural_train.make_step(denoiser.spec, generator, critic, g_opt, c_opt, settings)
     jitted = parallel.data_parallel_step(step, mesh, extra_args=1)

@@ -215,6 +215,12 @@ def make_adam(opt, num_steps: int):
                            num_steps=num_steps)
 
 
+def critic_adam(opt, num_steps: int, n_critic: int):
+    """A critic's Adam: `make_adam` over its `num_steps * n_critic` updates (it takes
+    `n_critic` per step), so that a cosine schedule spans the run, not its first 1/n_critic."""
+    return make_adam(opt, num_steps * n_critic)
+
+
 def _optimizer(config):
     """The denoiser's Adam; bilateral's range sigmas get `optimizer.lr_range`, as
     ldct-benchmark gives them its `lr_r`."""
@@ -263,7 +269,7 @@ def build(config, mesh, train_scans: Sequence[Scan],
                        config.batch_size, {})
 
     copt = config.critic_optimizer
-    critic_optimizer = make_adam(copt, config.num_steps)
+    critic_optimizer = critic_adam(copt, config.num_steps, config.wgan.n_critic)
     wgan_vgg.critic_output_size(config.patch_size)
     critic = wgan_vgg.Critic()
     critic_params = _init_params(critic, keys["critic"], config.patch_size)
