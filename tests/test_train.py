@@ -172,6 +172,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, caplog):
     ckpt = Checkpointer(os.path.join(wd, "checkpoints"), keep=2)
     assert 1 < bad_step < 20 and ckpt.latest_step() == bad_step - 1
     assert f"(step {bad_step - 1} in" in str(info.value)
+    assert str(info.value).endswith("in a new --workdir: a restart continues the saved run, "
+                                    "with its settings).")
     # The kept checkpoint restores and is finite.
     mesh = parallel.make_mesh()
     target = trainers.build(cfg, mesh, phantom_scans()).init_state
@@ -180,6 +182,17 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, caplog):
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(jax.device_get(state)))
     assert [e["event"] for e in _events(wd)] == ["non_finite"]
     assert not os.path.exists(os.path.join(wd, "model"))
+
+
+def test_a_run_that_failed_before_its_first_checkpoint_takes_new_settings(tmp_path):
+    wd = str(tmp_path / "run")
+    with pytest.raises(job.NonFiniteLossError, match=r"No checkpoint had been saved yet\. Lower "
+                       r"the learning rate \(config\.optimizer\.lr\) or check the data\.$"):
+        job.run(cnn10_cfg(num_steps=20, optimizer__lr=1e18, checkpoint__every_steps=50), wd,
+                scans=phantom_scans())
+    assert os.path.exists(os.path.join(wd, "config.json"))  # nothing saved: nothing to continue
+    out = job.run(cnn10_cfg(), wd, scans=phantom_scans())
+    assert out["step"] == 6 and out["stopped"] is None
 
 
 def _garble(step_dir):

@@ -147,7 +147,8 @@ def run(config: Any, workdir: str, *, scans: Optional[Sequence[Scan]] = None) ->
     generator_module = modules(config)[0]
     watch = _sample_images(config, generator_module, denoiser, images)
 
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoints.keep)
+    ckpt = Checkpointer(os.path.join(workdir, train_job.CHECKPOINTS),
+                        keep=config.checkpoints.keep)
     try:
         state, start = train_job.resume(config, workdir, trainer, ckpt, main)
         with MetricsLog(workdir, enabled=main) as log:

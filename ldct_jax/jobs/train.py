@@ -42,6 +42,7 @@ class ConfigChangedError(ValueError):
 RESTART_FREE = ("progress_bar", "log_every_steps", "eval.every_steps", "eval.batch_size",
                 "checkpoint.every_steps", "checkpoint.keep", "distributed", "num_devices")
 CONFIG_FILE = "config.json"
+CHECKPOINTS = "checkpoints"  # the orbax step directories, under the workdir
 
 # Fields added to the training configs after runs were started without them, with the value
 # those runs used: a restart of such a run with that value changes nothing.
@@ -79,6 +80,9 @@ def check_restart(config, workdir: str, free: Sequence[str] = RESTART_FREE) -> N
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.exists(path):
         return
+    if not _saved_steps(workdir):  # a run that failed before its first checkpoint: no run
+        logging.info("%s holds no checkpoint: its recorded settings are replaced", workdir)
+        return
     old = files.read_json(path)
     changes = files.diff(old, files.plain(config.to_dict()))
     constant = all(config[k].get("schedule", "constant") == "constant"
@@ -94,6 +98,12 @@ def check_restart(config, workdir: str, free: Sequence[str] = RESTART_FREE) -> N
             "these must stay as they were: use a new --workdir for the new settings (or delete "
             f"this one to start over). A restart may change {', '.join(free)}, and raise "
             "num_steps when every learning-rate schedule is 'constant'.")
+
+
+def _saved_steps(workdir: str) -> list[str]:
+    """The step directories in workdir/checkpoints (orbax names them by their step)."""
+    directory = os.path.join(workdir, CHECKPOINTS)
+    return [d for d in os.listdir(directory) if d.isdigit()] if os.path.isdir(directory) else []
 
 
 def _record_config(config, workdir: str) -> None:
@@ -114,7 +124,9 @@ def _check_finite(metrics: dict[str, float], step: int, ckpt: Checkpointer) -> N
             f"non-finite training metrics at step {step}: "
             f"{', '.join(f'{k}={v}' for k, v in sorted(bad.items()))}. "
             f"Training stopped. {_last_good(ckpt)} Lower the learning rate "
-            "(config.optimizer.lr) or check the data.")
+            "(config.optimizer.lr) or check the data"
+            + (" (in a new --workdir: a restart continues the saved run, with its settings)."
+               if ckpt.latest_step() is not None else "."))
 
 
 def _last_good(ckpt: Checkpointer) -> str:
@@ -162,7 +174,7 @@ def run(config, workdir: str, *, scans: Optional[Sequence[Scan]] = None) -> dict
     for what, note in trainer.notes.items():
         logging.warning("%s: %s", what, note)
 
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep)
+    ckpt = Checkpointer(os.path.join(workdir, CHECKPOINTS), keep=config.checkpoint.keep)
     try:
         return _train(config, workdir, mesh, trainer, held_out, ckpt, t_start, main)
     finally:
