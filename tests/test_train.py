@@ -4,6 +4,7 @@ Runs on tiny in-memory scans (a smooth phantom with Gaussian noise for the low d
 networks, so every compile and step is fast on a 2-core CPU.
 """
 
+import dataclasses
 import json
 import os
 
@@ -193,6 +194,17 @@ def test_a_run_that_failed_before_its_first_checkpoint_takes_new_settings(tmp_pa
     assert os.path.exists(os.path.join(wd, "config.json"))  # nothing saved: nothing to continue
     out = job.run(cnn10_cfg(), wd, scans=phantom_scans())
     assert out["step"] == 6 and out["stopped"] is None
+
+
+def test_held_out_slices_transct_cannot_take_fail_before_training(tmp_path):
+    # Trained on 512 x 512 crops of 520 x 520 slices, TransCT could not evaluate them whole.
+    scans = [dataclasses.replace(s, low=np.pad(s.low, ((0, 0), (0, 8), (0, 8))),
+                                 full=np.pad(s.full, ((0, 0), (0, 8), (0, 8))))
+             for s in phantom_scans(size=512, slices=1)]
+    cfg = cnn10_cfg(model="transct", model_config={}, patch_size=512, batch_size=4)
+    with pytest.raises(ValueError, match=r"the held-out slices of patient abdomen-1 \(evaluated "
+                       r"whole\) of 520x520 px: transct takes 512x512 images only"):
+        job.prepare(cfg, str(tmp_path / "run"), scans)
 
 
 def _garble(step_dir):

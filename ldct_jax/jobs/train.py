@@ -197,6 +197,9 @@ def prepare(config, workdir: str, scans: Optional[Sequence[Scan]] = None) -> tup
         scans = data_job.load_scans(config.data, workdir)
     train_scans, held_out = data_job.split_scans(config.data, scans)
     trainers.check_patch_fits(config, train_scans)
+    for s in held_out:  # evaluated on whole slices, after the last step
+        models.check_input_size(config.model, s.full.shape,
+                                f"the held-out slices of patient {s.patient} (evaluated whole)")
     return mesh, jax.process_index() == 0, scans, train_scans, held_out
 
 
