@@ -433,10 +433,17 @@ def test_unknown_key_is_rejected_by_the_locked_config():
     (lambda: cnn10_cfg(data__source="dicom", data__full_dir="/", data__low_dir="/tmp"),
      r"config.data.held_out_patients=1, but one series pair .* is one patient"),
     (lambda: cnn10_cfg(data__anatomies=("chets",)), r"config.data.anatomies=\('chets',\)"),
+    (lambda: cnn10_cfg(optimizer__lr=float("nan")),
+     r"config.optimizer.lr=nan must be > 0 and finite"),
+    (lambda: cnn10_cfg(seed=-1), r"config.seed=-1 must be >= 0 and finite"),
+    (lambda: cnn10_cfg(model_config__features=(0, 32)),
+     r"config.model_config.features=0 must be > 0"),
+    (lambda: _supervised_cfg("bilateral", model_config={"max_radius": 0}),
+     r"config.model_config.max_radius=0 must be > 0"),
 ], ids=["patch", "batch", "no-root", "missing-root", "source", "dicom-pair", "steps", "beta",
         "critic", "tap", "schedule", "mse", "redcnn-patch", "transct-patch", "transct-patch-0",
         "bilateral-no-lr-range", "bilateral-lr-range", "held-out-negative", "held-out-all",
-        "held-out-one-pair", "anatomy-typo"])
+        "held-out-one-pair", "anatomy-typo", "lr-nan", "seed", "features", "radius"])
 def test_bad_config_fails_at_start(cfg, message, tmp_path):
     wd = tmp_path / "run"
     with pytest.raises(ValueError, match=message):

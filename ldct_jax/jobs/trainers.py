@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Callable, Optional, Sequence
 
@@ -53,10 +54,21 @@ class Trainer:
 
 
 def check_positive(config, key: str, value, *, allow_zero: bool = False) -> None:
-    """`value` (of config.<key>) is a number > 0 (>= 0 with `allow_zero`), or a ValueError."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or (
-            value == 0 and not allow_zero):
-        raise ValueError(f"config.{key}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
+    """`value` (of config.<key>) is a finite number > 0 (>= 0 with `allow_zero`), or a
+    ValueError."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(
+            value) or value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"config.{key}={value!r} must be {'>= 0' if allow_zero else '> 0'} "
+                         "and finite")
+
+
+def check_model_config(config) -> None:
+    """Every number of config.model_config (layer widths and counts, window radii, initial
+    sigmas) is > 0: zero or negative ones fail deep inside the model's init, or train a
+    network that does nothing (a bilateral filter of radius 0)."""
+    for k, v in config.model_config.items():
+        for x in v if isinstance(v, (tuple, list)) else (v,):
+            check_positive(config, f"model_config.{k}", x)
 
 
 def check_adam(config, key: str) -> None:
@@ -81,6 +93,7 @@ def check_config(config) -> None:
         raise ValueError(f"config.patch_size={config.patch_size!r}: {config.model} takes {n} x "
                          f"{n} images only (whole slices); set config.patch_size={n}")
     check_loop(config)
+    check_model_config(config)
     for key in ("eval.slices_per_patient", "eval.batch_size"):
         check_positive(config, key, field(config, key))
     check_positive(config, "eval.every_steps", config.eval.every_steps, allow_zero=True)
@@ -125,6 +138,7 @@ def check_loop(config, checkpoints: str = "checkpoint") -> None:
                 f"{checkpoints}.every_steps", f"{checkpoints}.keep"):
         check_positive(config, key, field(config, key))
     check_positive(config, "num_devices", config.num_devices, allow_zero=True)
+    check_positive(config, "seed", config.seed, allow_zero=True)
 
 
 def check_data(config) -> None:
