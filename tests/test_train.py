@@ -145,8 +145,21 @@ def test_resume_after_sigterm_is_exact(make_cfg, tmp_path):
     assert first["stopped"] == "SIGTERM" and first["step"] == n
     assert Checkpointer(os.path.join(wd, "checkpoints")).all_steps() == [n]
     assert not os.path.exists(os.path.join(wd, "model"))
+    # What a kill after step n + 1 would have left: its metrics, and a line cut short.
+    with open(os.path.join(wd, "metrics.jsonl"), "a") as f:
+        f.write(json.dumps({"step": n + 1, "split": "train", "time": 0.0, "loss": -1.0}) + "\n")
+        f.write('{"step": ')
     second = job.run(cfg, wd, scans=scans)
     assert second["step"] == 2 * n and second["stopped"] is None
+
+    def logged(workdir):  # the metrics of every step, as logged, in order (not the speeds)
+        return [{k: v for k, v in r.items() if k not in ("time", "steps_per_s", "patches_per_s")}
+                for r in _records(workdir) if "split" in r]
+
+    got, want = logged(wd), logged(str(tmp_path / "straight"))
+    assert [(r["split"], r["step"]) for r in got] == [(r["split"], r["step"]) for r in want]
+    for a, b in zip(got, want):
+        assert a == pytest.approx(b, rel=1e-5)
     assert_trees_close(jax.device_get(straight["state"]), jax.device_get(second["state"]),
                         tol=1e-7)
     events = [(e["event"], e["step"]) for e in _events(wd)]

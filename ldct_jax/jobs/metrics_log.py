@@ -13,6 +13,7 @@ from typing import Any, Mapping, Optional
 
 import jax
 import numpy as np
+from absl import logging
 
 from ldct_jax import files
 
@@ -23,18 +24,44 @@ class MetricsLog:
     Args:
       workdir: the run's directory; writes `metrics.jsonl` and `tensorboard/` there.
       enabled: whether to write (default: only on process 0).
+      resumed_at: the step a run starts from (its checkpoint's). The metrics of later steps,
+        logged before the run was stopped and about to be logged again, are removed from
+        `metrics.jsonl` (events stay) and purged from TensorBoard.
     """
 
-    def __init__(self, workdir: str, enabled: Optional[bool] = None):
+    def __init__(self, workdir: str, enabled: Optional[bool] = None,
+                 resumed_at: Optional[int] = None):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self.path = os.path.join(workdir, "metrics.jsonl")
         self._file = None
         self._tb = None
         if self.enabled:
             os.makedirs(workdir, exist_ok=True)
+            if resumed_at is not None and os.path.exists(self.path):
+                self._drop_after(resumed_at)
             self._file = open(self.path, "a")
             from tensorboardX import SummaryWriter  # no TensorFlow needed
-            self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"), flush_secs=30)
+            self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"), flush_secs=30,
+                                     purge_step=None if resumed_at is None else resumed_at + 1)
+
+    def _drop_after(self, step: int) -> None:
+        """Rewrites metrics.jsonl (atomically) without the metrics of steps after `step`, and
+        without a last line cut short by a kill."""
+        with open(self.path) as f:
+            lines = f.read().splitlines()
+        kept = []
+        for i, line in enumerate(lines):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                if i == len(lines) - 1:  # written when the process was killed
+                    logging.warning("%s: dropped its last line, cut short: %r", self.path, line)
+                    continue
+                raise ValueError(f"{self.path}, line {i + 1}: not JSON: {line[:80]!r}") from None
+            if not ("split" in record and record.get("step", 0) > step):
+                kept.append(line)
+        if len(kept) < len(lines):
+            files.write_text(self.path, "".join(k + "\n" for k in kept))
 
     def write(self, step: int, metrics: Mapping[str, Any], split: str = "train") -> None:
         if not self.enabled:

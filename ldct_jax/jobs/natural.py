@@ -151,7 +151,7 @@ def run(config: Any, workdir: str, *, scans: Optional[Sequence[Scan]] = None) ->
                         keep=config.checkpoints.keep)
     try:
         state, start = train_job.resume(config, workdir, trainer, ckpt, main)
-        with MetricsLog(workdir, enabled=main) as log:
+        with MetricsLog(workdir, enabled=main, resumed_at=start) as log:
             done = train_job.step_loop(config, mesh, trainer, ckpt, log, state, start, main,
                                        config.checkpoints.every_steps, watch)
     finally:

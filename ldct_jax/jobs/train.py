@@ -225,7 +225,7 @@ def _train(config, workdir, mesh, trainer, held_out, ckpt, t_start, main):
             if result is not None:
                 log.write(step, evaluate.flat_metrics(result[0]), split="eval")
 
-    with MetricsLog(workdir, enabled=main) as log:
+    with MetricsLog(workdir, enabled=main, resumed_at=start) as log:
         done = step_loop(config, mesh, trainer, ckpt, log, state, start, main,
                          config.checkpoint.every_steps, periodic_eval)
         state, step = done.state, done.step
