@@ -9,7 +9,7 @@ leaf (sum of |x| of a float leaf, the sum modulo 2**32 of an integer one). A che
 fails to decode or whose restored state does not match its record is moved to
 `<directory>_corrupt/` once an older one restored; if none restores, nothing is moved and the
 restore fails (the data may be fine and the storage failing: a Drive mount after a reset).
-An OSError while reading is such a failure too and stops the restore at once.
+An OSError while reading (but a missing file) stops the restore at once, moving nothing.
 """
 
 from __future__ import annotations
@@ -177,12 +177,13 @@ class Checkpointer:
                 if mismatch:
                     raise ValueError(f"the restored state does not match the saved record "
                                      f"({mismatch})")
-            except OSError as e:  # the storage, not the checkpoint: retry later, keep it all
-                raise CheckpointReadError(
-                    f"{os.path.join(self.directory, str(step))}: reading the checkpoint failed "
-                    f"({type(e).__name__}: {e}); nothing was moved: run again once the storage "
-                    "reads") from e
             except Exception as e:  # noqa: BLE001 - a checkpoint that does not decode
+                if isinstance(e, OSError) and not isinstance(e, FileNotFoundError):
+                    # The storage, not the checkpoint (a missing file is the checkpoint's).
+                    raise CheckpointReadError(
+                        f"{os.path.join(self.directory, str(step))}: reading the checkpoint "
+                        f"failed ({type(e).__name__}: {e}); nothing was moved: run again once "
+                        "the storage reads") from e
                 failed.append((step, f"{type(e).__name__}: "
                                      f"{str(e).splitlines()[0][:300] if str(e) else ''}"))
                 continue
