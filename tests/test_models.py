@@ -415,11 +415,14 @@ def test_import_ldctbench_refuses_what_would_load_wrongly(tmp_path):
         return str(tmp_path / name)
 
     # DU-GAN's generator has RED-CNN's keys: an explicit name must agree with args.trainer.
+    dugan = save("dugan.pt", {"args": argparse.Namespace(trainer="dugan"),
+                              "model_state_dict": _reference().model("redcnn").state_dict()})
+    with pytest.raises(ValueError, match=r"dugan\.pt: a checkpoint of ldct-benchmark's 'dugan' "
+                       r"\(args\.trainer\), not of 'redcnn'; import it as 'dugan'"):
+        models.import_ldctbench(dugan, "redcnn")
+    assert models.import_ldctbench(dugan, "dugan").spec.name == "dugan"
     w = save("w.pt", {"args": argparse.Namespace(trainer="wganvgg"),
                       "model_state_dict": tden.Generator().state_dict()})
-    with pytest.raises(ValueError, match=r"w\.pt: a checkpoint of ldct-benchmark's 'wganvgg' "
-                       r"\(args\.trainer\), not of 'cnn10'; import it as 'wgan_vgg'"):
-        models.import_ldctbench(w, "cnn10")
     assert models.import_ldctbench(w, "wganvgg").spec.name == "wgan_vgg"
 
     nan = dict(state, **{"layers.2.bias": state["layers.2.bias"].clone()})

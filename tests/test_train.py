@@ -187,7 +187,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, caplog):
     assert 1 < bad_step < 20 and ckpt.latest_step() == bad_step - 1
     assert f"(step {bad_step - 1} in" in str(info.value)
     assert str(info.value).endswith("in a new --workdir: a restart continues the saved run, "
-                                    "with its settings).")
+                                    "with its settings.")
     # The kept checkpoint restores and is finite.
     mesh = parallel.make_mesh()
     target = trainers.build(cfg, mesh, phantom_scans()).init_state
@@ -198,6 +198,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, caplog):
     assert not os.path.exists(os.path.join(wd, "model"))
 
 
+@pytest.mark.slow
 def test_a_run_that_failed_before_its_first_checkpoint_takes_new_settings(tmp_path):
     wd = str(tmp_path / "run")
     with pytest.raises(job.NonFiniteLossError, match=r"No checkpoint had been saved yet\. Lower "
@@ -218,6 +219,21 @@ def test_held_out_slices_transct_cannot_take_fail_before_training(tmp_path):
     with pytest.raises(ValueError, match=r"the held-out slices of patient abdomen-1 \(evaluated "
                        r"whole\) of 520x520 px: transct takes 512x512 images only"):
         job.prepare(cfg, str(tmp_path / "run"), scans)
+
+
+def test_metrics_log_of_a_resumed_run_keeps_what_stays_and_every_line_parses(tmp_path, caplog):
+    from ldct_jax.jobs.metrics_log import MetricsLog
+    lines = ['{"step": 1, "split": "train", "loss": 1.0}',
+             '{"step": 2, "spl{"step": 2, "split": "train", "loss": 0.5}',  # a kill, appended to
+             '{"event": "resumed", "step": 1}',
+             '{"step": 3, "split": "train", "loss": 0.4}',                # replayed after step 2
+             '{"step": 2, "split": "eval", "rmse": 9.0}']                 # no newline: a kill
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines))
+    with caplog.at_level("WARNING"), MetricsLog(str(tmp_path), True, resumed_at=2) as log:
+        log.write(3, {"loss": 0.3})
+    assert "line 2: not JSON" in caplog.text
+    assert [(r.get("split", r.get("event")), r["step"]) for r in _records(str(tmp_path))] == [
+        ("train", 1), ("resumed", 1), ("eval", 2), ("train", 3)]
 
 
 def _garble(step_dir):
@@ -300,7 +316,6 @@ def test_checkpoints_of_other_settings_are_refused_not_quarantined(tmp_path):
     assert not os.path.exists(os.path.join(wd, "checkpoints_corrupt"))
 
 
-@pytest.mark.slow
 def test_a_critic_cosine_schedule_spans_every_critic_update():
     # 10 steps of 4 critic updates: the half cosine from lr to 5 % of it spans 40 updates. With
     # b1 = b2 = 0, Adam's update of a constant gradient is the learning rate itself.
@@ -316,6 +331,7 @@ def test_a_critic_cosine_schedule_spans_every_critic_update():
                                rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_run_with_constant_schedules_may_be_extended(tmp_path):
     scans = phantom_scans()
     straight = job.run(cnn10_cfg(num_steps=6, optimizer__schedule="constant"),

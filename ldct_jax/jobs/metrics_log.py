@@ -45,23 +45,24 @@ class MetricsLog:
                                      purge_step=None if resumed_at is None else resumed_at + 1)
 
     def _drop_after(self, step: int) -> None:
-        """Rewrites metrics.jsonl (atomically) without the metrics of steps after `step`, and
-        without a last line cut short by a kill."""
+        """Rewrites metrics.jsonl (atomically) without the metrics of steps after `step` and
+        without lines that are not JSON (cut short by a kill: earlier versions appended to
+        them), each named in a warning; and so that it ends with a newline."""
         with open(self.path) as f:
-            lines = f.read().splitlines()
+            text = f.read()
         kept = []
-        for i, line in enumerate(lines):
+        for i, line in enumerate(text.splitlines()):
             try:
                 record = json.loads(line)
             except ValueError:
-                if i == len(lines) - 1:  # written when the process was killed
-                    logging.warning("%s: dropped its last line, cut short: %r", self.path, line)
-                    continue
-                raise ValueError(f"{self.path}, line {i + 1}: not JSON: {line[:80]!r}") from None
+                logging.warning("%s, line %d: not JSON (cut short by a kill?), dropped: %r",
+                                self.path, i + 1, line[:200])
+                continue
             if not ("split" in record and record.get("step", 0) > step):
                 kept.append(line)
-        if len(kept) < len(lines):
-            files.write_text(self.path, "".join(k + "\n" for k in kept))
+        new = "".join(k + "\n" for k in kept)
+        if new != text:
+            files.write_text(self.path, new)
 
     def write(self, step: int, metrics: Mapping[str, Any], split: str = "train") -> None:
         if not self.enabled:

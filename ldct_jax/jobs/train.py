@@ -123,18 +123,18 @@ def _check_finite(metrics: dict[str, float], step: int, ckpt: Checkpointer) -> N
         raise NonFiniteLossError(
             f"non-finite training metrics at step {step}: "
             f"{', '.join(f'{k}={v}' for k, v in sorted(bad.items()))}. "
-            f"Training stopped. {_last_good(ckpt)} Lower the learning rate "
-            "(config.optimizer.lr) or check the data"
-            + (" (in a new --workdir: a restart continues the saved run, with its settings)."
-               if ckpt.latest_step() is not None else "."))
+            f"Training stopped. {_last_good(ckpt)}")
 
 
 def _last_good(ckpt: Checkpointer) -> str:
+    """Where a run stopped by a non-finite value stands, and what to do."""
     last = ckpt.latest_step()
     if last is None:
-        return "No checkpoint had been saved yet."
+        return ("No checkpoint had been saved yet. Lower the learning rate "
+                "(config.optimizer.lr) or check the data.")
     return (f"The last good checkpoint (step {last} in {ckpt.directory}) is kept; nothing was "
-            "saved after it.")
+            "saved after it. Lower the learning rate (config.optimizer.lr) or check the data, "
+            "in a new --workdir: a restart continues the saved run, with its settings.")
 
 
 def _save(ckpt: Checkpointer, state) -> None:

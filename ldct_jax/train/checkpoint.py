@@ -5,11 +5,13 @@
     ckpt.save(state)                            # synchronous and atomic (orbax)
 
 Each checkpoint holds the train state and a JSON record with the step and a fingerprint per
-leaf (sum of |x| of a float leaf, the sum modulo 2**32 of an integer one). A checkpoint that
-fails to decode or whose restored state does not match its record is moved to
-`<directory>_corrupt/` once an older one restored; if none restores, nothing is moved and the
-restore fails (the data may be fine and the storage failing: a Drive mount after a reset).
-An OSError while reading (but a missing file) stops the restore at once, moving nothing.
+leaf (sum of |x| of a float leaf, the sum modulo 2**32 of an integer one), and the one sum
+over the state that earlier versions check. A checkpoint that fails to restore or whose
+restored state does not match its record is moved to `<directory>_corrupt/` once an older one
+restored; if none restores, nothing is moved and the restore fails (the data may be fine and
+the storage failing: a Drive mount after a reset). An OSError raised in Python while reading
+(but a missing file) stops the restore at once too; tensorstore reports its read errors as
+ValueErrors, which count as a checkpoint that does not restore.
 """
 
 from __future__ import annotations
@@ -138,7 +140,8 @@ class Checkpointer:
         if bad:
             raise FloatingPointError(f"refusing to save the state of step {step}: it holds "
                                      f"non-finite values (in {bad[:4]})")
-        meta = {"step": step, "fingerprints": check, "time": time.time()}
+        meta = {"step": step, "fingerprints": check, "time": time.time(),
+                "fingerprint": _legacy_fingerprint(state)}  # what earlier versions check
         self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                          meta=ocp.args.JsonSave(meta)))
         self._manager.wait_until_finished()
