@@ -18,7 +18,7 @@ import pytest
 from configs import cnn10 as cnn10_config
 from configs import supervised as supervised_config
 from configs import wgan as wgan_config
-from ldct_jax import jobs, models, parallel
+from ldct_jax import files, jobs, models, parallel
 from ldct_jax.jobs import configs as configs_lib
 from ldct_jax.jobs import data as data_job
 from ldct_jax.jobs import train as job
@@ -167,9 +167,13 @@ def test_resume_after_sigterm_is_exact(make_cfg, tmp_path):
     # The resumed run's eval numbers and its saved model are the uninterrupted run's.
     assert second["eval"]["network"]["rmse_hu"] == pytest.approx(
         straight["eval"]["network"]["rmse_hu"], rel=1e-5)
-    from ldct_jax import models
     saved = models.load(os.path.join(wd, "model"))
     assert_trees_close(saved.params, jax.device_get(straight["state"].params), tol=1e-6)
+    # A finished run again evaluates again: its log and its timed speed stay as they were.
+    speed = files.read_json(os.path.join(wd, "eval.json"))["train_steps_per_s"]
+    assert job.run(cfg, wd, scans=scans)["step"] == 2 * n
+    assert [(r["split"], r["step"]) for r in logged(wd)] == [(r["split"], r["step"]) for r in got]
+    assert speed and files.read_json(os.path.join(wd, "eval.json"))["train_steps_per_s"] == speed
 
 
 @pytest.mark.slow
@@ -239,8 +243,8 @@ def test_metrics_log_of_a_resumed_run_keeps_what_stays_and_every_line_parses(tmp
 def _garble(step_dir):
     """Truncates every array data file of an orbax checkpoint to half its size."""
     hit = 0
-    for root, _, files in os.walk(os.path.join(step_dir, "state")):
-        for f in files:
+    for root, _, names in os.walk(os.path.join(step_dir, "state")):
+        for f in names:
             path = os.path.join(root, f)
             if os.sep + "d" in root and os.path.getsize(path) > 64:
                 with open(path, "r+b") as fh:

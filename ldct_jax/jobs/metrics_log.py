@@ -27,10 +27,12 @@ class MetricsLog:
       resumed_at: the step a run starts from (its checkpoint's). The metrics of later steps,
         logged before the run was stopped and about to be logged again, are removed from
         `metrics.jsonl` (events stay) and purged from TensorBoard.
+      final_step: the run's last step, whose 'eval' records (the final evaluation, done again
+        by every call that ends the run) are removed too.
     """
 
     def __init__(self, workdir: str, enabled: Optional[bool] = None,
-                 resumed_at: Optional[int] = None):
+                 resumed_at: Optional[int] = None, final_step: Optional[int] = None):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self.path = os.path.join(workdir, "metrics.jsonl")
         self._file = None
@@ -38,15 +40,15 @@ class MetricsLog:
         if self.enabled:
             os.makedirs(workdir, exist_ok=True)
             if resumed_at is not None and os.path.exists(self.path):
-                self._drop_after(resumed_at)
+                self._drop_after(resumed_at, final_step)
             self._file = open(self.path, "a")
             from tensorboardX import SummaryWriter  # no TensorFlow needed
             self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"), flush_secs=30,
                                      purge_step=None if resumed_at is None else resumed_at + 1)
 
-    def _drop_after(self, step: int) -> None:
-        """Rewrites metrics.jsonl (atomically) without the metrics of steps after `step` and
-        without lines that are not JSON (cut short by a kill: earlier versions appended to
+    def _drop_after(self, step: int, final_step: Optional[int]) -> None:
+        """Rewrites metrics.jsonl (atomically) without the metrics of steps after `step`, the
+        'eval' records of `final_step`, and lines that are not JSON (cut short by a kill: earlier versions appended to
         them), each named in a warning; and so that it ends with a newline."""
         with open(self.path) as f:
             text = f.read()
@@ -58,7 +60,9 @@ class MetricsLog:
                 logging.warning("%s, line %d: not JSON (cut short by a kill?), dropped: %r",
                                 self.path, i + 1, line[:200])
                 continue
-            if not ("split" in record and record.get("step", 0) > step):
+            redone = "split" in record and (record.get("step", 0) > step or (
+                record["split"] == "eval" and record.get("step") == final_step))
+            if not redone:
                 kept.append(line)
         new = "".join(k + "\n" for k in kept)
         if new != text:

@@ -225,7 +225,8 @@ def _train(config, workdir, mesh, trainer, held_out, ckpt, t_start, main):
             if result is not None:
                 log.write(step, evaluate.flat_metrics(result[0]), split="eval")
 
-    with MetricsLog(workdir, enabled=main, resumed_at=start) as log:
+    with MetricsLog(workdir, enabled=main, resumed_at=start,
+                    final_step=config.num_steps) as log:
         done = step_loop(config, mesh, trainer, ckpt, log, state, start, main,
                          config.checkpoint.every_steps, periodic_eval)
         state, step = done.state, done.step
@@ -356,6 +357,9 @@ def _finish(config, workdir, trainer, final, step, summary, output, evals, steps
     """Process 0: eval.json, the figure, the printed table and the saved model."""
     model_dir = os.path.join(workdir, "model")
     models.save(final, model_dir, overwrite=True)
+    path = os.path.join(workdir, "eval.json")
+    if steps_per_s is None and os.path.exists(path):  # a finished run again: no step timed
+        steps_per_s = files.read_json(path).get("train_steps_per_s")
     record = {"step": step, "model": config.model, "model_dir": model_dir,
               "train_steps_per_s": steps_per_s,
               "train_patches_per_s": steps_per_s and steps_per_s * trainer.patches_per_step,
@@ -369,10 +373,10 @@ def _finish(config, workdir, trainer, final, step, summary, output, evals, steps
         record["figure"] = save_figure(os.path.join(workdir, "eval.png"), evals, output, title)
         table = format_result(summary)
         print(f"\n{config.model} after {step} steps, held-out whole slices:\n{table}")
-    files.write_json(os.path.join(workdir, "eval.json"), record)
+    files.write_json(path, record)
     for what, note in trainer.notes.items():
         print(f"{what}: {note}")
-    print(f"model saved to {model_dir}; results in {os.path.join(workdir, 'eval.json')}")
+    print(f"model saved to {model_dir}; results in {path}")
 
 
 def format_result(result: dict[str, Any]) -> str:
