@@ -16,6 +16,7 @@ from configs import natural as natural_config
 from ldct_jax import models, parallel
 from ldct_jax.analysis import invariance_metrics, natural
 from ldct_jax.jobs import natural as job
+from ldct_jax.jobs import train as train_job
 from ldct_jax.models import natural as natural_models
 from ldct_jax.models.gauss_ri import central_square
 from ldct_jax.train import natural as natural_train
@@ -242,6 +243,8 @@ def test_report_puts_the_search_beside_the_generator(tmp_path):
     (dict(loss__alpha=-1.0), r"config.loss.alpha=-1.0 must be >= 0"),
     (dict(generator__levels=5), r"config.patch_size=16 is smaller than the generator's 5"),
     (dict(report__search_starts=0), r"config.report.search_starts=0"),
+    (dict(report__search=True, search__method="lbfgs"), r"config.search: .*'lbfgs'"),
+    (dict(generator__out_scale=0.0), r"config.generator.out_scale=0.0 must be > 0"),
 ])
 def test_bad_config_fails_at_start(over, message, tmp_path):
     cfg = tiny_cfg()
@@ -261,6 +264,48 @@ def test_patch_larger_than_the_data_fails_at_start(tmp_path):
                        r"patient .* \(32x32\)"):
         job.run(tiny_cfg(patch_size=48), str(tmp_path / "run"), scans=phantom_scans())
     assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+@pytest.mark.parametrize("size, message", [
+    (48, r"config.report.noise_patch_size=48: noise patches larger than the smallest slices "
+         r"\(32 px\)"),
+    (8, r"config.report.noise_patch_size=8: spectral_distance: .*holds no frequency"),
+])
+def test_noise_patches_the_report_cannot_use_fail_before_training(size, message, tmp_path):
+    cfg = tiny_cfg()
+    cfg.report.noise_patch_size = size
+    with pytest.raises(ValueError, match=message):
+        job.run(cfg, str(tmp_path / "run"), scans=phantom_scans())
+    assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_a_run_is_refused_another_denoiser_than_it_trained_against(tmp_path):
+    wd, cfg = str(tmp_path / "run"), tiny_cfg("cnn10")
+    before, retrained = (models.create("cnn10", jax.random.key(k), features=(4, 2))
+                         for k in (0, 1))
+    job.check_denoiser(cfg, wd, retrained, True)  # nothing to continue: recorded
+    job.check_denoiser(cfg, wd, before, True)
+    os.makedirs(os.path.join(wd, "checkpoints", "4"))  # a run of `before` to continue
+    job.check_denoiser(cfg, wd, before, True)
+    with pytest.raises(train_job.ConfigChangedError, match=r"holds a generator trained against "
+                       r"another cnn10 .* than the one at 'runs/cnn10/model' "
+                       r"\(config.checkpoint; cnn10"):
+        job.check_denoiser(cfg, wd, retrained, True)
+
+
+@pytest.mark.parametrize("sigma", [1.0, 2.0])
+def test_the_inside_margin_is_where_gauss_ri_is_blind(sigma):
+    # The report counts x_inv as inside from `radius` px deep: f ignores a change there, and
+    # sees one a pixel shallower.
+    d = models.create("gauss_ri", jax.random.key(0), sigma=sigma, square=30)
+    rows, _ = central_square(64, 64, 30)
+    x = np.zeros((1, 64, 64), np.float32)
+    changes = []
+    for depth in (d.spec.module.radius, d.spec.module.radius - 1):
+        dx = np.zeros_like(x)
+        dx[0, rows.start + depth, 32] = 100.0
+        changes.append(float(np.abs(np.asarray(d(x + dx)) - np.asarray(d(x))).max()))
+    assert d.spec.module.radius == round(4 * sigma) and changes[0] == 0.0 and changes[1] > 1e-3
 
 
 def test_a_checkpoint_of_another_architecture_fails_at_start(tmp_path):

@@ -316,7 +316,8 @@ def test_compared_rows_say_which_sweep_they_come_from(image_file, uninterrupted,
     sweep.run(config, workdir)
     table = read_csv(os.path.join(workdir, "report", "summary.csv"))
     assert [(r["model"], r["distance"], r["lam"], r["sweep"]) for r in table] == [
-        ("gauss_ri", "dssim", "0.0001", uninterrupted), ("gauss_ri", "dssim", "0.01", uninterrupted),
+        ("gauss_ri", "dssim", "0.0001", uninterrupted),
+        ("gauss_ri", "dssim", "0.01", uninterrupted),
         ("gauss_ri", "mse", "0.0001", uninterrupted), ("gauss_ri", "mse", "0.01", workdir),
         ("gauss_ri", "mse", "0.01", uninterrupted)]
     assert "| sweep |" in open(os.path.join(workdir, "report", "summary.md")).read()

@@ -268,7 +268,7 @@ def inside_outside_ratio(x_inv: Any, square: int, *, margin: int = 4) -> float:
 
 
 def summary(images: Any, x_inv: Any, out_x: Any, out_pert: Any, *, noise: Any = None,
-            square: Optional[int] = None) -> dict[str, float]:
+            square: Optional[int] = None, margin: int = 4) -> dict[str, float]:
     """The invariance numbers of one model, as floats.
 
     - `input_rms_hu`: RMS of x_inv per image and sample, averaged.
@@ -281,7 +281,7 @@ def summary(images: Any, x_inv: Any, out_x: Any, out_pert: Any, *, noise: Any = 
       convention of the search's `input_ssim`, so the numbers compare across methods. A fixed
       range (not each image's own) keeps SSIM's constants the same for every image.
     - `diversity` (if S >= 2), `spectral_distance` (if `noise` is given), `inside_outside_ratio`
-      (if `square` is given, with its default margin).
+      (if `square` is given, with `margin`).
 
     Args:
       images: x, `[N, H, W]` HU.
@@ -290,6 +290,7 @@ def summary(images: Any, x_inv: Any, out_x: Any, out_pert: Any, *, noise: Any = 
       out_pert: f(x + x_inv), `[N, S, H, W]` HU.
       noise: real noise (low minus routine dose) `[..., H', W']` HU, for `spectral_distance`.
       square: gauss_ri's square side in px, for `inside_outside_ratio`.
+      margin: its kernel radius in px (`GaussRI.radius`; 4 at the default sigma 1).
     """
     x = np.asarray(images)
     if x.ndim != 3:
@@ -326,5 +327,5 @@ def summary(images: Any, x_inv: Any, out_x: Any, out_pert: Any, *, noise: Any = 
     if noise is not None:
         out["spectral_distance"] = spectral_distance(dx, noise)
     if square is not None:
-        out["inside_outside_ratio"] = inside_outside_ratio(dx, square)
+        out["inside_outside_ratio"] = inside_outside_ratio(dx, square, margin=margin)
     return out

@@ -48,8 +48,8 @@ class MetricsLog:
 
     def _drop_after(self, step: int, final_step: Optional[int]) -> None:
         """Rewrites metrics.jsonl (atomically) without the metrics of steps after `step`, the
-        'eval' records of `final_step`, and lines that are not JSON (cut short by a kill: earlier versions appended to
-        them), each named in a warning; and so that it ends with a newline."""
+        'eval' records of `final_step`, and lines that are not JSON (cut short by a kill:
+        earlier versions appended to them; each named in a warning); it ends with a newline."""
         with open(self.path) as f:
             text = f.read()
         kept = []

@@ -9,6 +9,8 @@ report's images and writes the report (`jobs.natural_report`). In the workdir:
                                 as the training job writes them (every
                                 config.checkpoints.every_steps); a restart with other
                                 settings is refused, except the fields of NATURAL_FREE
+    denoiser.json               the denoiser trained against (name, params digest); a restart
+                                with another one is refused
     generator/                  the trained generator (`ldct_jax.analysis.natural.load`)
     report/                     figures, spectra, summary.json|csv|md, samples.npz, index.html
     data/                       the synthetic data set, built on first use
@@ -24,16 +26,17 @@ import jax
 import numpy as np
 from absl import logging
 
-from ldct_jax import ct, distances, models, parallel
-from ldct_jax.analysis import natural
+from ldct_jax import ct, distances, files, models, parallel
+from ldct_jax.analysis import invariance_metrics, natural
 from ldct_jax.data.scan import Scan
-from ldct_jax.jobs import configs, inputs, natural_report, trainers
+from ldct_jax.jobs import configs, inputs, invariance, natural_report, trainers
 from ldct_jax.jobs import train as train_job
 from ldct_jax.jobs.metrics_log import MetricsLog
 from ldct_jax.models import natural as natural_models
 from ldct_jax.train import natural as natural_train
 from ldct_jax.train.checkpoint import Checkpointer
 
+DENOISER_FILE = "denoiser.json"
 # A restart may change these too: they change what is sampled and reported, not the training.
 NATURAL_FREE = train_job.RESTART_FREE + ("checkpoints.every_steps", "checkpoints.keep",
                                          "samples", "report", "search", "images", "anatomy",
@@ -47,11 +50,13 @@ def check_config(config: Any) -> None:
     trainers.check_adam(config, "optimizer")
     trainers.check_adam(config, "critic_optimizer")
     for key in ("generator.features", "generator.levels", "generator.noise_channels",
-                "critic.features", "critic.n_critic", "samples.num_samples",
-                "samples.batch_size", "report.search_starts", "report.noise_patches",
-                "report.noise_patch_size"):
+                "generator.out_scale", "critic.features", "critic.n_critic",
+                "samples.num_samples", "samples.batch_size", "report.search_starts",
+                "report.noise_patches", "report.noise_patch_size"):
         check_positive(config, key)
-    for key in ("generator.out_scale", "critic.gp_weight", "loss.lam", "loss.alpha",
+    if config.report.search:  # the report's search runs after the training: checked now
+        invariance.options_from(config)
+    for key in ("critic.gp_weight", "loss.lam", "loss.alpha",
                 "loss.beta", "loss.lam_start", "loss.lam_steps",
                 "samples.every_steps"):
         check_positive(config, key, allow_zero=True)
@@ -68,6 +73,37 @@ def check_config(config: Any) -> None:
     with configs.naming("patch_size", config.patch_size):
         models.check_input_size(model, (config.patch_size,) * 2, "patches")
     trainers.check_data(config)
+
+
+def check_noise_patches(config: Any, scans: Sequence[Scan]) -> None:
+    """The report's noise patches fit the slices, and hold a frequency in every band of the
+    spectral distance (a ValueError naming config.report.noise_patch_size)."""
+    size = config.report.noise_patch_size
+    with configs.naming("report.noise_patch_size", size):
+        smallest = min(min(s.full.shape[1:]) for s in scans)
+        if size > smallest:
+            raise ValueError(f"noise patches larger than the smallest slices ({smallest} px)")
+        patch = np.random.default_rng(0).standard_normal((1, size, size))
+        invariance_metrics.spectral_distance(patch, patch)
+
+
+def check_denoiser(config: Any, workdir: str, denoiser: models.Denoiser, main: bool) -> None:
+    """Refuses to continue a run trained against another denoiser than config.checkpoint
+    holds now (retrained in place, say); records the denoiser of a new run (process 0)."""
+    path = os.path.join(workdir, DENOISER_FILE)
+    record = {"model": denoiser.name, "params": files.digest(denoiser.params)}
+    if os.path.exists(path) and train_job.saved_steps(workdir):
+        old = files.read_json(path)
+        if old != record:
+            where = config.checkpoint or inputs.TRAINED.get(denoiser.name, ("",))[0]
+            raise train_job.ConfigChangedError(
+                f"{workdir} holds a generator trained against another {old['model']} (params "
+                f"digest {old['params'][:12]}) than the one at {where!r} (config.checkpoint; "
+                f"{record['model']}, {record['params'][:12]}): point config.checkpoint at the "
+                "denoiser it was trained against, or use a new --workdir")
+    elif main:
+        os.makedirs(workdir, exist_ok=True)
+        files.write_json(path, record)
 
 
 def check_positive(config: Any, key: str, allow_zero: bool = False) -> None:
@@ -137,7 +173,9 @@ def run(config: Any, workdir: str, *, scans: Optional[Sequence[Scan]] = None) ->
     train_job.check_restart(config, workdir, NATURAL_FREE)
     denoiser = inputs.load_denoiser(config.model, config.checkpoint, dict(config.model_config),
                                     config.seed)
+    check_denoiser(config, workdir, denoiser, jax.process_index() == 0)
     mesh, main, scans, train_scans, held_out = train_job.prepare(config, workdir, scans)
+    check_noise_patches(config, scans)
     images = inputs.load_images(config, workdir, list(held_out or train_scans))
     with configs.naming("model", config.model):
         models.check_input_size(denoiser.name, images[0].shape)

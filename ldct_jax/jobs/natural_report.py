@@ -83,12 +83,14 @@ def write(workdir: str, config: Any, denoiser: models.Denoiser, generator: natur
         x_inv["search"] = search_samples(config, denoiser, x, config.report.search_starts, mesh)
     noise = noise_patches(scans, config.report.noise_patches, config.report.noise_patch_size,
                           config.seed)
-    square = denoiser.spec.module.square if denoiser.name == "gauss_ri" else None
+    module = denoiser.spec.module  # gauss_ri's square and kernel radius: the known answer
+    square = dict(square=module.square, margin=module.radius) if denoiser.name == "gauss_ri" \
+        else {}
     out_x = models.denoise(denoiser.spec, denoiser.params, x, mesh=mesh)
     summary = []
     for method, inv in x_inv.items():
         out = _outputs(denoiser, x, inv, mesh)
-        numbers = invariance_metrics.summary(x, inv, out_x, out, noise=noise, square=square)
+        numbers = invariance_metrics.summary(x, inv, out_x, out, noise=noise, **square)
         summary.append(dict(model=config.model, method=method, distance=config.loss.distance,
                             lam=config.loss.lam, **numbers))
     os.makedirs(report_dir, exist_ok=True)

@@ -80,7 +80,7 @@ def check_restart(config, workdir: str, free: Sequence[str] = RESTART_FREE) -> N
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.exists(path):
         return
-    if not _saved_steps(workdir):  # a run that failed before its first checkpoint: no run
+    if not saved_steps(workdir):  # a run that failed before its first checkpoint: no run
         logging.info("%s holds no checkpoint: its recorded settings are replaced", workdir)
         return
     old = files.read_json(path)
@@ -100,7 +100,7 @@ def check_restart(config, workdir: str, free: Sequence[str] = RESTART_FREE) -> N
             "num_steps when every learning-rate schedule is 'constant'.")
 
 
-def _saved_steps(workdir: str) -> list[str]:
+def saved_steps(workdir: str) -> list[str]:
     """The step directories in workdir/checkpoints (orbax names them by their step)."""
     directory = os.path.join(workdir, CHECKPOINTS)
     return [d for d in os.listdir(directory) if d.isdigit()] if os.path.isdir(directory) else []

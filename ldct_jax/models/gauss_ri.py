@@ -11,9 +11,15 @@ import numpy as np
 from jax import lax
 
 
+def kernel_radius(sigma: float, truncate: float) -> int:
+    """round(truncate * sigma), as scipy.ndimage rounds it."""
+    return int(truncate * sigma + 0.5)
+
+
 def gaussian_kernel(sigma: float, truncate: float) -> np.ndarray:
-    """Normalised 1-D Gaussian with radius round(truncate * sigma), as scipy.ndimage uses."""
-    radius = int(truncate * sigma + 0.5)
+    """Normalised 1-D Gaussian with radius `kernel_radius(sigma, truncate)`, as scipy.ndimage
+    uses."""
+    radius = kernel_radius(sigma, truncate)
     t = np.arange(-radius, radius + 1, dtype=np.float64)
     k = np.exp(-0.5 * (t / sigma) ** 2)
     return (k / k.sum()).astype(np.float32)
@@ -98,13 +104,17 @@ def central_square(height: int, width: int, size: int) -> tuple[slice, slice]:
 class GaussRI(nn.Module):
     """`[B, H, W, 1]` -> `[B, H, W, 1]`: separable Gaussian (reflect padding), square zeroed.
 
-    No params. Pixels more than `radius = round(truncate * sigma)` inside the square have
-    exactly zero influence on the output.
+    No params. Pixels more than `radius` (`kernel_radius`) inside the square have exactly zero
+    influence on the output.
     """
 
     sigma: float = 1.0
     truncate: float = 4.0
     square: int = 30
+
+    @property
+    def radius(self) -> int:
+        return kernel_radius(self.sigma, self.truncate)
 
     @nn.compact
     def __call__(self, x):
