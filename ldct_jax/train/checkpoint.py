@@ -21,7 +21,7 @@ import shutil
 import signal
 import threading
 import time
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -33,39 +33,38 @@ _FINGERPRINT_RTOL = 1e-5
 
 
 @jax.jit
-def _leaf_sums(tree) -> list[jax.Array]:
+def _sums(leaves: list) -> tuple[list[jax.Array], jax.Array]:
     def one(x):
         if jnp.issubdtype(x.dtype, jnp.floating):
             return jnp.sum(jnp.abs(x.astype(jnp.float32)))
         return jnp.sum(x.astype(jnp.uint32))  # exact: wraps modulo 2**32
-    return [one(x) for x in jax.tree.leaves(tree)]
+    total = [jnp.sum(jnp.abs(x.astype(jnp.float32))) for x in leaves]
+    return [one(x) for x in leaves], jnp.sum(jnp.stack(total)) if total else jnp.zeros(())
 
 
-def fingerprints(tree: Any) -> dict[str, Union[float, int]]:
-    """Per leaf (named by its path): the sum of |x| of a float leaf, the sum modulo 2**32 of an
-    integer one. A leaf of a train state restored wrongly (zeroed, scaled, another leaf's data)
-    shows in its own sum, however small beside the others."""
+def _record(tree: Any) -> dict[str, Any]:
+    """A train state's record, from one pass over it: `fingerprints`, per leaf (named by its
+    path) the sum of |x| of a float leaf and the sum modulo 2**32 of an integer one, so that a
+    leaf restored wrongly (zeroed, scaled, another leaf's data) shows in its own sum, however
+    small beside the others; and `fingerprint`, the one float32 sum of |leaf| over the state
+    that earlier versions wrote and check."""
     leaves = _leaves(tree)
-    sums = jax.device_get(_leaf_sums(list(leaves.values())))
-    return {name: (float(v) if np.issubdtype(v.dtype, np.floating) else int(v))
-            for name, v in zip(leaves, sums)}
-
-
-def _legacy_fingerprint(tree: Any) -> float:
-    """The record of checkpoints written before `fingerprints`: one float32 sum of |leaf|."""
-    return float(jnp.sum(jnp.stack([jnp.sum(jnp.abs(x.astype(jnp.float32)))
-                                    for x in jax.tree.leaves(tree)])))
+    sums, total = jax.device_get(_sums(list(leaves.values())))
+    return {"fingerprints": {name: (float(v) if np.issubdtype(v.dtype, np.floating) else int(v))
+                             for name, v in zip(leaves, sums)},
+            "fingerprint": float(total)}
 
 
 def _record_mismatch(state: Any, meta: dict, step: int) -> str:
     """How the restored `state` differs from the saved record ('' if it does not)."""
     if int(state.step) != step:
         return f"restored step {int(state.step)}, the record says {step}"
-    if "fingerprints" not in meta:
-        got, want = _legacy_fingerprint(state), float(meta["fingerprint"])
+    record = _record(state)
+    if "fingerprints" not in meta:  # written by an earlier version
+        got, want = record["fingerprint"], float(meta["fingerprint"])
         return "" if np.isclose(got, want, rtol=_FINGERPRINT_RTOL) else (
             f"fingerprint {got:.9g}, the record says {want:.9g}")
-    got, want = fingerprints(state), meta["fingerprints"]
+    got, want = record["fingerprints"], meta["fingerprints"]
     if set(got) != set(want):
         return f"leaves {sorted(set(got) ^ set(want))[:4]} differ from the record's"
     bad = [k for k in got if not (got[k] == want[k] if isinstance(want[k], int) else
@@ -135,13 +134,12 @@ class Checkpointer:
         step = int(state.step)
         if step in self._manager.all_steps():
             return False
-        check = fingerprints(state)
-        bad = [k for k, v in check.items() if not np.isfinite(v)]
+        record = _record(state)
+        bad = [k for k, v in record["fingerprints"].items() if not np.isfinite(v)]
         if bad:
             raise FloatingPointError(f"refusing to save the state of step {step}: it holds "
                                      f"non-finite values (in {bad[:4]})")
-        meta = {"step": step, "fingerprints": check, "time": time.time(),
-                "fingerprint": _legacy_fingerprint(state)}  # what earlier versions check
+        meta = {"step": step, "time": time.time(), **record}
         self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                          meta=ocp.args.JsonSave(meta)))
         self._manager.wait_until_finished()
